@@ -1,0 +1,42 @@
+# md-kstep: set-up, tests and the demo pipeline. Only pip + venv are needed (no conda).
+SHELL := /bin/bash
+PY_SYS ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.setup-stamp
+TORCH_VERSION := 2.13.0
+export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup test test-fast quickstart clean-outputs help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+# The stamp depends on the pin file: re-running `make setup` is a no-op unless pins change.
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PY_SYS) >/dev/null || { echo "error: $(PY_SYS) not found (Python 3.11 is required)"; exit 1; }
+	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	@echo "[setup] installing torch==$(TORCH_VERSION) first, alone (the CPU build where one is on disk)"
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	@echo "[setup] installing pinned requirements"
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+	@echo "[setup] done: $(VENV)"
+
+setup: $(STAMP)  ## create .venv and install everything (idempotent)
+
+test: setup  ## run the test suite
+	$(PY) -m pytest -q tests
+
+test-fast: setup  ## tests without the slow ones
+	$(PY) -m pytest -q -m "not slow" tests
+
+quickstart: setup  ## run the MM pipeline on the tiny embedded default (CPU, minutes)
+	bash scripts/quickstart.sh
+
+clean-outputs:  ## remove generated data and outputs
+	rm -rf outputs data/raw data/md data/datasets data/splits

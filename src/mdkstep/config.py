@@ -1,0 +1,150 @@
+"""YAML configs as typed dataclasses.
+
+Every config file maps onto one dataclass. Unknown keys and wrong types are errors that
+name the file and the key; command-line overrides (``key=value`` strings or a dict of
+values from argparse) are merged on top of the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+import yaml
+
+from .utils import MdkstepError
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; raise MdkstepError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        last_err: MdkstepError | None = None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except MdkstepError as e:
+                last_err = e
+        raise last_err or MdkstepError(f"{where}: invalid value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise MdkstepError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, Sequence, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise MdkstepError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MdkstepError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise MdkstepError(f"{where}: expected true/false, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise MdkstepError(f"{where}: expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise MdkstepError(f"{where}: expected an integer, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise MdkstepError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], source: str) -> T:
+    """Build dataclass ``cls`` from ``data``; ``source`` names the file in error messages."""
+    if not isinstance(data, Mapping):
+        raise MdkstepError(f"{source}: expected a mapping of keys to values at top level")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise MdkstepError(
+            f"{source}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{source}: key '{k}'") for k, v in data.items()}
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except (ValueError, AssertionError) as e:
+            raise MdkstepError(f"{source}: {e}") from None
+    return obj
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` override; the value is read as YAML (numbers, bools, lists)."""
+    if "=" not in item:
+        raise MdkstepError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    set_items: Sequence[str] = (),
+) -> T:
+    """Load ``path`` (YAML) into ``cls``, then apply ``overrides`` (None values skipped) and
+    ``set_items`` (``key=value`` strings from ``--set``)."""
+    data: dict[str, Any] = {}
+    source = str(path) if path else "<defaults>"
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise MdkstepError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise MdkstepError(f"{p}:{line} invalid YAML ({getattr(e, 'problem', e)})") from None
+        data = dict(loaded or {})
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            data[k] = v
+    for item in set_items:
+        k, v = parse_override(item)
+        data[k] = v
+    return from_dict(cls, data, source)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-dict view of a config dataclass (for checkpoints and metadata)."""
+    return dataclasses.asdict(cfg)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run a script's ``main``; a :class:`MdkstepError` becomes one line on stderr and exit 2."""
+    try:
+        rc = main(argv)
+    except MdkstepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted (state up to the last checkpoint is kept; rerun to resume)", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rc or 0)

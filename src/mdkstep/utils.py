@@ -1,0 +1,131 @@
+"""Small shared helpers: seeding, centre-of-mass handling, logging, atomic writes.
+
+Units throughout the project: nm, ps, kJ/mol, amu, K.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+#: Boltzmann constant in kJ/(mol K) (CODATA via scipy.constants: k_B * N_A / 1000).
+from scipy.constants import Boltzmann as _KB, Avogadro as _NA
+
+KB_KJ_PER_MOL_K: float = _KB * _NA / 1000.0
+
+LOG = logging.getLogger("mdkstep")
+
+
+class MdkstepError(Exception):
+    """A user-facing error: its message is printed as one line and the script exits non-zero."""
+
+
+def setup_logging(level: str = "INFO") -> logging.Logger:
+    """Configure the ``mdkstep`` logger once (timestamped lines on stderr)."""
+    if not LOG.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        LOG.addHandler(handler)
+    LOG.setLevel(level.upper())
+    LOG.propagate = False
+    return LOG
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and (if importable) PyTorch RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # torch is optional for the MD stages
+        pass
+
+
+def center_of_mass(x: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """Mass-weighted centre of ``x`` (..., n_atoms, 3) with masses (n_atoms,) in amu."""
+    m = np.asarray(masses, dtype=float)
+    return np.einsum("...ij,i->...j", x, m) / m.sum()
+
+
+def remove_com(x: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """Return ``x`` minus its centre of mass (works for positions and velocities)."""
+    return x - center_of_mass(x, masses)[..., None, :]
+
+
+def kinetic_energy(v: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """Kinetic energy in kJ/mol of velocities (..., n, 3) in nm/ps, masses in amu."""
+    return 0.5 * np.einsum("...ij,...ij,i->...", v, v, np.asarray(masses, dtype=float))
+
+
+def temperature(v: np.ndarray, masses: np.ndarray, n_dof: int) -> np.ndarray:
+    """Instantaneous temperature in K for ``n_dof`` degrees of freedom."""
+    return 2.0 * kinetic_energy(v, masses) / (n_dof * KB_KJ_PER_MOL_K)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
+
+    A crash mid-write never leaves a truncated file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (NumPy scalars/arrays converted)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """Parse ``"i/n"`` (0-based shard i of n) into a tuple; ``None`` means ``(0, 1)``."""
+    if spec is None:
+        return 0, 1
+    try:
+        i_str, n_str = spec.split("/")
+        i, n = int(i_str), int(n_str)
+    except ValueError:
+        raise MdkstepError(f"--shard {spec!r}: expected 'i/n' with integers, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise MdkstepError(f"--shard {spec!r}: need 0 <= i < n")
+    return i, n
