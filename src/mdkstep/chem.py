@@ -153,8 +153,10 @@ def topology_lists(n_atoms: int, bonds: np.ndarray) -> dict[str, list[list[int]]
 def rdkit_conformer(smiles: str, seed: int):
     """RDKit molecule with explicit hydrogens and one ETKDG conformer (seeded)."""
     from rdkit import Chem
+    from rdkit import RDLogger
     from rdkit.Chem import AllChem
 
+    RDLogger.DisableLog("rdApp.*")  # our own one-line error replaces RDKit's multi-line log
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise MdkstepError(f"unparsable SMILES {smiles!r}")

@@ -167,6 +167,11 @@ class ChunkedTrajectoryWriter:
         for k, v in frame.items():
             self._buf.setdefault(k, []).append(np.asarray(v))
 
+    def append_block(self, **frames: np.ndarray) -> None:
+        """Buffer a block of frames (leading axis = frames)."""
+        for k, v in frames.items():
+            self._buf.setdefault(k, []).extend(np.asarray(v))
+
     @property
     def buffered(self) -> int:
         return len(self._buf.get("positions", []))

@@ -27,10 +27,24 @@ class MdkstepError(Exception):
     """A user-facing error: its message is printed as one line and the script exits non-zero."""
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (survives redirection in tests)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO") -> logging.Logger:
     """Configure the ``mdkstep`` logger once (timestamped lines on stderr)."""
     if not LOG.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         LOG.addHandler(handler)
     LOG.setLevel(level.upper())

@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Stage 01: plain OpenMM MD baselines for prepared molecules (MM mode).
+
+Langevin BAOAB (velocity-Verlet form, x and v synchronous) at dt_fs with the config's
+friction and temperature, constraints HBonds or none, optional hydrogen mass repartitioning.
+Each replica: equilibration (not saved), then production saved every save_interval steps,
+streamed to disk in chunks and checkpointed after each chunk, so a killed run resumes with
+no lost or duplicated frames (just run the same command again). Optional NVE windows
+(plain velocity Verlet) follow replica 0 for an energy-drift reference.
+
+Writes <out>/<molecule>/replica_<r>.npz (trajectory NPZ schema), nve_<j>.npz, and
+run_stats.json. Platform: CUDA when present, else Reference for small molecules.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mdkstep.chem import find_molecules, load_molecule  # noqa: E402
+from mdkstep.config import load_config, run_cli, to_dict  # noqa: E402
+from mdkstep.md import MDConfig, RunSpec, raw_steps_per_s, run_trajectory  # noqa: E402
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, parse_shard, setup_logging  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--molecule", type=Path, help="one prepared molecule folder (from stage 00)")
+    src.add_argument("--all", type=Path, metavar="RAW_DIR", help="every molecule folder under RAW_DIR")
+    p.add_argument("--config", type=Path, default=Path("configs/md.yaml"), help="MD YAML (default: configs/md.yaml)")
+    p.add_argument("--out", type=Path, required=True, help="output root; one folder per molecule")
+    p.add_argument("--time-ps", type=float, default=None, help="production length per replica, ps (overrides production_ps)")
+    p.add_argument("--equil-ps", type=float, default=None, help="equilibration length, ps (overrides equilibration_ps)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; replica r uses seed + 1000*r")
+    p.add_argument("--replicas", type=int, default=1, help="independent replicas per molecule (>= 2 gives the noise floor)")
+    p.add_argument("--shard", default=None, metavar="i/n", help="run only molecules i, i+n, ... (0-based), for array jobs")
+    p.add_argument("--nve-windows", type=int, default=None, help="NVE windows after replica 0 (overrides nve_windows)")
+    p.add_argument("--save-forces", action="store_true", default=None, help="store forces at every frame")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key (repeatable)")
+    p.add_argument("--measure-raw", action="store_true", help="also time OpenMM with no saving (same system) and report the ratio")
+    p.add_argument("--overwrite", action="store_true", help="recompute trajectories that already exist")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    cfg = load_config(MDConfig, args.config, {
+        "production_ps": args.time_ps, "equilibration_ps": args.equil_ps,
+        "nve_windows": args.nve_windows, "save_forces": args.save_forces,
+    }, args.set)
+    if args.replicas < 1:
+        raise MdkstepError("--replicas must be >= 1")
+    dirs = [args.molecule] if args.molecule else find_molecules(args.all)
+    if not dirs:
+        raise MdkstepError(f"{args.all}: no molecule folders (run src/00_prep_mols.py first)")
+    i, n = parse_shard(args.shard)
+    dirs = dirs[i::n]
+    for d in dirs:
+        mol = load_molecule(d)
+        out_dir = args.out / mol.name
+        stats: dict = {"molecule": mol.name, "config": to_dict(cfg), "replicas": [], "nve": []}
+        end_state = None
+        for r in range(args.replicas):
+            spec = RunSpec(out_dir / f"replica_{r}.npz", args.seed + 1000 * r, cfg.friction_per_ps,
+                           cfg.production_ps, cfg.equilibration_ps, label=f"replica{r}")
+            if spec.out_path.exists() and not args.overwrite:
+                LOG.info("%s exists, skipping (use --overwrite to redo)", spec.out_path)
+                continue
+            res = run_trajectory(mol, cfg, spec)
+            if r == 0:
+                end_state = res["end_state"]
+            res.pop("end_state")
+            stats["replicas"].append(res)
+            LOG.info("%s: %d frames, %.0f steps/s (%s)", spec.out_path, res["n_frames"], res["steps_per_s"] or 0, res["platform"])
+        for j in range(cfg.nve_windows):
+            spec = RunSpec(out_dir / f"nve_{j}.npz", args.seed + 7 + j, 0.0, cfg.nve_window_ps, 0.0, label=f"nve{j}")
+            if spec.out_path.exists() and not args.overwrite:
+                continue
+            res = run_trajectory(mol, cfg, spec, start_state=end_state)
+            end_state = res.pop("end_state")
+            stats["nve"].append(res)
+        if args.measure_raw:
+            raw = raw_steps_per_s(mol, cfg)
+            saved = stats["replicas"][0]["steps_per_s"] if stats["replicas"] else None
+            stats["raw_steps_per_s"] = raw
+            if saved:
+                stats["saving_speed_ratio_vs_custom_raw"] = saved / raw["custom_baoab"]
+                stats["saving_speed_ratio_vs_langevin_middle_raw"] = saved / raw["langevin_middle"]
+            print(f"{mol.name}: saving every {cfg.save_interval} step(s) {saved or float('nan'):.0f} steps/s; "
+                  f"no saving: BAOAB {raw['custom_baoab']:.0f}, OpenMM LangevinMiddle {raw['langevin_middle']:.0f} steps/s")
+        atomic_write_json(out_dir / "run_stats.json", stats)
+    print(f"baselines written under {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
