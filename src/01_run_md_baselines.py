@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mdkstep.chem import find_molecules, load_molecule  # noqa: E402
 from mdkstep.config import load_config, run_cli, to_dict  # noqa: E402
 from mdkstep.md import MDConfig, RunSpec, raw_steps_per_s, run_trajectory  # noqa: E402
-from mdkstep.utils import LOG, MdkstepError, atomic_write_json, parse_shard, setup_logging  # noqa: E402
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, parse_shard, setup_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     for d in dirs:
         mol = load_molecule(d)
         out_dir = args.out / mol.name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "topology.json", (d / "topology.json").read_text())  # for stage 02
         stats: dict = {"molecule": mol.name, "config": to_dict(cfg), "replicas": [], "nve": []}
         end_state = None
         for r in range(args.replicas):

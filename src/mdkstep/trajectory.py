@@ -237,3 +237,39 @@ class ChunkedTrajectoryWriter:
 def write_stats(path: str | Path, stats: Mapping[str, Any]) -> None:
     """Write a run's statistics JSON atomically."""
     atomic_write_json(path, dict(stats))
+
+
+def memmap_npz(path: str | Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Read-only memory maps of the (uncompressed) arrays inside an NPZ, without loading them.
+
+    Hand-written because ``np.load(..., mmap_mode=...)`` ignores mmap for .npz archives; our
+    writers store members uncompressed (ZIP_STORED), so each member's .npy payload sits at a
+    fixed file offset and can be mapped directly. Compressed members are loaded into memory.
+    """
+    path = Path(path)
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as fh:
+        for info in zf.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if keys is not None and key not in keys:
+                continue
+            if info.compress_type != zipfile.ZIP_STORED:
+                with zf.open(info) as member:
+                    out[key] = np.lib.format.read_array(member)
+                continue
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            name_len = int.from_bytes(local[26:28], "little")
+            extra_len = int.from_bytes(local[28:30], "little")
+            start = info.header_offset + 30 + name_len + extra_len
+            fh.seek(start)
+            version = np.lib.format.read_magic(fh)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = reader(fh)
+            if dtype.hasobject or shape == ():
+                with zf.open(info) as member:
+                    out[key] = np.lib.format.read_array(member)
+                continue
+            out[key] = np.memmap(path, dtype=dtype, mode="r", offset=fh.tell(), shape=shape,
+                                 order="F" if fortran else "C")
+    return out

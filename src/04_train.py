@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Stage 04: train a k-step jump model (EGNN or Transformer-EGNN) on a stage-02 dataset.
+
+Loss: Δx and Δv in normalized units + structural terms (bond lengths, angles, dihedrals of
+x_t + Δx vs x_{t+k}) + a force-head term when the data has forces; lambdas in the train
+config. AdamW, warm-up + cosine schedule, gradient clipping and accumulation, bf16 autocast on
+CUDA, random rotation augmentation (batch / per_graph). Writes best.pt and last.pt (atomic;
+model config, normalization, optimizer and scheduler state, step), metrics.csv,
+loss_curve.png and final_metrics.json (one-jump metrics on val/test beside the trivial
+predictors "no move" and "ballistic").
+
+Transfer learning: --pretrained CKPT (e.g. MM -> QM) with --freeze-layers N and the config's
+pretrained_lr_scale. Multi-GPU / multi-node: torchrun --nproc_per_node=N src/04_train.py ...
+(DDP; gloo on CPU, nccl on CUDA).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mdkstep.config import load_config, run_cli  # noqa: E402
+from mdkstep.model import ModelConfig  # noqa: E402
+from mdkstep.training import TrainConfig, train  # noqa: E402
+from mdkstep.utils import MdkstepError, seed_everything, setup_logging  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", type=Path, required=True, help="dataset_k<K>.npz from stage 02")
+    p.add_argument("--model-config", type=Path, required=True, help="model YAML (configs/model*.yaml)")
+    p.add_argument("--train-config", type=Path, required=True, help="training YAML (configs/train*.yaml)")
+    p.add_argument("--splits", type=Path, nargs=2, required=True, metavar=("TRAIN_JSON", "VAL_JSON"),
+                   help="split files from stage 02")
+    p.add_argument("--test-split", type=Path, default=None, help="test.json for the final metrics (default: beside TRAIN_JSON)")
+    p.add_argument("--out", type=Path, default=Path("outputs/train"), help="run folder (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--epochs", type=int, default=None, help="override epochs")
+    p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
+    p.add_argument("--seed", type=int, default=None, help="override seed")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt exactly where it stopped")
+    p.add_argument("--pretrained", type=Path, default=None, help="initialize from this checkpoint (transfer learning)")
+    p.add_argument("--freeze-layers", type=int, default=None, help="freeze the first N layers (with --pretrained)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train-config key")
+    p.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE", help="override a model-config key")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mcfg = load_config(ModelConfig, args.model_config, set_items=args.model_set)
+    tcfg = load_config(TrainConfig, args.train_config, {
+        "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed, "freeze_layers": args.freeze_layers,
+    }, args.set)
+    if args.freeze_layers and not args.pretrained and not args.resume:
+        raise MdkstepError("--freeze-layers only makes sense with --pretrained")
+    seed_everything(tcfg.seed)
+    test_split = args.test_split or args.splits[0].with_name("test.json")
+    summary = train(args.dataset, tuple(args.splits), mcfg, tcfg, args.out, args.device, args.resume,
+                    args.pretrained, test_split if test_split.is_file() else None)
+    fm = summary.get("final_metrics", {})
+    for split in ("val", "test"):
+        m = fm.get(split, {})
+        if "model" in m:
+            mm, nm = m["model"], m["no_move"]
+            print(f"{split}: bond RMSE {mm['bond_rmse_A']:.4f} A (no-move {nm['bond_rmse_A']:.4f}), angle "
+                  f"{mm['angle_rmse_deg']:.2f} deg (no-move {nm['angle_rmse_deg']:.2f}), pos {mm['pos_rmse_A']:.4f} A "
+                  f"(no-move {nm['pos_rmse_A']:.4f}, ballistic {m['ballistic']['pos_rmse_A']:.4f})")
+    if summary.get("samples_per_s"):
+        print(f"trained {summary['steps']} steps at {summary['samples_per_s']:.0f} samples/s on {summary['device']} "
+              f"(x{summary['world_size']} processes); checkpoints in {summary['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,75 @@
+"""Model checkpoints: plain tensors + config dicts, saved atomically, loaded with weights_only=True.
+
+Layout of a checkpoint dict:
+    model_state     state_dict (tensors; includes the normalization buffers)
+    model_config    ModelConfig as a dict
+    train_config    TrainConfig as a dict (may be empty)
+    k               jump length in integrator steps
+    dt_fs           integrator step of the training data (fs)
+    engine          engine of the training data ("openmm", "xtb", ...)
+    atom_types      sorted atomic numbers seen in training
+    step, epoch, best_val, optimizer, scheduler, batch_in_epoch (training state; optional)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import from_dict
+from .model import ModelConfig, build_model
+from .utils import MdkstepError, atomic_path
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` with torch.save to a temporary file, then rename (atomic)."""
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict safely (weights_only=True); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MdkstepError(f"{path}: checkpoint not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt/unsafe files
+        raise MdkstepError(f"{path}: not a readable md-kstep checkpoint ({str(e).splitlines()[0][:120]})") from None
+    for key in ("model_state", "model_config", "k"):
+        if key not in ck:
+            raise MdkstepError(f"{path}: checkpoint lacks key '{key}'")
+    return ck
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                          dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model of a checkpoint (eval mode) and return it with the checkpoint dict."""
+    ck = read_checkpoint(path)
+    cfg = from_dict(ModelConfig, ck["model_config"], f"{path}: model_config")
+    model = build_model(cfg)
+    model.load_state_dict(ck["model_state"])
+    model.to(device=device, dtype=dtype).eval()
+    return model, ck
+
+
+def check_compatible(ck: dict[str, Any], source: str, k: int | None = None,
+                     model_config: ModelConfig | None = None, atom_types: set[int] | None = None) -> None:
+    """One-line errors when k, the architecture or the elements do not match a checkpoint."""
+    if k is not None and int(ck["k"]) != int(k):
+        raise MdkstepError(f"{source}: checkpoint was trained for k={ck['k']}, but k={k} was requested")
+    if model_config is not None:
+        mine = asdict(model_config)
+        theirs = ck["model_config"]
+        for key in ("arch", "hidden", "n_layers", "use_forces", "force_head", "n_heads", "n_rbf", "max_hops", "max_z"):
+            if key in theirs and theirs[key] != mine.get(key):
+                raise MdkstepError(f"{source}: architecture mismatch on '{key}' (checkpoint {theirs[key]!r}, "
+                                   f"config {mine.get(key)!r})")
+    if atom_types is not None and ck.get("atom_types"):
+        unseen = sorted(set(atom_types) - set(int(z) for z in ck["atom_types"]))
+        if unseen:
+            raise MdkstepError(f"{source}: molecule has elements {unseen} the model never saw in training "
+                               f"(trained on {sorted(ck['atom_types'])})")
