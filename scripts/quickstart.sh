@@ -17,4 +17,13 @@ $PY src/00_prep_mols.py --smiles data/quick.smi --out-dir "$OUT/raw" --config co
 echo "[quickstart] 01 MM baselines (2 replicas for the noise floor): -> $OUT/md"
 $PY src/01_run_md_baselines.py --all "$OUT/raw" --config configs/md_quick.yaml --out "$OUT/md" --replicas 2
 
-echo "[quickstart] done. Results under $OUT/ (raw/: prepared molecules, md/: baseline trajectories)"
+K=${K:-8}
+echo "[quickstart] 02 dataset: k=$K windows, time split -> $OUT/datasets, $OUT/splits"
+$PY src/02_make_dataset.py --md-root "$OUT/md" --out-root "$OUT/datasets" --splits-dir "$OUT/splits" --ks "$K" --split time
+
+echo "[quickstart] 04 training (tiny EGNN, CPU) -> $OUT/train"
+$PY src/04_train.py --dataset "$OUT/datasets/dataset_k$K.npz" --model-config configs/model_quick.yaml \
+    --train-config configs/train_quick.yaml --splits "$OUT/splits/train.json" "$OUT/splits/val.json" \
+    --out "$OUT/train" --device "${DEVICE:-auto}"
+
+echo "[quickstart] done. Results under $OUT/: raw/ (molecules), md/ (baselines), datasets/, train/ (best.pt, metrics.csv, loss_curve.png, final_metrics.json)"

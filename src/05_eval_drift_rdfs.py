@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""Stage 05: evaluate hybrid runs against plain-MD baselines (MM; 05b does QM the same way).
+
+For every molecule folder under --hybrid-runs (<molecule>/*.npz written by stage 06 with
+their .stats.json), against --baseline/<molecule>/replica_*.npz:
+  - rollout fidelity at one common frame interval: W1 of bond, angle and (pooled, fast)
+    dihedral distributions, mean bond-length error, slow-rotamer population difference,
+    intramolecular pair-distance RDF L1, VACF L2, temperature — each beside the same
+    distance between independent baseline replicas (the noise floor) and as a ratio to it;
+  - NVE energy drift (kJ/mol/ps, and per atom), per-element temperature;
+  - stability (jumps accepted / retried / fallen back, NaN count) and efficiency
+    (force_call_reduction, and wall_speedup against plain OpenMM MD timed in this same run);
+  - one-jump accuracy on the test split when --checkpoint and --dataset are given.
+Writes <out-dir>/metrics.json, report.md and PNG plots, and exports each trajectory to DCD +
+PDB (mdtraj) for VMD/PyMOL.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from mdkstep.config import run_cli  # noqa: E402
+from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_run, frame_interval_ps, load_replicas,  # noqa: E402
+                                load_stats, replica_floor)
+from mdkstep.metrics import summarize_trajectory  # noqa: E402
+from mdkstep.trajectory import load_trajectory  # noqa: E402
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, setup_logging  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", type=Path, required=True, help="baseline root (stage 01 --out): <molecule>/replica_*.npz")
+    p.add_argument("--hybrid-runs", type=Path, required=True, help="hybrid root (stage 06 outputs): <molecule>/*.npz")
+    p.add_argument("--out-dir", type=Path, required=True, help="where metrics.json, report.md and plots go")
+    p.add_argument("--raw-root", type=Path, default=None, help="stage-00 folder: PDB topology for DCD export, "
+                   "Ramachandran, and timing plain MD in this run (wall_speedup)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint for one-jump accuracy")
+    p.add_argument("--dataset", type=Path, default=None, help="dataset_k<K>.npz for one-jump accuracy")
+    p.add_argument("--test-split", type=Path, default=None, help="test.json of the dataset (default: all windows)")
+    p.add_argument("--no-export", action="store_true", help="skip the DCD/PDB export")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def plain_md_wall_s_per_ps(raw_dir: Path, meta: dict[str, Any]) -> float | None:
+    """Wall seconds per simulated ps of plain OpenMM MD (no saving), timed now, same settings."""
+    from mdkstep.chem import load_molecule
+    from mdkstep.config import from_dict
+    from mdkstep.md import MDConfig, raw_steps_per_s
+
+    if not (raw_dir / "topology.json").is_file() or meta.get("engine") != "openmm":
+        return None
+    cfg = from_dict(MDConfig, meta["config"], "baseline metadata") if "config" in meta else MDConfig()
+    sps = raw_steps_per_s(load_molecule(raw_dir), cfg, n_steps=10000)["custom_baoab"]
+    return 1.0 / (sps * cfg.dt_fs / 1000.0)
+
+
+def export_dcd(traj_path: Path, pdb: Path, out_dir: Path) -> list[str]:
+    """Trajectory -> DCD (+ the PDB topology copied beside it) with mdtraj; positions in nm."""
+    import mdtraj
+
+    top = mdtraj.load_pdb(str(pdb)).topology
+    t = load_trajectory(traj_path)
+    md = mdtraj.Trajectory(t.positions, top, time=t.time_ps)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dcd = out_dir / f"{traj_path.stem}.dcd"
+    md.save_dcd(str(dcd))
+    md[0].save_pdb(str(out_dir / f"{traj_path.stem}.pdb"))
+    return [str(dcd)]
+
+
+def phi_psi(traj_path: Path, pdb: Path):
+    """Backbone phi/psi (radians) via mdtraj, or None when the molecule has no peptide backbone."""
+    import mdtraj
+
+    top = mdtraj.load_pdb(str(pdb)).topology
+    t = load_trajectory(traj_path)
+    md = mdtraj.Trajectory(t.positions[:: max(1, t.n_frames // 5000)], top)
+    _, phi = mdtraj.compute_phi(md)
+    _, psi = mdtraj.compute_psi(md)
+    if phi.shape[1] == 0 or psi.shape[1] == 0:
+        return None
+    return phi, psi
+
+
+def evaluate_molecule(name: str, args) -> dict[str, Any]:
+    from mdkstep import plots
+
+    replicas = load_replicas(args.baseline / name)
+    ref = replicas[0]
+    topo_file = args.baseline / name / "topology.json"
+    if not topo_file.is_file() and args.raw_root:
+        topo_file = args.raw_root / name / "topology.json"
+    if not topo_file.is_file():
+        raise MdkstepError(f"{args.baseline / name}: no topology.json (re-run stage 01, or give --raw-root)")
+    topo = json.loads(topo_file.read_text())
+    runs = sorted((args.hybrid_runs / name).glob("*.npz"))
+    if not runs:
+        raise MdkstepError(f"{args.hybrid_runs / name}: no hybrid trajectories")
+    raw_dir = args.raw_root / name if args.raw_root else None
+    base_wall = plain_md_wall_s_per_ps(raw_dir, ref.metadata) if raw_dir else None
+    res: dict[str, Any] = {"molecule": name, "baseline": summarize_trajectory(ref, np.asarray(topo["bonds"])),
+                           "n_replicas": len(replicas), "runs": {}}
+    out_dir = args.out_dir / name
+    trajs = {"baseline r0": ref}
+    for run in runs:
+        hyb = load_trajectory(run)
+        interval = max(frame_interval_ps(hyb), frame_interval_ps(ref))
+        floor = replica_floor(replicas, topo, interval)
+        ev = evaluate_run(ref, hyb, topo, floor, interval)
+        ev["floor"] = floor
+        ev["interval_ps"] = interval
+        ev["efficiency"] = efficiency(load_stats(run), float(ref.metadata["dt_fs"]), base_wall)
+        res["runs"][run.stem] = ev
+        trajs[run.stem] = hyb
+        if not args.no_export and raw_dir and (raw_dir / "molecule.pdb").is_file():
+            ev["exported"] = export_dcd(run, raw_dir / "molecule.pdb", out_dir / "dcd")
+    plots.energy_temperature(trajs, out_dir / "energy_temperature.png")
+    plots.structure_histograms(trajs, topo, out_dir / "structure_histograms.png")
+    plots.rdf_overlay(trajs, out_dir / "rdf.png")
+    if raw_dir and (raw_dir / "molecule.pdb").is_file():
+        rama = {}
+        for label, path in [("baseline r0", args.baseline / name / "replica_0.npz")] + [(r.stem, r) for r in runs]:
+            pp = phi_psi(path, raw_dir / "molecule.pdb")
+            if pp is None:
+                break
+            rama[label] = pp
+        if rama:
+            plots.ramachandran(rama, out_dir / "ramachandran.png")
+            res["ramachandran"] = str(out_dir / "ramachandran.png")
+    return res
+
+
+def one_jump(args) -> dict[str, Any]:
+    from mdkstep.checkpoint import model_from_checkpoint
+    from mdkstep.dataset import KStepDataset
+    from mdkstep.training import one_jump_metrics
+
+    model, ck = model_from_checkpoint(args.checkpoint)
+    ds = KStepDataset(args.dataset, args.test_split)
+    if ds.k != int(ck["k"]):
+        raise MdkstepError(f"{args.dataset}: dataset k={ds.k} but {args.checkpoint} has k={ck['k']}")
+    return one_jump_metrics(model, ds, 8192)
+
+
+def fmt(v: Any, nd: int = 4) -> str:
+    if isinstance(v, float):
+        return f"{v:.{nd}g}" if np.isfinite(v) else "n/a"
+    return str(v)
+
+
+def write_report(metrics: dict[str, Any], path: Path) -> None:
+    lines = ["# md-kstep evaluation report", ""]
+    if "one_jump" in metrics:
+        lines += ["## One-jump accuracy (test windows)", "", "| predictor | pos RMSE Å | bond RMSE Å | angle RMSE ° | dihedral RMSE ° | vel RMSE nm/ps |", "|---|---|---|---|---|---|"]
+        for pred in ("no_move", "ballistic", "model"):
+            r = metrics["one_jump"].get(pred)
+            if r:
+                lines.append(f"| {pred} | {fmt(r['pos_rmse_A'])} | {fmt(r['bond_rmse_A'])} | {fmt(r['angle_rmse_deg'])} | "
+                             f"{fmt(r['dihedral_rmse_deg'])} | {fmt(r['vel_rmse_nm_ps'])} |")
+        lines.append("")
+    for name, m in metrics["molecules"].items():
+        lines += [f"## {name}", "", f"Baseline replica 0: T = {fmt(m['baseline']['temperature_mean_K'])} ± "
+                  f"{fmt(m['baseline']['temperature_std_K'])} K; {m['n_replicas']} replicas give the noise floor.", ""]
+        head = "| run | " + " | ".join(f"{k} (floor)" for k in FIDELITY_KEYS) + " | within 1.5x floor | T mean K | force calls/ps | force_call_reduction | wall_speedup | fallbacks | NaN |"
+        lines += [head, "|" + "---|" * (len(FIDELITY_KEYS) + 8)]
+        for run, ev in m["runs"].items():
+            d, fl, eff = ev["distances"], ev["floor"], ev["efficiency"]
+            cells = [f"{fmt(d.get(k))} ({fmt(fl.get(k))})" for k in FIDELITY_KEYS]
+            lines.append(f"| {run} | " + " | ".join(cells) + f" | {ev['within_1p5x_floor']} | "
+                         f"{fmt(ev['summary']['temperature_mean_K'])} | {fmt(eff.get('hybrid_force_calls_per_ps'))} | "
+                         f"{fmt(eff.get('force_call_reduction'))} | {fmt(eff.get('wall_speedup'))} | "
+                         f"{fmt(eff.get('fallbacks'))} | {fmt(eff.get('nan_count', ev['summary']['nan_frames']))} |")
+            if "drift_kj_mol_ps" in ev["summary"]:
+                lines.append(f"|  ↳ NVE drift {fmt(ev['summary']['drift_kj_mol_ps'])} kJ/mol/ps |")
+        lines += ["", f"Plots: {name}/energy_temperature.png, structure_histograms.png, rdf.png", ""]
+    lines += ["wall_speedup < 1 is expected for MM on small molecules: an OpenMM force call costs tens of µs, "
+              "a model forward about a millisecond. The MM product is the force-call reduction.", ""]
+    atomic_write_text(path, "\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if not args.hybrid_runs.is_dir():
+        raise MdkstepError(f"{args.hybrid_runs}: folder not found")
+    names = sorted(p.name for p in args.hybrid_runs.iterdir() if p.is_dir() and any(p.glob("*.npz")))
+    if not names:
+        raise MdkstepError(f"{args.hybrid_runs}: no <molecule>/*.npz hybrid runs")
+    metrics: dict[str, Any] = {"molecules": {}}
+    for name in names:
+        LOG.info("evaluating %s", name)
+        metrics["molecules"][name] = evaluate_molecule(name, args)
+    if args.checkpoint and args.dataset:
+        metrics["one_jump"] = one_jump(args)
+    atomic_write_json(args.out_dir / "metrics.json", metrics)
+    write_report(metrics, args.out_dir / "report.md")
+    print(f"report: {args.out_dir / 'report.md'}")
+    for name, m in metrics["molecules"].items():
+        for run, ev in m["runs"].items():
+            eff = ev["efficiency"]
+            print(f"{name}/{run}: bond W1 {fmt(ev['distances']['bond_w1_A'])} Å (floor {fmt(ev['floor'].get('bond_w1_A'))}), "
+                  f"angle W1 {fmt(ev['distances']['angle_w1_deg'])}° (floor {fmt(ev['floor'].get('angle_w1_deg'))}), "
+                  f"force_call_reduction {fmt(eff.get('force_call_reduction'))}, wall_speedup {fmt(eff.get('wall_speedup'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,93 @@
+"""Evaluation of hybrid runs against baselines (shared by 05 for MM and 05b for QM).
+
+Per molecule: fidelity distances of each hybrid run vs baseline replica 0, beside the same
+distances between baseline replicas (the noise floor); temperatures; NVE drift; stability
+counts; efficiency ratios from the engine-counted force calls and wall times.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .metrics import compare, summarize_trajectory
+from .trajectory import Trajectory, load_trajectory
+from .utils import MdkstepError
+
+FIDELITY_KEYS = ("bond_w1_A", "mean_bond_err_A", "angle_w1_deg", "dihedral_w1_deg", "rdf_l1", "vacf_l2")
+
+
+def load_stats(npz: Path) -> dict[str, Any]:
+    """The stats JSON written beside a hybrid trajectory (``X.stats.json`` or ``X.npz.stats.json``)."""
+    for cand in (npz.with_suffix(".stats.json"), npz.with_name(npz.name + ".stats.json")):
+        if cand.is_file():
+            return json.loads(cand.read_text())
+    return {}
+
+
+def frame_interval_ps(t: Trajectory) -> float:
+    return float(np.median(np.diff(t.time_ps))) if t.n_frames > 1 else 0.0
+
+
+def replica_floor(replicas: list[Trajectory], topo: dict[str, Any], interval_ps: float) -> dict[str, Any]:
+    """Distances between every pair of baseline replicas: per key the max (the floor used for
+    ratios) and the [min, max] range over pairs (reported as ``<key>_replica``)."""
+    if len(replicas) < 2:
+        return {}
+    pairs = [compare(a, b, topo, interval_ps) for a, b in itertools.combinations(replicas, 2)]
+    out: dict[str, Any] = {}
+    for k in pairs[0]:
+        vals = [p[k] for p in pairs if np.isfinite(p[k])]
+        if vals:
+            out[k] = float(np.max(np.abs(vals)))
+            out[f"{k}_replica"] = [float(np.min(vals)), float(np.max(vals))]
+    out["n_pairs"] = len(pairs)
+    return out
+
+
+def efficiency(stats: dict[str, Any], baseline_dt_fs: float, baseline_wall_s_per_ps: float | None) -> dict[str, Any]:
+    """force_call_reduction and wall_speedup (DESIGN.md section 4) from a hybrid stats dict.
+
+    The baseline makes one force call per step: 1000 / dt_fs calls per simulated ps.
+    """
+    sim_ps = float(stats.get("simulated_ps") or 0.0)
+    calls = stats.get("force_calls")
+    wall = stats.get("wall_s")
+    out: dict[str, Any] = {"baseline_force_calls_per_ps": 1000.0 / baseline_dt_fs}
+    if sim_ps > 0 and calls:
+        out["hybrid_force_calls_per_ps"] = calls / sim_ps
+        out["force_call_reduction"] = out["baseline_force_calls_per_ps"] / out["hybrid_force_calls_per_ps"]
+    if sim_ps > 0 and wall and baseline_wall_s_per_ps:
+        out["hybrid_wall_s_per_ps"] = wall / sim_ps
+        out["baseline_wall_s_per_ps"] = baseline_wall_s_per_ps
+        out["wall_speedup"] = baseline_wall_s_per_ps / out["hybrid_wall_s_per_ps"]
+    for k in ("model_ms_per_jump", "force_ms_per_call", "jumps_attempted", "jumps_accepted", "retries",
+              "fallbacks", "nan_count", "fallback_fraction"):
+        if k in stats:
+            out[k] = stats[k]
+    return out
+
+
+def evaluate_run(ref: Trajectory, hybrid: Trajectory, topo: dict[str, Any], floor: dict[str, Any],
+                 interval_ps: float) -> dict[str, Any]:
+    """Distances of one hybrid run vs the reference replica, each beside the floor and as a ratio."""
+    d = compare(ref, hybrid, topo, interval_ps)
+    out: dict[str, Any] = {"distances": d, "summary": summarize_trajectory(hybrid, np.asarray(topo["bonds"]))}
+    ratios = {}
+    for k in FIDELITY_KEYS:
+        if k in floor and floor[k] > 0 and np.isfinite(d.get(k, np.nan)):
+            ratios[k] = d[k] / floor[k]
+    out["ratio_to_floor"] = ratios
+    out["within_1p5x_floor"] = bool(ratios) and all(v <= 1.5 for v in ratios.values())
+    return out
+
+
+def load_replicas(baseline_dir: Path) -> list[Trajectory]:
+    """Baseline replicas ``replica_*.npz`` of one molecule (sorted)."""
+    paths = sorted(baseline_dir.glob("replica_*.npz"))
+    if not paths:
+        raise MdkstepError(f"{baseline_dir}: no replica_*.npz baselines (run stage 01 with --replicas 2)")
+    return [load_trajectory(p) for p in paths]

@@ -1,0 +1,224 @@
+"""Rollout fidelity metrics (DESIGN.md section 5). Positions nm in, reported in Å / degrees.
+
+Distances between two trajectories of the same molecule at one common frame interval:
+Wasserstein-1 of bond, angle and dihedral distributions (averaged per class), mean bond
+length error, intramolecular pair-distance RDF L1, VACF L2, temperatures (also per element),
+NVE drift. The same distances between independent baseline replicas give the noise floor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import wasserstein_distance
+
+from .structure import bond_angles, bond_lengths, dihedral_angles
+from .trajectory import Trajectory
+from .utils import KB_KJ_PER_MOL_K, kinetic_energy, remove_com
+
+NM_TO_A = 10.0
+RAD_TO_DEG = 180.0 / np.pi
+
+
+# ------------------------------------------------------------------------- topology
+
+def _neighbors(n_atoms: int, bonds: np.ndarray) -> list[set[int]]:
+    nb: list[set[int]] = [set() for _ in range(n_atoms)]
+    for a, b in bonds:
+        nb[a].add(int(b))
+        nb[b].add(int(a))
+    return nb
+
+
+def ring_bonds(n_atoms: int, bonds: np.ndarray) -> set[tuple[int, int]]:
+    """Bonds in a ring: those whose removal leaves their atoms connected (no RDKit needed)."""
+    nb = _neighbors(n_atoms, bonds)
+    out = set()
+    for a, b in bonds:
+        a, b = int(a), int(b)
+        seen, stack = {a}, [a]
+        while stack:
+            u = stack.pop()
+            for w in nb[u]:
+                if (u, w) in ((a, b), (b, a)) or w in seen:
+                    continue
+                seen.add(w)
+                stack.append(w)
+        if b in seen:
+            out.add((min(a, b), max(a, b)))
+    return out
+
+
+@dataclass
+class DihedralClasses:
+    """Dihedral groups: each group is pooled into one distribution; 'slow' = about a rotatable bond."""
+
+    groups: list[list[int]]  #: indices into the dihedral list, pooled per group
+    slow: list[bool]  #: per group
+
+
+def classify_dihedrals(z: np.ndarray, bonds: np.ndarray, dihedrals: np.ndarray) -> DihedralClasses:
+    """Pool dihedrals whose end atoms are interchangeable hydrogens (on an atom with >= 3 H:
+    methyl, NH3+), and flag groups about rotatable bonds (not in a ring, both central atoms with
+    >= 2 neighbours, neither carrying >= 3 H) as slow."""
+    n = len(z)
+    nb = _neighbors(n, bonds)
+    n_h = [sum(1 for w in nb[i] if z[w] == 1) for i in range(n)]
+    rings = ring_bonds(n, bonds)
+
+    def end_class(a: int) -> tuple[str, int]:
+        if z[a] == 1:
+            parent = next(iter(nb[a]))
+            if n_h[parent] >= 3:
+                return ("H3", parent)
+        return ("atom", a)
+
+    keys: dict[tuple, list[int]] = {}
+    for idx, (i, j, k, l) in enumerate(np.asarray(dihedrals, dtype=int)):
+        keys.setdefault((end_class(i), j, k, end_class(l)), []).append(idx)
+    groups, slow = [], []
+    for (ci, j, k, cl), members in keys.items():
+        rot = ((min(j, k), max(j, k)) not in rings and len(nb[j]) >= 2 and len(nb[k]) >= 2
+               and n_h[j] < 3 and n_h[k] < 3)
+        groups.append(members)
+        slow.append(bool(rot))
+    return DihedralClasses(groups, slow)
+
+
+# ------------------------------------------------------------------------ series
+
+def internal_coordinates(positions_nm: np.ndarray, topo: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Bond lengths (F, Mb) Å, angles (F, Ma) degrees, dihedrals (F, Md) radians."""
+    x = torch.as_tensor(np.asarray(positions_nm), dtype=torch.float64)
+    out = {}
+    for key, fn, scale, width in (("bonds", bond_lengths, NM_TO_A, 2), ("angles", bond_angles, RAD_TO_DEG, 3),
+                                  ("dihedrals", dihedral_angles, 1.0, 4)):
+        idx = torch.as_tensor(np.asarray(topo[key], dtype=np.int64).reshape(-1, width))
+        out[key] = (fn(x, idx) * scale).numpy() if len(idx) else np.zeros((x.shape[0], 0))
+    return out
+
+
+def circular_w1(a: np.ndarray, b: np.ndarray, n_cuts: int = 24) -> float:
+    """Wasserstein-1 on the circle (radians): minimum over cut points of the linear W1 of the
+    samples unwrapped at that cut. Exact for distributions whose optimal cut is on the grid."""
+    best = np.inf
+    for c in np.linspace(-np.pi, np.pi, n_cuts, endpoint=False):
+        aa = np.mod(a - c, 2 * np.pi)
+        bb = np.mod(b - c, 2 * np.pi)
+        best = min(best, wasserstein_distance(aa, bb))
+    return float(best)
+
+
+def rotamer_populations(phi: np.ndarray) -> np.ndarray:
+    """Fractions in the three staggered wells: g- [-120,0), g+ [0,120), trans (|phi| >= 120 deg)."""
+    d = np.degrees(phi)
+    return np.array([np.mean((d >= -120) & (d < 0)), np.mean((d >= 0) & (d < 120)), np.mean(np.abs(d) >= 120)])
+
+
+def pair_distance_hist(positions_nm: np.ndarray, r_max_nm: float = 1.0, bin_nm: float = 0.005) -> np.ndarray:
+    """Normalized histogram of all intramolecular pair distances (the molecule's 'RDF')."""
+    x = np.asarray(positions_nm)
+    i, j = np.triu_indices(x.shape[1], k=1)
+    d = np.linalg.norm(x[:, i] - x[:, j], axis=-1).ravel()
+    h, _ = np.histogram(d, bins=np.arange(0.0, r_max_nm + bin_nm, bin_nm))
+    return h / max(1, h.sum())
+
+
+def vacf(velocities: np.ndarray, max_lag: int) -> np.ndarray:
+    """Normalized velocity autocorrelation <v(0).v(t)>/<v.v> for lags 0..max_lag frames."""
+    v = np.asarray(velocities)
+    n = v.shape[0]
+    out = np.empty(min(max_lag, n - 1) + 1)
+    for lag in range(len(out)):
+        out[lag] = np.mean(np.sum(v[: n - lag] * v[lag:], axis=-1))
+    return out / out[0]
+
+
+def nve_drift(time_ps: np.ndarray, total_energy: np.ndarray) -> dict[str, float]:
+    """Slope (kJ/mol/ps) of a linear fit of total energy vs time, and its fluctuation (std)."""
+    slope = float(np.polyfit(time_ps, total_energy, 1)[0]) if len(time_ps) > 2 else float("nan")
+    return {"drift_kj_mol_ps": slope, "etot_std_kj_mol": float(np.std(total_energy))}
+
+
+def constrained_pairs(traj: Trajectory, bonds: np.ndarray) -> np.ndarray:
+    """X-H bonds when the trajectory ran with HBonds constraints, else none; (M, 2)."""
+    if traj.metadata.get("constraints") != "hbonds":
+        return np.zeros((0, 2), dtype=int)
+    b = np.asarray(bonds, dtype=int).reshape(-1, 2)
+    return b[(traj.atom_types[b[:, 0]] == 1) | (traj.atom_types[b[:, 1]] == 1)]
+
+
+def per_element_temperature(traj: Trajectory, constraints: np.ndarray | None = None) -> dict[str, float]:
+    """Mean kinetic temperature per element (equipartition check).
+
+    Each atom has 3 dof, less its share of every constraint it takes part in: a bond
+    constraint i-j removes one dof, split m_j/(m_i+m_j) to i (the light atom loses most).
+    """
+    v = remove_com(traj.velocities, traj.masses)
+    ke_atom = 0.5 * traj.masses[None, :] * np.sum(v**2, axis=-1)  # (F, N) kJ/mol
+    dof = np.full(traj.n_atoms, 3.0)
+    for i, j in (constraints if constraints is not None else np.zeros((0, 2), dtype=int)):
+        mi, mj = traj.masses[i], traj.masses[j]
+        dof[i] -= mj / (mi + mj)
+        dof[j] -= mi / (mi + mj)
+    out = {}
+    for zval in np.unique(traj.atom_types):
+        sel = traj.atom_types == zval
+        out[str(int(zval))] = float(2.0 * ke_atom[:, sel].mean(0).sum() / (dof[sel].sum() * KB_KJ_PER_MOL_K))
+    return out
+
+
+# ----------------------------------------------------------------- comparisons
+
+def subsample_to_interval(traj: Trajectory, interval_ps: float) -> np.ndarray:
+    """Frame indices of ``traj`` spaced by ``interval_ps`` (nearest multiple of its own spacing)."""
+    dt = float(np.median(np.diff(traj.time_ps))) if traj.n_frames > 1 else interval_ps
+    step = max(1, int(round(interval_ps / dt)))
+    return np.arange(0, traj.n_frames, step)
+
+
+def compare(ref: Trajectory, other: Trajectory, topo: dict[str, Any], interval_ps: float,
+            max_frames: int = 5000, vacf_lags: int = 50) -> dict[str, float]:
+    """Fidelity distances of ``other`` against ``ref`` at one common frame interval."""
+    ia, ib = subsample_to_interval(ref, interval_ps), subsample_to_interval(other, interval_ps)
+    ia, ib = ia[:: max(1, len(ia) // max_frames)], ib[:: max(1, len(ib) // max_frames)]
+    a, b = internal_coordinates(ref.positions[ia], topo), internal_coordinates(other.positions[ib], topo)
+    res: dict[str, float] = {}
+    res["bond_w1_A"] = float(np.mean([wasserstein_distance(a["bonds"][:, m], b["bonds"][:, m]) for m in range(a["bonds"].shape[1])]))
+    res["mean_bond_err_A"] = float(np.mean(np.abs(a["bonds"].mean(0) - b["bonds"].mean(0))))
+    res["angle_w1_deg"] = float(np.mean([wasserstein_distance(a["angles"][:, m], b["angles"][:, m]) for m in range(a["angles"].shape[1])]))
+    cls = classify_dihedrals(ref.atom_types, np.asarray(topo["bonds"]), np.asarray(topo["dihedrals"]).reshape(-1, 4))
+    fast, slow_pop = [], []
+    for members, slow in zip(cls.groups, cls.slow):
+        pa, pb = a["dihedrals"][:, members].ravel(), b["dihedrals"][:, members].ravel()
+        if slow:
+            slow_pop.append(float(np.abs(rotamer_populations(pa) - rotamer_populations(pb)).sum() / 2))
+        else:
+            fast.append(circular_w1(pa, pb) * RAD_TO_DEG)
+    res["dihedral_w1_deg"] = float(np.mean(fast)) if fast else float("nan")
+    res["slow_rotamer_tv"] = float(np.mean(slow_pop)) if slow_pop else float("nan")
+    res["rdf_l1"] = float(np.abs(pair_distance_hist(ref.positions[ia]) - pair_distance_hist(other.positions[ib])).sum())
+    ca = vacf(remove_com(ref.velocities[ia], ref.masses), vacf_lags)
+    cb = vacf(remove_com(other.velocities[ib], other.masses), vacf_lags)
+    m = min(len(ca), len(cb))
+    res["vacf_l2"] = float(np.sqrt(np.mean((ca[:m] - cb[:m]) ** 2)))
+    res["temperature_mean_diff_K"] = float(other.temperature.mean() - ref.temperature.mean())
+    return res
+
+
+def summarize_trajectory(traj: Trajectory, bonds: np.ndarray | None = None) -> dict[str, Any]:
+    """Temperature mean/std, per-element temperature, and NVE drift when the run is NVE."""
+    out: dict[str, Any] = {
+        "n_frames": traj.n_frames, "simulated_ps": float(traj.time_ps[-1] - traj.time_ps[0]) if traj.n_frames > 1 else 0.0,
+        "temperature_mean_K": float(traj.temperature.mean()), "temperature_std_K": float(traj.temperature.std()),
+        "temperature_per_element_K": per_element_temperature(
+            traj, constrained_pairs(traj, bonds) if bonds is not None else None),
+        "nan_frames": int((~np.isfinite(traj.positions).all(axis=(1, 2))).sum()),
+    }
+    ke = traj.kinetic if traj.kinetic is not None else kinetic_energy(traj.velocities, traj.masses)
+    if traj.metadata.get("ensemble") == "nve" or float(traj.metadata.get("friction") or 0) == 0:
+        out.update(nve_drift(traj.time_ps, traj.energies + ke))
+        out["drift_kj_mol_ps_per_atom"] = out["drift_kj_mol_ps"] / traj.n_atoms
+    return out

@@ -1,0 +1,109 @@
+"""Report figures (matplotlib, Agg backend, written atomically as PNG)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .metrics import internal_coordinates, pair_distance_hist
+from .trajectory import Trajectory
+from .utils import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def energy_temperature(trajs: dict[str, Trajectory], path: Path) -> Path:
+    """Potential + total energy (kJ/mol) and temperature (K) vs time (ps), one line per run."""
+    plt = _plt()
+    fig, ax = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    for label, t in trajs.items():
+        ke = t.kinetic if t.kinetic is not None else np.zeros_like(t.energies)
+        ax[0].plot(t.time_ps, t.energies + ke, lw=0.6, label=f"{label} total")
+        ax[1].plot(t.time_ps, t.temperature, lw=0.6, label=label)
+    ax[0].set_ylabel("E total (kJ/mol)")
+    ax[1].set_ylabel("T (K)")
+    ax[1].set_xlabel("time (ps)")
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def structure_histograms(trajs: dict[str, Trajectory], topo: dict[str, Any], path: Path,
+                         max_frames: int = 4000) -> Path:
+    """Overlaid histograms of all bond lengths (Å), angles (°) and dihedrals (°) per run."""
+    plt = _plt()
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.5))
+    for label, t in trajs.items():
+        sel = np.linspace(0, t.n_frames - 1, min(max_frames, t.n_frames)).astype(int)
+        ic = internal_coordinates(t.positions[sel], topo)
+        ax[0].hist(ic["bonds"].ravel(), bins=200, histtype="step", density=True, label=label)
+        ax[1].hist(ic["angles"].ravel(), bins=180, histtype="step", density=True, label=label)
+        ax[2].hist(np.degrees(ic["dihedrals"].ravel()), bins=180, histtype="step", density=True, label=label)
+    for a, xl in zip(ax, ("bond length (Å)", "angle (°)", "dihedral (°)")):
+        a.set_xlabel(xl)
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def rdf_overlay(trajs: dict[str, Trajectory], path: Path, r_max_nm: float = 1.0, bin_nm: float = 0.005) -> Path:
+    """Intramolecular pair-distance distributions, one line per run."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    r = np.arange(0.0, r_max_nm, bin_nm) + bin_nm / 2
+    for label, t in trajs.items():
+        sel = np.linspace(0, t.n_frames - 1, min(4000, t.n_frames)).astype(int)
+        ax.plot(r * 10, pair_distance_hist(t.positions[sel], r_max_nm, bin_nm), lw=0.8, label=label)
+    ax.set_xlabel("pair distance (Å)")
+    ax.set_ylabel("fraction")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def ramachandran(phipsi: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
+    """phi/psi scatter (degrees) per run, side by side."""
+    plt = _plt()
+    n = len(phipsi)
+    fig, ax = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
+    for a, (label, (phi, psi)) in zip(ax[0], phipsi.items()):
+        a.scatter(np.degrees(phi).ravel(), np.degrees(psi).ravel(), s=1, alpha=0.3)
+        a.set_xlim(-180, 180)
+        a.set_ylim(-180, 180)
+        a.set_title(label, fontsize=9)
+        a.set_xlabel("φ (°)")
+        a.set_ylabel("ψ (°)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pareto(points: Sequence[dict[str, Any]], x_key: str, y_key: str, path: Path, floor: float | None = None) -> Path:
+    """Fidelity distance vs force calls per ps, one labelled point per method."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for p in points:
+        ax.scatter(p[x_key], p[y_key])
+        ax.annotate(p["label"], (p[x_key], p[y_key]), fontsize=7)
+    if floor is not None:
+        ax.axhline(floor, ls="--", c="gray", lw=0.8, label="replica floor")
+        ax.legend(fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(y_key)
+    fig.tight_layout()
+    return _save(fig, path)
