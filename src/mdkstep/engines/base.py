@@ -72,6 +72,10 @@ class ForceEngine(ABC):
         """Remove velocity components along constraints (no-op without constraints)."""
         return velocities
 
+    def constraint_pairs(self) -> np.ndarray:
+        """Atom index pairs (n_constraints, 2) of the distance constraints (empty without)."""
+        return np.zeros((0, 2), dtype=int)
+
     def describe(self) -> dict:
         """Metadata describing the engine (for trajectory metadata and reports)."""
         return {"engine": self.name}

@@ -25,6 +25,8 @@ class OpenMMEngine(ForceEngine):
         self._tol = constraint_tolerance
         self.context = openmm.Context(system, integ, self.platform)
         self._n_constraints = system.getNumConstraints()
+        self._pairs = np.array([system.getConstraintParameters(i)[:2] for i in range(self._n_constraints)],
+                               dtype=int).reshape(-1, 2)
 
     @property
     def n_constraints(self) -> int:
@@ -36,6 +38,9 @@ class OpenMMEngine(ForceEngine):
         e = st.getPotentialEnergy().value_in_unit(self._unit.kilojoule_per_mole)
         f = st.getForces(asNumpy=True).value_in_unit(self._unit.kilojoule_per_mole / self._unit.nanometer)
         return e, np.asarray(f)
+
+    def constraint_pairs(self) -> np.ndarray:
+        return self._pairs.copy()
 
     def constrain_positions(self, positions_nm: np.ndarray) -> np.ndarray:
         if not self._n_constraints:

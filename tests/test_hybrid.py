@@ -1,0 +1,454 @@
+"""The hybrid integrator (mdkstep.hybrid) against an analytic harmonic engine, and script 06's
+checkpoint checks. Units: nm, ps, kJ/mol, amu, K."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from conftest import load_script
+from mdkstep.engines.base import ForceEngine
+from mdkstep.hybrid import HybridConfig, checkpoint_path, csvr_factor, replica_paths, run_hybrid
+from mdkstep.trajectory import load_trajectory
+from mdkstep.utils import KB_KJ_PER_MOL_K
+
+MASSES = np.array([12.0, 1.008, 15.999, 1.008])  # amu
+Z = np.array([6, 1, 8, 1])
+X_EQ = np.array([[0.0, 0.0, 0.0], [0.11, 0.0, 0.0], [-0.06, 0.12, 0.0], [-0.14, 0.16, 0.05]])  # nm
+SPRINGS = [(0, 1, 3.0e4), (0, 2, 5.0e4), (2, 3, 3.0e4), (1, 2, 1.0e4), (0, 3, 5.0e3)]  # kJ/(mol nm^2)
+
+
+class HarmonicLattice(ForceEngine):
+    """U = 1/2 sum_ij k_ij |(x_i - x_j) - (x_eq_i - x_eq_j)|^2: linear forces, pairwise (momentum
+    conserving), translation invariant, with an exact solution (:meth:`propagate`)."""
+
+    name = "harmonic"
+
+    def __init__(self):
+        super().__init__(MASSES, Z)
+        n = len(MASSES)
+        k = np.zeros((n, n))
+        for i, j, kij in SPRINGS:
+            k[i, i] += kij
+            k[j, j] += kij
+            k[i, j] -= kij
+            k[j, i] -= kij
+        self.hessian = np.kron(k, np.eye(3))  # (3N, 3N)
+        s = 1.0 / np.sqrt(np.repeat(MASSES, 3))
+        w2, self.modes = np.linalg.eigh(s[:, None] * self.hessian * s[None, :])
+        self.omega = np.sqrt(np.clip(w2, 0.0, None))  # 1/ps
+
+    def _compute(self, x):
+        d = (x - X_EQ).reshape(-1)
+        g = self.hessian @ d
+        return 0.5 * d @ g, -g.reshape(-1, 3)
+
+    def propagate(self, x, v, t):
+        """Exact state after time t (ps) from x (...,N,3), v (...,N,3)."""
+        sq = np.sqrt(np.repeat(MASSES, 3))
+        shape = x.shape
+        q = ((x - X_EQ).reshape(-1, 3 * len(MASSES)) * sq) @ self.modes
+        p = (v.reshape(-1, 3 * len(MASSES)) * sq) @ self.modes
+        w = self.omega
+        osc = w > 1e-6
+        c, s = np.cos(w * t), np.sin(w * t)
+        wsafe = np.where(osc, w, 1.0)
+        q1 = np.where(osc, q * c + p * s / wsafe, q + p * t)
+        p1 = np.where(osc, -q * wsafe * s + p * c, p)
+        x1 = (q1 @ self.modes.T / sq).reshape(shape) + X_EQ
+        v1 = (p1 @ self.modes.T / sq).reshape(shape)
+        return x1, v1
+
+
+def vv_step(eng, x, v, dt):
+    """Reference velocity-Verlet step (uncounted), written independently of mdkstep.hybrid."""
+    f0 = eng._compute(x)[1]
+    v_half = v + 0.5 * dt * f0 / MASSES[:, None]
+    x1 = x + dt * v_half
+    return x1, v_half + 0.5 * dt * eng._compute(x1)[1] / MASSES[:, None]
+
+
+class Oracle:
+    """Exact k-step jump; ``scale`` != 1 makes it slightly wrong; raises at call ``fail_at``."""
+
+    def __init__(self, eng, tau, scale=1.0, fail_at=None):
+        self.eng, self.tau, self.scale, self.fail_at, self.calls = eng, tau, scale, fail_at, 0
+
+    def __call__(self, x, v, f):
+        self.calls += 1
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise KeyboardInterrupt("simulated interruption")
+        x1, v1 = self.eng.propagate(x, v, self.tau)
+        return self.scale * (x1 - x), self.scale * (v1 - v)
+
+
+def start(n_rep, temp=300.0, seed=1, com_velocity=None):
+    rng = np.random.default_rng(seed)
+    x = X_EQ + rng.normal(scale=0.004, size=(n_rep, 4, 3))
+    v = rng.normal(size=(n_rep, 4, 3)) * np.sqrt(KB_KJ_PER_MOL_K * temp / MASSES)[:, None]
+    v -= (np.einsum("rij,i->rj", v, MASSES) / MASSES.sum())[:, None]
+    if com_velocity is not None:
+        v += np.asarray(com_velocity)
+    return x, v
+
+
+def cfg(**kw) -> HybridConfig:
+    base = dict(k=4, dt_fs=0.5, ensemble="nve", energy_filter=False, chunk_frames=50, temperature_K=300.0)
+    base.update(kw)
+    c = HybridConfig(**base)
+    c.validate()
+    return c
+
+
+def run(tmp_path, eng, jumper, c, x0, v0, n_cycles, name="h.npz", seed=0, **kw):
+    return run_hybrid(eng, jumper, c, x0, v0, n_cycles, tmp_path / name, np.random.default_rng(seed), progress=False, **kw)
+
+
+# ------------------------------------------------------------------------------- oracle, NVE
+
+def test_oracle_kick_matches_exact_and_counts_one_call_per_cycle(tmp_path):
+    eng = HarmonicLattice()
+    c = cfg(corrector="kick")
+    x0, v0 = start(2)
+    oracle = Oracle(eng, c.cycle_ps)
+    stats = run(tmp_path, eng, oracle, c, x0, v0, 40)
+    assert oracle.calls == 40  # one jumper call per cycle for both replicas
+    assert c.steps_per_cycle == 4 and stats["simulated_ps"] == pytest.approx(40 * 4 * 0.0005)
+    assert stats["force_calls"] == eng.counters.calls == 2 + 40 * 2 * 1  # setup + cycles x replicas x 1
+    assert stats["force_calls_setup"] == 2 and stats["force_calls_jump"] == 80 and stats["fallbacks"] == 0
+    for r, path in enumerate(replica_paths(tmp_path / "h.npz", 2)):
+        t = load_trajectory(path)
+        assert t.n_frames == 40 and np.allclose(t.time_ps, np.arange(1, 41) * 0.002)
+        xe, ve = eng.propagate(np.repeat(x0[r][None], 40, 0), np.repeat(v0[r][None], 40, 0), 0)
+        for i in range(40):
+            xe[i], ve[i] = eng.propagate(x0[r], v0[r], t.time_ps[i])
+        assert np.abs(t.positions - xe).max() < 1e-10 and np.abs(t.velocities - ve).max() < 1e-8
+        assert np.allclose(t.forces, [eng._compute(x)[1] for x in t.positions])  # exact forces handed over
+        assert t.metadata["method"] == "hybrid_kick" and t.metadata["save_interval"] == 4
+
+
+def test_kick_swaps_predicted_for_real_forces_in_the_last_half_kick(tmp_path):
+    eng = HarmonicLattice()
+    c = cfg(corrector="kick")
+    x0, v0 = start(1)
+
+    class WithForces(Oracle):  # exact jump; predicted forces F_pred = 0 at the jumped point
+        def __call__(self, x, v, f):
+            dx, dv = super().__call__(x, v, f)
+            return dx, dv, np.zeros_like(x)
+
+    run(tmp_path, eng, WithForces(eng, c.cycle_ps), c, x0, v0, 1)
+    t = load_trajectory(tmp_path / "h.npz")
+    x1, v1 = eng.propagate(x0[0], v0[0], c.cycle_ps)
+    f1 = eng._compute(x1)[1]
+    assert np.allclose(t.velocities[0], v1 + 0.5 * c.dt_ps * f1 / MASSES[:, None], atol=1e-10)
+    run(tmp_path, HarmonicLattice(), WithForces(eng, c.cycle_ps), cfg(corrector="kick", use_predicted_forces=False),
+        x0, v0, 1, name="off.npz")
+    assert np.allclose(load_trajectory(tmp_path / "off.npz").velocities[0], v1, atol=1e-10)
+
+
+def test_oracle_verlet_matches_exact_to_integrator_accuracy(tmp_path):
+    eng = HarmonicLattice()
+    c = cfg(corrector="verlet")
+    x0, v0 = start(1)
+    n = 30
+    stats = run(tmp_path, eng, Oracle(eng, c.k * c.dt_ps), c, x0, v0, n)
+    assert stats["force_calls"] == eng.counters.calls == 1 + n * 2  # 2 calls per (k+1)*dt
+    assert stats["calls_per_cycle_nominal"] == 2 and c.cycle_ps == pytest.approx(5 * 0.0005)
+    t = load_trajectory(tmp_path / "h.npz")
+    # the exact composite: k exact steps, then one velocity-Verlet step, repeated
+    x, v = x0[0], v0[0]
+    ref = []
+    for _ in range(n):
+        x, v = eng.propagate(x, v, c.k * c.dt_ps)
+        x, v = vv_step(eng, x, v, c.dt_ps)
+        ref.append(x)
+    assert np.abs(t.positions - np.array(ref)).max() < 1e-10
+    # and the analytic solution to second order: the error is that of n Verlet steps
+    exact = np.array([eng.propagate(x0[0], v0[0], ti)[0] for ti in t.time_ps])
+    err = np.abs(t.positions - exact).max()
+    xs, vs, e_vv = x0[0], v0[0], 0.0  # error of n plain Verlet steps of the same dt
+    for i in range(n):
+        xs, vs = vv_step(eng, xs, vs, c.dt_ps)
+        e_vv = max(e_vv, np.abs(xs - eng.propagate(x0[0], v0[0], (i + 1) * c.dt_ps)[0]).max())
+    assert 0 < err < 3 * e_vv + 1e-9
+
+
+# ------------------------------------------------------------------------------- guard
+
+class BadJumper:
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, x, v, f):
+        rng = np.random.default_rng(0)
+        dx = rng.normal(size=x.shape) * self.value
+        return dx, np.zeros_like(v)
+
+
+def test_bad_jumper_retries_then_falls_back_to_physics(tmp_path):
+    eng = HarmonicLattice()
+    c = cfg(corrector="kick", max_attempts=3)
+    x0, v0 = start(2)
+    n = 12
+    stats = run(tmp_path, eng, BadJumper(10.0), c, x0, v0, n)
+    assert stats["jumps_accepted"] == 0 and stats["fallbacks"] == n * 2
+    assert stats["retries"] == n * 2 * 2 and stats["nan_frames"] == 0
+    assert sum(stats["reject_reasons"].values()) == n * 2 * 3
+    # every attempt reached the engine (1 call), then k physics steps (1 call each)
+    assert stats["force_calls"] == eng.counters.calls == 2 + n * 2 * (3 + c.k)
+    for r, path in enumerate(replica_paths(tmp_path / "h.npz", 2)):
+        t = load_trajectory(path)  # validates: finite everywhere
+        assert t.n_frames == n
+        x, v = x0[r], v0[r]
+        for _ in range(n * c.k):  # the fallback is plain velocity Verlet
+            x, v = vv_step(eng, x, v, c.dt_ps)
+        assert np.abs(t.positions[-1] - x).max() < 1e-10
+
+
+def test_nan_jumper_is_rejected_without_force_calls(tmp_path):
+    eng = HarmonicLattice()
+    c = cfg(corrector="verlet", max_attempts=2)
+    x0, v0 = start(1)
+    stats = run(tmp_path, eng, BadJumper(np.nan), c, x0, v0, 5)
+    assert stats["reject_reasons"]["nonfinite"] == 10 and stats["fallbacks"] == 5
+    assert stats["force_calls"] == 1 + 5 * (c.k + 1)  # fallback covers the cycle's k+1 steps
+    assert load_trajectory(tmp_path / "h.npz").n_frames == 5
+
+
+# ------------------------------------------------------------------------------- conservation
+
+def test_energy_filter_and_momentum_conservation(tmp_path):
+    eng = HarmonicLattice()
+    c = cfg(corrector="kick", energy_filter=True, remove_com=False)
+    x0, v0 = start(1, com_velocity=[0.3, -0.2, 0.1])
+    stats = run(tmp_path, eng, Oracle(eng, c.cycle_ps, scale=1.03), c, x0, v0, 60)
+    assert stats["jumps_accepted"] > 50
+    t = load_trajectory(tmp_path / "h.npz")
+    etot = t.energies + t.kinetic  # kinetic of the COM-free velocities; the COM part is constant
+    assert np.abs(etot - etot[0]).max() / abs(etot[0]) < 1e-8
+    p = np.einsum("fij,i->fj", t.velocities, MASSES)
+    assert np.abs(p - MASSES @ v0[0]).max() < 1e-10 * MASSES.sum()
+    # without the filter the same jumper changes the energy
+    eng2 = HarmonicLattice()
+    run(tmp_path, eng2, Oracle(eng2, c.cycle_ps, scale=1.03), cfg(corrector="kick"), x0, v0, 60, name="nf.npz")
+    t2 = load_trajectory(tmp_path / "nf.npz")
+    assert np.abs(t2.energies + t2.kinetic - etot[0]).max() > 1e-3
+
+
+def test_fix_angular_momentum_restores_pre_jump_value(tmp_path):
+    from mdkstep.hybrid import angular_momentum
+
+    eng = HarmonicLattice()
+    c = cfg(corrector="kick", fix_angular_momentum=True, max_energy_jump_kj_mol=None)
+
+    class Spinner:  # adds a rigid rotation to dv: changes the angular momentum
+        def __call__(self, x, v, f):
+            xc = x - (np.einsum("rij,i->rj", x, MASSES) / MASSES.sum())[:, None]
+            return np.zeros_like(x), np.cross([0.0, 0.0, 5.0], xc)
+
+    x0, v0 = start(1)
+    run(tmp_path, eng, Spinner(), c, x0, v0, 3)
+    t = load_trajectory(tmp_path / "h.npz")
+    l0 = angular_momentum(x0[0], v0[0], MASSES)
+    for x, v in zip(t.positions, t.velocities):
+        assert np.allclose(angular_momentum(x, v, MASSES), l0, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------- resume
+
+def test_resume_after_interruption_gives_same_frames(tmp_path):
+    c = cfg(corrector="kick", ensemble="nvt", thermostat="csvr", tau_ps=0.01, chunk_frames=5)
+    x0, v0 = start(2)
+    eng = HarmonicLattice()
+    full = run(tmp_path, eng, Oracle(eng, c.cycle_ps, scale=1.01), c, x0, v0, 30, name="full.npz", seed=7)
+    eng = HarmonicLattice()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, eng, Oracle(eng, c.cycle_ps, scale=1.01, fail_at=18), c, x0, v0, 30, name="part.npz", seed=7)
+    assert checkpoint_path(tmp_path / "part.npz").is_file()
+    eng = HarmonicLattice()
+    resumed = run(tmp_path, eng, Oracle(eng, c.cycle_ps, scale=1.01), c, np.zeros_like(x0), np.zeros_like(v0), 30,
+                  name="part.npz", seed=7)  # the start state is ignored: it comes from the checkpoint
+    assert eng.counters.calls == 2 * 15  # only cycles 16..30 ran in this session
+    assert resumed["n_cycles"] == full["n_cycles"] == 30
+    assert resumed["force_calls"] == full["force_calls"]
+    assert not checkpoint_path(tmp_path / "part.npz").exists()
+    for a, b in zip(replica_paths(tmp_path / "full.npz", 2), replica_paths(tmp_path / "part.npz", 2)):
+        ta, tb = load_trajectory(a), load_trajectory(b)
+        assert ta.n_frames == tb.n_frames == 30
+        assert np.array_equal(ta.positions, tb.positions) and np.array_equal(ta.velocities, tb.velocities)
+        assert np.array_equal(ta.time_ps, tb.time_ps)
+
+
+# ------------------------------------------------------------------------------- thermostats
+
+def test_csvr_keeps_target_temperature(tmp_path):
+    eng = HarmonicLattice()
+    c = cfg(corrector="kick", ensemble="nvt", thermostat="csvr", tau_ps=0.02, temperature_K=300.0,
+            dt_fs=1.0, save_interval_cycles=10)
+    x0, v0 = start(16, temp=80.0)
+    stats = run(tmp_path, eng, Oracle(eng, c.cycle_ps), c, x0, v0, 600, seed=3)
+    t = np.array([load_trajectory(p).temperature for p in replica_paths(tmp_path / "h.npz", 16)])
+    assert t[:, 10:].mean() == pytest.approx(300.0, rel=0.05)  # second half, all replicas
+    assert stats["temperature_mean_K"] == pytest.approx(300.0, rel=0.08)
+    for sym in ("C", "H", "O"):
+        assert stats["temperature_per_element_K"][sym] == pytest.approx(300.0, rel=0.15)
+    # a slightly wrong jumper: CSVR still bounds the mean, the per-element monitor shows the
+    # broken equipartition (light atoms hot, heavy atoms cold)
+    eng = HarmonicLattice()
+    bad = run(tmp_path, eng, Oracle(eng, c.cycle_ps, scale=1.02), c, x0, v0, 600, name="b.npz", seed=3)
+    assert bad["temperature_mean_K"] < 400.0
+    per = bad["temperature_per_element_K"]
+    assert per["H"] > 2 * per["C"]
+
+
+def test_langevin_keeps_target_temperature(tmp_path):
+    eng = HarmonicLattice()
+    c = cfg(corrector="verlet", ensemble="nvt", thermostat="langevin", friction_per_ps=20.0, dt_fs=1.0,
+            save_interval_cycles=10)
+    x0, v0 = start(16, temp=600.0)
+    stats = run(tmp_path, eng, Oracle(eng, c.k * c.dt_ps), c, x0, v0, 400, seed=5)
+    assert stats["temperature_mean_K"] == pytest.approx(300.0, rel=0.1)
+
+
+def test_csvr_factor_samples_canonical_kinetic_energy():
+    rng = np.random.default_rng(0)
+    nd, target = 9, 9 * 0.5 * 2.5
+    k, ks = 5.0, []
+    for _ in range(20000):
+        k *= csvr_factor(k, target, nd, 0.5, rng) ** 2
+        ks.append(k)
+    ks = np.array(ks[1000:])
+    assert ks.mean() == pytest.approx(target, rel=0.03)
+    assert ks.var() == pytest.approx(2 * target**2 / nd, rel=0.1)  # Gamma(nd/2, kT) variance
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="thermostat"):
+        HybridConfig(ensemble="nvt", thermostat="none").validate()
+    with pytest.raises(ValueError, match="corrector"):
+        HybridConfig(corrector="rk4").validate()
+
+
+# ------------------------------------------------------------------------------- script 06
+
+def _water_dir(root):
+    """A prepared-molecule folder (stage 00 layout) for a flexible water, built with OpenMM."""
+    import openmm
+    from openmm import app
+
+    from mdkstep.chem import TopologyInfo, write_molecule_dir
+
+    masses = [15.999, 1.008, 1.008]
+    system = openmm.System()
+    for m in masses:
+        system.addParticle(m)
+    bonds = openmm.HarmonicBondForce()
+    bonds.addBond(0, 1, 0.09572, 4.6e5)
+    bonds.addBond(0, 2, 0.09572, 4.6e5)
+    system.addForce(bonds)
+    angle = openmm.HarmonicAngleForce()
+    angle.addAngle(1, 0, 2, np.deg2rad(104.52), 836.8)
+    system.addForce(angle)
+    top = app.Topology()
+    res = top.addResidue("HOH", top.addChain())
+    atoms = [top.addAtom(n, app.Element.getByAtomicNumber(z), res) for n, z in (("O", 8), ("H1", 1), ("H2", 1))]
+    top.addBond(atoms[0], atoms[1])
+    top.addBond(atoms[0], atoms[2])
+    pos = np.array([[0.0, 0.0, 0.0], [0.09572, 0.0, 0.0], [-0.024, 0.0927, 0.0]])
+    info = TopologyInfo(name="water", atomic_numbers=[8, 1, 1], masses=masses, net_charge=0, smiles="O",
+                        forcefield="test", charge_method="none", bonds=[[0, 1], [0, 2]], angles=[[1, 0, 2]],
+                        dihedrals=[], source="test")
+    return write_molecule_dir(root / "water", info, system, top, pos)
+
+
+def _checkpoint(path, k=4, atom_types=(1, 8)):
+    from mdkstep.checkpoint import save_checkpoint
+    from mdkstep.model import ModelConfig, build_model
+
+    mc = ModelConfig(hidden=8, n_layers=1, n_rbf=4, max_hops=3)
+    model = build_model(mc)
+    save_checkpoint(path, {"model_state": model.state_dict(), "model_config": asdict(mc), "train_config": {},
+                           "k": k, "dt_fs": 2.0, "engine": "openmm", "atom_types": list(atom_types)})
+    return path
+
+
+def _run06(argv, capsys):
+    from mdkstep.config import run_cli
+
+    mod = load_script("06_hybrid_integrate")
+    with pytest.raises(SystemExit) as e:
+        run_cli(mod.main, argv)
+    return e.value.code, capsys.readouterr()
+
+
+@pytest.fixture()
+def water(tmp_path):
+    return _water_dir(tmp_path)
+
+
+def _base_args(tmp_path, water, ck):
+    from conftest import ROOT
+
+    return ["--checkpoint", str(ck), "--molecule", str(water), "--out", str(tmp_path / "hyb.npz"),
+            "--md-config", str(ROOT / "configs/md_quick.yaml"), "--hybrid-config", str(ROOT / "configs/hybrid.yaml"),
+            "--no-progress", "--log-level", "WARNING"]
+
+
+def test_model_jumper_batches_replicas_and_centres_inputs(tmp_path):
+    import torch
+
+    from mdkstep.checkpoint import model_from_checkpoint
+    from mdkstep.hybrid import ModelJumper
+
+    model, _ = model_from_checkpoint(_checkpoint(tmp_path / "m.pt"))
+    with torch.no_grad():  # make the fresh model's output non-trivial
+        model.set_normalization(dx_scale=0.01, dv_scale=1.0)
+    z, m = np.array([8, 1, 1]), np.array([15.999, 1.008, 1.008])
+    jumper = ModelJumper(model, z, m, np.array([[0, 1], [0, 2]]))
+    rng = np.random.default_rng(0)
+    x = np.array([[0.0, 0.0, 0.0], [0.0957, 0.0, 0.0], [-0.024, 0.0927, 0.0]]) + rng.normal(0, 0.01, (3, 3, 3))
+    v, f = rng.normal(size=(3, 3, 3)), rng.normal(size=(3, 3, 3)) * 100
+    dx, dv, fp = jumper(x, v, f)
+    assert dx.shape == dv.shape == (3, 3, 3) and fp is None and len(jumper.ms) == 1
+    assert np.abs(dx).max() > 0
+    # COM-centred inputs: a shift of positions and a common velocity change nothing
+    dx2, dv2, _ = jumper(x + 1.5, v + np.array([0.3, 0.0, -0.2]), f)
+    assert np.allclose(dx, dx2, atol=1e-5) and np.allclose(dv, dv2, atol=1e-4)
+    # one batch of 3 replicas = three single calls
+    one = jumper(x[1:2], v[1:2], f[1:2])
+    assert np.allclose(one[0][0], dx[1], atol=1e-6)
+
+
+def test_script_rejects_wrong_k_in_one_line(tmp_path, water, capsys):
+    ck = _checkpoint(tmp_path / "m.pt", k=4)
+    code, out = _run06(_base_args(tmp_path, water, ck) + ["--k", "8"], capsys)
+    assert code == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and "trained for k=4, but k=8" in lines[0]
+
+
+def test_script_rejects_unseen_elements_in_one_line(tmp_path, water, capsys):
+    ck = _checkpoint(tmp_path / "m.pt", atom_types=(1, 6))
+    code, out = _run06(_base_args(tmp_path, water, ck), capsys)
+    assert code == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and "elements [8]" in lines[0]
+
+
+def test_script_runs_end_to_end(tmp_path, water, capsys):
+    ck = _checkpoint(tmp_path / "m.pt", k=4, atom_types=(1, 8))
+    args = _base_args(tmp_path, water, ck) + ["--time-ps", "0.08", "--equil-ps", "0.02", "--replicas", "2"]
+    code, out = _run06(args, capsys)
+    assert code == 0, out.err
+    stats = json.loads((tmp_path / "hyb.stats.json").read_text())
+    assert stats["n_cycles"] == 10 and stats["nan_frames"] == 0  # 0.08 ps / (4 x 2 fs)
+    assert stats["force_calls"] == 2 + stats["force_calls_jump"] + stats["force_calls_fallback"]
+    for p in replica_paths(tmp_path / "hyb.npz", 2):
+        t = load_trajectory(p)
+        assert t.n_frames == 10 and t.metadata["molecule"] == "water" and t.metadata["n_constraints"] == 2
+        d = np.linalg.norm(t.positions[:, 1] - t.positions[:, 0], axis=-1)
+        assert np.allclose(d, 0.09572, atol=1e-6)  # HBonds constraints hold after every jump
+    assert "force calls/ps" in out.out
