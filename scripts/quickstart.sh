@@ -3,6 +3,8 @@
 # Settings (environment variables, defaults printed below):
 #   OUT=outputs/quickstart   where everything goes
 #   PY=.venv/bin/python      interpreter
+#   K=8                      jump length (integrator steps)
+#   MD_PS, STEPS, HYB_PS     shorter baseline ps / training steps / hybrid ps (tests use tiny values)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/quickstart}
@@ -15,7 +17,7 @@ echo "[quickstart] 00 prep: data/quick.smi -> $OUT/raw"
 $PY src/00_prep_mols.py --smiles data/quick.smi --out-dir "$OUT/raw" --config configs/prep.yaml --skip-existing
 
 echo "[quickstart] 01 MM baselines (2 replicas for the noise floor): -> $OUT/md"
-$PY src/01_run_md_baselines.py --all "$OUT/raw" --config configs/md_quick.yaml --out "$OUT/md" --replicas 2
+$PY src/01_run_md_baselines.py --all "$OUT/raw" --config configs/md_quick.yaml --out "$OUT/md" --replicas 2 ${MD_PS:+--time-ps $MD_PS} ${MD_PS:+--set nve_window_ps=$MD_PS}
 
 K=${K:-8}
 echo "[quickstart] 02 dataset: k=$K windows, time split -> $OUT/datasets, $OUT/splits"
@@ -24,6 +26,22 @@ $PY src/02_make_dataset.py --md-root "$OUT/md" --out-root "$OUT/datasets" --spli
 echo "[quickstart] 04 training (tiny EGNN, CPU) -> $OUT/train"
 $PY src/04_train.py --dataset "$OUT/datasets/dataset_k$K.npz" --model-config configs/model_quick.yaml \
     --train-config configs/train_quick.yaml --splits "$OUT/splits/train.json" "$OUT/splits/val.json" \
-    --out "$OUT/train" --device "${DEVICE:-auto}"
+    --out "$OUT/train" --device "${DEVICE:-auto}" ${STEPS:+--max-steps $STEPS --set eval_every=$STEPS}
 
-echo "[quickstart] done. Results under $OUT/: raw/ (molecules), md/ (baselines), datasets/, train/ (best.pt, metrics.csv, loss_curve.png, final_metrics.json)"
+HYB_PS=${HYB_PS:-20}
+echo "[quickstart] 06 hybrid MD: $HYB_PS ps NVT with the trained model -> $OUT/hybrid"
+for d in "$OUT"/raw/*/; do
+  name=$(basename "$d")
+  $PY src/06_hybrid_integrate.py --checkpoint "$OUT/train/best.pt" --molecule "$d" --md-config configs/md_quick.yaml \
+      --hybrid-config configs/hybrid_quick.yaml --out "$OUT/hybrid/$name/hybrid_k$K.npz" --time-ps "$HYB_PS" \
+      --start-from "$OUT/md/$name/replica_0.npz" --overwrite --no-progress
+done
+
+echo "[quickstart] 05 evaluation -> $OUT/eval"
+$PY src/05_eval_drift_rdfs.py --baseline "$OUT/md" --hybrid-runs "$OUT/hybrid" --out-dir "$OUT/eval" \
+    --raw-root "$OUT/raw" --checkpoint "$OUT/train/best.pt" --dataset "$OUT/datasets/dataset_k$K.npz" \
+    --test-split "$OUT/splits/test.json"
+
+echo "[quickstart] done. Results under $OUT/: raw/ (molecules), md/ (baselines), datasets/, train/ (best.pt, loss_curve.png),"
+echo "             hybrid/ (trajectories + stats), eval/ (report.md, metrics.json, plots, DCD for VMD/PyMOL)"
+echo "[quickstart] report: $OUT/eval/report.md"

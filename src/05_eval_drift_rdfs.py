@@ -101,7 +101,7 @@ def evaluate_molecule(name: str, args) -> dict[str, Any]:
     if not topo_file.is_file():
         raise MdkstepError(f"{args.baseline / name}: no topology.json (re-run stage 01, or give --raw-root)")
     topo = json.loads(topo_file.read_text())
-    runs = sorted((args.hybrid_runs / name).glob("*.npz"))
+    runs = sorted(p for p in (args.hybrid_runs / name).glob("*.npz") if not p.name.endswith(".hybrid_ckpt.npz"))
     if not runs:
         raise MdkstepError(f"{args.hybrid_runs / name}: no hybrid trajectories")
     raw_dir = args.raw_root / name if args.raw_root else None
