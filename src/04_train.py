@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="override seed")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt exactly where it stopped")
     p.add_argument("--pretrained", type=Path, default=None, help="initialize from this checkpoint (transfer learning)")
+    p.add_argument("--allow-k-change", action="store_true",
+                   help="with --pretrained: accept a checkpoint trained for another k / time step (MM -> QM transfer)")
     p.add_argument("--freeze-layers", type=int, default=None, help="freeze the first N layers (with --pretrained)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train-config key")
     p.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE", help="override a model-config key")
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(tcfg.seed)
     test_split = args.test_split or args.splits[0].with_name("test.json")
     summary = train(args.dataset, tuple(args.splits), mcfg, tcfg, args.out, args.device, args.resume,
-                    args.pretrained, test_split if test_split.is_file() else None)
+                    args.pretrained, test_split if test_split.is_file() else None, allow_k_change=args.allow_k_change)
     fm = summary.get("final_metrics", {})
     for split in ("val", "test"):
         m = fm.get(split, {})

@@ -88,7 +88,8 @@ def read_smi(path: str | Path) -> tuple[list[SmiEntry], list[str]]:
     errors: list[str] = []
     seen: dict[str, int] = {}
     for no, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        # a '#' starts a comment only at line start or after whitespace (it is also the SMILES triple bond)
+        line = re.split(r"\s#", raw, maxsplit=1)[0].strip() if not raw.lstrip().startswith("#") else ""
         if not line:
             continue
         parts = line.split()

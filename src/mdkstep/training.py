@@ -353,7 +353,7 @@ def validation_loss(model, ds: KStepDataset, cfg: TrainConfig, scales: dict[str,
 
 def train(dataset_file: Path, splits: tuple[Path, Path], model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
           device_name: str = "auto", resume: bool = False, pretrained: Path | None = None,
-          test_split: Path | None = None, progress: bool = True) -> dict[str, Any]:
+          test_split: Path | None = None, progress: bool = True, allow_k_change: bool = False) -> dict[str, Any]:
     """Train a k-step model; returns a summary (and writes best.pt, last.pt, metrics.csv,
     loss_curve.png, final_metrics.json under ``out``)."""
     import torch.distributed as dist
@@ -398,7 +398,8 @@ def train(dataset_file: Path, splits: tuple[Path, Path], model_cfg: ModelConfig,
     else:
         if pretrained is not None:
             pk = read_checkpoint(pretrained)
-            check_compatible(pk, str(pretrained), k=cfg.k, model_config=model_cfg)
+            # MM -> QM transfer changes the physical jump (e.g. k=8 x 2 fs -> k=4 x 0.25 fs): allowed only explicitly
+            check_compatible(pk, str(pretrained), k=None if allow_k_change else cfg.k, model_config=model_cfg)
             model.load_state_dict(pk["model_state"])
             lr = cfg.lr * cfg.pretrained_lr_scale
             LOG.info("initialized from %s (k=%s, engine=%s); lr %.2e", pretrained, pk["k"], pk.get("engine"), lr)

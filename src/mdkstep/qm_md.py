@@ -1,0 +1,631 @@
+"""QM MD baselines (stages 01b / 01c): ASE Langevin or velocity Verlet over a QM force engine
+(GFN2-xTB via tblite, or PySCF), streamed to disk in chunks and checkpointed so an interrupted
+run resumes with no lost or duplicated frame.
+
+ASE drives the integration through :class:`~mdkstep.engines.ase_engine.EngineCalculator`, so
+every force call is counted by our engine. The centre of mass is held by ASE's ``FixCom``
+constraint with ``Langevin(fixcm=False)``: ASE's default ``fixcm=True`` overheats small
+molecules (STACK.md). Saved positions and velocities are synchronous (both at step n), and the
+saved forces are the raw engine forces at those positions.
+
+Units: nm, ps, kJ/mol, amu, K; ``dt_fs`` in fs; ``friction_per_ps`` in 1/ps.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .trajectory import ChunkedTrajectoryWriter
+from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path, kinetic_energy, remove_com
+
+#: a run whose mean temperature is further than this fraction from the target is flagged
+TEMPERATURE_TOLERANCE = 0.10
+
+
+@dataclass
+class QMConfig:
+    """Settings of the QM baselines (configs/qm*.yaml). Units in the comments."""
+
+    # --- force engine
+    engine: str = "xtb"  #: xtb | pyscf
+    method: str = "GFN2-xTB"  #: xtb: GFN2-xTB | GFN1-xTB | IPEA1-xTB; pyscf: RHF | UHF | RKS | UKS | ...
+    multiplicity: int = 1  #: spin multiplicity 2S+1
+    backend: str = "tblite"  #: xtb only: tblite | xtb-python
+    accuracy: float = 1.0  #: xtb only: SCC accuracy multiplier (smaller = tighter)
+    electronic_temperature_K: float = 300.0  #: xtb only: Fermi smearing, K
+    basis: str = "sto-3g"  #: pyscf only: basis set name
+    xc: str | None = None  #: pyscf only: xc functional for RKS/UKS
+    conv_tol: float = 1e-9  #: pyscf only: SCF energy convergence, Hartree
+    use_gpu: bool | str = "auto"  #: pyscf only: auto | true | false (GPU4PySCF)
+    max_memory_mb: int | None = None  #: pyscf only: memory limit, MB
+    omp_num_threads: int | None = None  #: OpenMP threads per worker (None: 1)
+    # --- dynamics
+    temperature_K: float = 300.0  #: thermostat target and initial velocities, K
+    dt_fs: float = 0.25  #: integration step, fs
+    thermostat: str = "langevin"  #: langevin (NVT) | nve (velocity Verlet; equilibration stays Langevin)
+    friction_per_ps: float = 2.0  #: Langevin friction, 1/ps (ASE's 0.002/fs = 2/ps)
+    equilibration_ps: float = 1.0  #: Langevin equilibration before production, ps (not saved)
+    equilibration_friction_per_ps: float | None = None  #: friction during equilibration, 1/ps (None: friction_per_ps)
+    production_ps: float = 10.0  #: saved production length per replica, ps
+    save_interval: int = 1  #: save every N steps
+    chunk_frames: int = 2000  #: frames per on-disk chunk (= checkpoint interval)
+    minimize: bool = True  #: relax the start structure with the QM engine (ASE BFGS) first
+    minimize_fmax_kj_mol_nm: float = 5.0  #: BFGS force threshold, kJ/(mol nm) (~0.05 eV/Å)
+    minimize_steps: int = 200  #: BFGS step limit
+
+    def validate(self) -> None:
+        if self.engine not in ("xtb", "pyscf"):
+            raise ValueError(f"key 'engine': {self.engine!r} is not one of ['xtb', 'pyscf']")
+        if self.thermostat not in ("langevin", "nve"):
+            raise ValueError(f"key 'thermostat': {self.thermostat!r} is not one of ['langevin', 'nve']")
+        if self.use_gpu not in ("auto", True, False):
+            raise ValueError(f"key 'use_gpu': {self.use_gpu!r} is not one of [auto, true, false]")
+        if self.dt_fs <= 0 or self.temperature_K <= 0:
+            raise ValueError("keys 'dt_fs' and 'temperature_K' must be > 0")
+        if self.production_ps <= 0 or self.equilibration_ps < 0:
+            raise ValueError("key 'production_ps' must be > 0 and 'equilibration_ps' >= 0")
+        if self.save_interval < 1 or self.chunk_frames < 1:
+            raise ValueError("keys 'save_interval' and 'chunk_frames' must be >= 1")
+        if self.friction_per_ps < 0 or (self.thermostat == "langevin" and self.friction_per_ps == 0):
+            raise ValueError("key 'friction_per_ps' must be > 0 for thermostat 'langevin' (use thermostat: nve)")
+        if self.equilibration_ps > 0 and not self.equilibration_friction > 0:
+            raise ValueError("equilibration needs a friction > 0: set 'equilibration_friction_per_ps' (1/ps)")
+        if self.multiplicity < 1:
+            raise ValueError("key 'multiplicity' must be >= 1")
+
+    @property
+    def equilibration_friction(self) -> float:
+        """Langevin friction used during equilibration, 1/ps."""
+        if self.equilibration_friction_per_ps is not None:
+            return self.equilibration_friction_per_ps
+        return self.friction_per_ps
+
+    @property
+    def n_frames(self) -> int:
+        """Saved production frames per replica."""
+        return int(round(self.production_ps * 1000.0 / self.dt_fs / self.save_interval))
+
+
+@dataclass
+class QMSystem:
+    """One molecule to simulate (positions nm, masses amu, charge e)."""
+
+    name: str
+    atomic_numbers: np.ndarray
+    masses: np.ndarray
+    positions_nm: np.ndarray
+    charge: int = 0
+    smiles: str | None = None
+    source: str = "smiles"
+    n_radical_electrons: int = 0
+
+    @property
+    def n_atoms(self) -> int:
+        return int(len(self.atomic_numbers))
+
+
+@dataclass
+class QMRunSpec:
+    """One trajectory to produce."""
+
+    out_path: Path
+    seed: int
+    label: str = "replica0"
+    replica: int = 0
+
+
+# ------------------------------------------------------------------------------ inputs
+
+def system_from_molecule_dir(path: str | Path) -> QMSystem:
+    """A prepared stage-00 folder (topology.json + molecule.pdb) as a QMSystem."""
+    from .chem import load_molecule
+
+    mol = load_molecule(path)
+    return QMSystem(mol.name, mol.atomic_numbers, mol.masses, np.asarray(mol.positions_nm, dtype=float),
+                    int(mol.info.net_charge), mol.info.smiles, source=f"dir:{Path(path).name}")
+
+
+def system_from_smiles(smiles: str, name: str, seed: int = 0) -> QMSystem:
+    """RDKit ETKDG conformer (seeded) -> QMSystem; charge is RDKit's formal charge."""
+    from rdkit import Chem
+    from rdkit.Chem import Descriptors
+
+    from .chem import rdkit_conformer
+
+    mol = rdkit_conformer(smiles, seed)
+    pos_nm = np.asarray(mol.GetConformer().GetPositions(), dtype=float) / 10.0  # Å -> nm
+    return QMSystem(
+        name=name,
+        atomic_numbers=np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=int),
+        masses=np.array([a.GetMass() for a in mol.GetAtoms()], dtype=float),
+        positions_nm=pos_nm,
+        charge=int(Chem.GetFormalCharge(mol)),
+        smiles=smiles,
+        source="smiles",
+        n_radical_electrons=int(Descriptors.NumRadicalElectrons(mol)),
+    )
+
+
+def systems_from_smiles_file(path: str | Path, seed: int = 0) -> list[QMSystem]:
+    """Every molecule of a ``SMILES name`` file; the first bad line is a one-line error."""
+    from .chem import read_smi
+
+    entries, errors = read_smi(path)
+    if errors:
+        raise MdkstepError(errors[0])
+    if not entries:
+        raise MdkstepError(f"{path}: no molecules")
+    out = []
+    for e in entries:
+        try:
+            out.append(system_from_smiles(e.smiles, e.name, seed))
+        except MdkstepError as err:
+            raise MdkstepError(f"{path}:{e.line_no}: {err}") from None
+    return out
+
+
+# ---------------------------------------------------------------------------- dynamics
+
+def n_dof_qm(n_atoms: int) -> int:
+    """Degrees of freedom with the centre of mass fixed (no constraints): 3N - 3 (>= 1)."""
+    return max(1, 3 * n_atoms - 3)
+
+
+def _metadata(system: QMSystem, cfg: QMConfig, spec: QMRunSpec, engine) -> dict[str, Any]:
+    info = engine.describe()
+    nvt = cfg.thermostat == "langevin"
+    return {
+        "dt_fs": cfg.dt_fs,
+        "save_interval": cfg.save_interval,
+        "engine": cfg.engine,
+        "method": info.get("method", cfg.method),
+        "backend": info.get("backend"),
+        "integrator": "ase_langevin" if nvt else "ase_velocity_verlet",
+        "ensemble": "nvt" if nvt else "nve",
+        "temperature_K": cfg.temperature_K,
+        "friction": cfg.friction_per_ps if nvt else 0.0,
+        "friction_unit": "1/ps",
+        "seed": spec.seed,
+        "molecule": system.name,
+        "smiles": system.smiles,
+        "constraints": "none",
+        "com_fixed": True,
+        "n_dof": n_dof_qm(system.n_atoms),
+        "charge": system.charge,
+        "multiplicity": cfg.multiplicity,
+        "source": system.source,
+        "equilibration_ps": cfg.equilibration_ps,
+        "equilibration_friction": cfg.equilibration_friction,
+        "label": spec.label,
+        "replica": spec.replica,
+        "engine_info": info,
+        "config": asdict(cfg),
+    }
+
+
+def _make_atoms(system: QMSystem, engine):
+    from ase import Atoms
+    from ase.constraints import FixCom
+
+    from .engines.ase_engine import EngineCalculator
+    from .engines.units import nm_to_angstrom
+
+    atoms = Atoms(numbers=system.atomic_numbers, positions=nm_to_angstrom(system.positions_nm),
+                  masses=system.masses)
+    atoms.calc = EngineCalculator(engine)
+    atoms.set_constraint(FixCom())
+    return atoms
+
+
+def _langevin(atoms, cfg: QMConfig, rng, friction_per_ps: float | None = None):
+    """ASE Langevin with fixcm=False (the FixCom constraint on ``atoms`` holds the centre of
+    mass); friction converted from 1/ps to ASE's inverse time unit."""
+    from ase import units
+    from ase.md.langevin import Langevin
+
+    from .engines.units import PS_IN_ASE_TIME
+
+    fr = cfg.friction_per_ps if friction_per_ps is None else friction_per_ps
+    return Langevin(atoms, timestep=cfg.dt_fs * units.fs, temperature_K=cfg.temperature_K,
+                    friction=fr / PS_IN_ASE_TIME, fixcm=False, rng=rng)
+
+
+def _production_dynamics(atoms, cfg: QMConfig, rng):
+    if cfg.thermostat == "langevin":
+        return _langevin(atoms, cfg, rng)
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    return VelocityVerlet(atoms, timestep=cfg.dt_fs * units.fs)
+
+
+def _minimize(atoms, cfg: QMConfig) -> None:
+    from ase.optimize import BFGS
+
+    from .engines.units import EV_PER_ANGSTROM_TO_KJ_MOL_NM
+
+    opt = BFGS(atoms, logfile=None)
+    opt.run(fmax=cfg.minimize_fmax_kj_mol_nm / EV_PER_ANGSTROM_TO_KJ_MOL_NM, steps=cfg.minimize_steps)
+
+
+def _save_checkpoint(path: Path, atoms, step: int, done_chunks: int, rng, cfg: QMConfig) -> None:
+    """Positions (nm and native Å), velocities (nm/ps and native momenta), step count, RNG state."""
+    from .engines.units import ANGSTROM_TO_NM, ASE_VELOCITY_TO_NM_PS
+
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, positions_nm=atoms.positions * ANGSTROM_TO_NM,
+                 velocities_nm_ps=atoms.get_velocities() * ASE_VELOCITY_TO_NM_PS,
+                 positions_A=atoms.positions, momenta_ase=atoms.get_momenta(),
+                 step=np.int64(step), done_chunks=np.int64(done_chunks),
+                 n_frames=np.int64(cfg.n_frames), chunk_frames=np.int64(cfg.chunk_frames),
+                 rng_state=np.array(json.dumps(rng.bit_generator.state)))
+
+
+def _load_checkpoint(path: Path, atoms, rng, cfg: QMConfig, parts: Path) -> tuple[int, int]:
+    """Restore atoms and RNG from ``path``; returns (step, done_chunks)."""
+    try:
+        with np.load(path) as z:
+            ck = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise MdkstepError(f"{path}: unreadable checkpoint ({e}); delete {parts} to restart") from None
+    if int(ck["n_frames"]) != cfg.n_frames or int(ck["chunk_frames"]) != cfg.chunk_frames:
+        raise MdkstepError(f"{parts}: a partial run with other settings exists; delete it to restart")
+    atoms.set_positions(ck["positions_A"], apply_constraint=False)
+    atoms.set_momenta(ck["momenta_ase"], apply_constraint=False)
+    rng.bit_generator.state = json.loads(str(ck["rng_state"]))
+    return int(ck["step"]), int(ck["done_chunks"])
+
+
+def _current_results(atoms) -> tuple[float, np.ndarray]:
+    """Engine energy (kJ/mol) and forces (kJ/(mol nm)) at the atoms' current positions."""
+    calc = atoms.calc
+    if calc.last_forces_kj_mol_nm is None or calc.check_state(atoms):
+        atoms.get_forces(apply_constraint=False)  # one (counted) call; normally never needed
+    return float(calc.last_energy_kj_mol), np.array(calc.last_forces_kj_mol_nm)
+
+
+def temperature_warning(mean_T: float, target_K: float, label: str, n_dof: int | None = None) -> str | None:
+    """A loud message when ``mean_T`` is more than 10% away from ``target_K``, else None.
+    With ``n_dof`` the message also gives the canonical spread of the instantaneous
+    temperature, T*sqrt(2/n_dof), since short runs of tiny molecules fluctuate a lot."""
+    if abs(mean_T - target_K) <= TEMPERATURE_TOLERANCE * target_K:
+        return None
+    msg = (f"!!! {label}: mean temperature {mean_T:.1f} K is {100 * (mean_T / target_K - 1):+.0f}% off the "
+           f"{target_K:.0f} K target: check dt_fs, friction_per_ps, equilibration and SCF convergence")
+    if n_dof:
+        msg += (f" (instantaneous T spreads by ±{target_K * np.sqrt(2.0 / n_dof):.0f} K with {n_dof} degrees of "
+                "freedom: a short run of a tiny molecule may miss by chance; run longer to tell)")
+    return msg + " !!!"
+
+
+def run_qm_trajectory(system: QMSystem, cfg: QMConfig, spec: QMRunSpec, progress: bool = True,
+                      engine=None) -> dict[str, Any]:
+    """Run (or resume) one QM trajectory and write ``spec.out_path`` in the NPZ schema.
+
+    ``engine`` defaults to :func:`mdkstep.engines.factory.make_qm_engine` for ``cfg``.
+    Returns statistics (frames, steps/s, force calls and ms/call, mean temperature).
+    """
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+    from tqdm import tqdm
+
+    from .engines.factory import make_qm_engine
+    from .engines.units import ANGSTROM_TO_NM, ASE_VELOCITY_TO_NM_PS
+
+    if system.n_radical_electrons + 1 != cfg.multiplicity:
+        LOG.warning("%s: RDKit counts %d radical electron(s) but multiplicity is %d", system.name,
+                    system.n_radical_electrons, cfg.multiplicity)
+    if engine is None:
+        engine = make_qm_engine(cfg, system.atomic_numbers, system.masses, system.charge)
+    meta = _metadata(system, cfg, spec, engine)
+    writer = ChunkedTrajectoryWriter(spec.out_path, {"atom_types": system.atomic_numbers, "masses": system.masses},
+                                     meta)
+    ckpt = writer.parts / "checkpoint.npz"
+    n_frames, chunk_frames = cfg.n_frames, cfg.chunk_frames
+    if n_frames < 1:
+        raise MdkstepError(f"production of {cfg.production_ps} ps at {cfg.dt_fs} fs gives no frames")
+    n_chunks = -(-n_frames // chunk_frames)
+    atoms = _make_atoms(system, engine)
+    rng = np.random.default_rng(spec.seed)
+    t_setup = time.perf_counter()
+    if ckpt.is_file():
+        step, done_chunks = _load_checkpoint(ckpt, atoms, rng, cfg, writer.parts)
+        writer.discard_chunks_from(done_chunks)
+        LOG.info("%s: resuming at chunk %d/%d (step %d)", spec.out_path.name, done_chunks, n_chunks, step)
+    else:
+        step, done_chunks = 0, 0
+        writer.discard_chunks_from(0)
+        if cfg.minimize:
+            _minimize(atoms, cfg)
+        thermalize_momenta(atoms, cfg.temperature_K, rng=rng)
+        Stationary(atoms)
+        n_eq = int(round(cfg.equilibration_ps * 1000.0 / cfg.dt_fs))
+        if n_eq:
+            eq = _langevin(atoms, cfg, rng, cfg.equilibration_friction)
+            for _ in range(n_eq):
+                eq.step()
+    setup_s = time.perf_counter() - t_setup
+    dyn = _production_dynamics(atoms, cfg, rng)
+    masses = system.masses
+    dof = n_dof_qm(system.n_atoms)
+    dt_ps = cfg.dt_fs / 1000.0
+    calls0, secs0 = engine.counters.calls, engine.counters.seconds
+    t0 = time.perf_counter()
+    steps_session = 0
+    bar = tqdm(total=n_frames, initial=done_chunks * chunk_frames, desc=f"{system.name}:{spec.label}",
+               unit="frame", disable=not progress or None, leave=False)
+    n = system.n_atoms
+    for chunk in range(done_chunks, n_chunks):
+        first, last = chunk * chunk_frames, min(n_frames, (chunk + 1) * chunk_frames)
+        m = last - first
+        xs, vs, fs = np.empty((m, n, 3)), np.empty((m, n, 3)), np.empty((m, n, 3))
+        pes = np.empty(m)
+        for t in range(m):
+            for _ in range(cfg.save_interval):
+                dyn.step()
+            xs[t] = atoms.positions * ANGSTROM_TO_NM
+            vs[t] = atoms.get_velocities() * ASE_VELOCITY_TO_NM_PS
+            pes[t], fs[t] = _current_results(atoms)
+            bar.update(1)
+        step += m * cfg.save_interval
+        steps_session += m * cfg.save_interval
+        if not np.all(np.isfinite(xs)):
+            raise MdkstepError(f"{spec.out_path}: MD blew up (non-finite positions in chunk {chunk}); check dt_fs")
+        ke = kinetic_energy(remove_com(vs, masses), masses)
+        writer.append_block(positions=xs, velocities=vs, forces=fs, energies=pes, kinetic=ke,
+                            temperature=2.0 * ke / (dof * KB_KJ_PER_MOL_K),
+                            time_ps=(np.arange(first, last) + 1) * cfg.save_interval * dt_ps)
+        writer.flush(chunk)
+        _save_checkpoint(ckpt, atoms, step, chunk + 1, rng, cfg)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    calls = engine.counters.calls - calls0
+    writer.finalize()
+    with np.load(spec.out_path) as z:
+        temps = np.asarray(z["temperature"])
+    stats = {
+        "out": str(spec.out_path),
+        "molecule": system.name,
+        "label": spec.label,
+        "n_atoms": system.n_atoms,
+        "n_frames": n_frames,
+        "steps_this_session": steps_session,
+        "steps_per_s": steps_session / elapsed if elapsed > 0 and steps_session else None,
+        "force_calls_production": calls,
+        "force_ms_per_call": 1000.0 * (engine.counters.seconds - secs0) / calls if calls else None,
+        "force_calls_total": engine.counters.calls,
+        "setup_s": setup_s,
+        "mean_temperature_K": float(temps.mean()),
+        "std_temperature_K": float(temps.std()),
+        "target_temperature_K": cfg.temperature_K,
+        "engine": engine.describe(),
+    }
+    stats["temperature_warning"] = temperature_warning(stats["mean_temperature_K"], cfg.temperature_K,
+                                                       f"{system.name}:{spec.label}", dof)
+    return stats
+
+
+# ------------------------------------------------------------------------ batch running
+
+@dataclass
+class QMJob:
+    """A (molecule, replica) pair for the worker pool."""
+
+    system: QMSystem
+    spec: QMRunSpec
+    cfg: QMConfig
+    progress: bool = False
+
+
+def set_openmp_threads(n_threads: int) -> dict[str, int]:
+    """Limit OpenMP/BLAS threads of this process to ``n_threads``.
+
+    Sets the environment (read by libraries loaded later) and calls ``omp_set_num_threads`` in
+    every OpenMP runtime already loaded (Linux: found in /proc/self/maps; tblite and PySCF each
+    bring one), so it also works after tblite/PySCF were imported. Oversubscribed OpenMP is
+    catastrophic here: GFN2-xTB on ethanol took ~600 ms/call with 2 threads on a busy 2-core
+    machine vs ~1 ms with 1 thread. Returns {runtime path: previous max threads} for
+    :func:`restore_openmp_threads`.
+    """
+    import ctypes
+    import re
+
+    n = max(1, int(n_threads))
+    os.environ.update({k: str(n) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+    previous: dict[str, int] = {}
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return previous
+    for lib in sorted(set(re.findall(r"(/\S*lib(?:gomp|iomp5|omp)[^/\s]*\.so[^/\s]*)", maps))):
+        try:
+            rt = ctypes.CDLL(lib)
+            previous[lib] = int(rt.omp_get_max_threads())
+            rt.omp_set_num_threads(n)
+        except (OSError, AttributeError):
+            pass
+    return previous
+
+
+def restore_openmp_threads(previous: dict[str, int]) -> None:
+    """Undo :func:`set_openmp_threads` for the runtimes it changed (not the environment)."""
+    import ctypes
+
+    for lib, n in previous.items():
+        try:
+            ctypes.CDLL(lib).omp_set_num_threads(int(n))
+        except (OSError, AttributeError):
+            pass
+
+
+def _worker_init(n_threads: int, log_level: str) -> None:
+    """Pool initializer: thread limits before any QM library loads, logging for the child."""
+    set_openmp_threads(n_threads)
+    from .utils import setup_logging
+
+    setup_logging(log_level)
+
+
+def run_job(job: QMJob) -> dict[str, Any]:
+    """Run one job; a failure is returned as ``{'error': one line}`` so the batch goes on."""
+    try:
+        return run_qm_trajectory(job.system, job.cfg, job.spec, progress=job.progress)
+    except MdkstepError as e:
+        return {"molecule": job.system.name, "label": job.spec.label, "out": str(job.spec.out_path), "error": str(e)}
+    except Exception as e:  # a backend crash in one molecule must not kill the batch
+        return {"molecule": job.system.name, "label": job.spec.label, "out": str(job.spec.out_path),
+                "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+
+
+def default_threads(engine: str, num_workers: int) -> int:
+    """OpenMP threads per worker when none are given: 1. The molecules here are tiny; threads
+    gain little and oversubscription (workers x threads > free cores) costs up to 100x.
+    Raise ``omp_num_threads`` for larger PySCF systems or basis sets."""
+    return 1
+
+
+def run_jobs(jobs: Sequence[QMJob], num_workers: int = 1, omp_num_threads: int | None = None,
+             log_level: str = "INFO") -> Iterable[dict[str, Any]]:
+    """Yield job results as they finish; ``num_workers`` > 1 uses a spawn process pool.
+    Every worker (or this process) runs with ``omp_num_threads`` OpenMP threads (default:
+    :func:`default_threads`)."""
+    if not jobs:
+        return
+    threads = omp_num_threads or default_threads(jobs[0].cfg.engine, num_workers)
+    if num_workers <= 1 or len(jobs) <= 1:
+        previous = set_openmp_threads(threads)
+        try:
+            for job in jobs:
+                yield run_job(job)
+        finally:
+            restore_openmp_threads(previous)
+        return
+    from tqdm import tqdm
+
+    ctx = mp.get_context("spawn")  # no fork after OpenMP/BLAS initialisation
+    with ctx.Pool(min(num_workers, len(jobs)), initializer=_worker_init, initargs=(threads, log_level)) as pool:
+        for res in tqdm(pool.imap_unordered(run_job, jobs), total=len(jobs), desc="trajectories", unit="traj"):
+            yield res
+
+
+def summary_line(res: dict[str, Any]) -> str:
+    """One line per trajectory for the end-of-run summary."""
+    if "error" in res:
+        return f"{res['molecule']}:{res['label']}: FAILED: {res['error']}"
+    line = (f"{res['molecule']}:{res['label']}: {res['n_frames']} frames, mean T {res['mean_temperature_K']:.1f} "
+            f"± {res['std_temperature_K']:.1f} K (target {res['target_temperature_K']:.0f} K)")
+    if res.get("steps_per_s") and res.get("force_ms_per_call"):
+        line += f", {res['steps_per_s']:.0f} steps/s, {res['force_ms_per_call']:.2f} ms/force call"
+    return line
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+def add_cli_arguments(p, default_config: str, default_smiles: str | None = None) -> None:
+    """The options shared by 01b (xtb) and 01c (pyscf)."""
+    src = p.add_mutually_exclusive_group(required=default_smiles is None)
+    src.add_argument("--molecule", type=Path, help="one prepared molecule folder (topology.json + molecule.pdb, stage 00)")
+    src.add_argument("--all", type=Path, metavar="RAW_DIR", help="every prepared molecule folder under RAW_DIR")
+    src.add_argument("--smiles-file", type=Path, default=default_smiles,
+                     help="'SMILES name' per line; RDKit ETKDG conformer, formal charge from RDKit"
+                          + (f" (default: {default_smiles})" if default_smiles else ""))
+    p.add_argument("--config", type=Path, default=Path(default_config), help=f"QM YAML (default: {default_config})")
+    p.add_argument("--out", type=Path, required=True, help="output root; writes <out>/<molecule>/replica_<r>.npz")
+    p.add_argument("--time-ps", type=float, default=None, help="production length per replica, ps (overrides production_ps)")
+    p.add_argument("--equil-ps", type=float, default=None, help="Langevin equilibration, ps (overrides equilibration_ps)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (conformer and velocities); replica r uses seed + 1000*r")
+    p.add_argument("--replicas", type=int, default=1, help="independent replicas per molecule (>= 2 gives the noise floor)")
+    p.add_argument("--num-workers", type=int, default=1, help="parallel processes, one (molecule, replica) each")
+    p.add_argument("--omp-num-threads", type=int, default=None,
+                   help="OpenMP threads per worker (default: config omp_num_threads, else 1; "
+                        "keep workers x threads <= free cores)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="pyscf: auto uses GPU4PySCF when a CUDA GPU is present; xtb runs on CPU only")
+    p.add_argument("--shard", default=None, metavar="i/n", help="run only molecules i, i+n, ... (0-based), for array jobs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="recompute trajectories that already exist")
+    p.add_argument("--no-progress", action="store_true", help="no per-trajectory progress bars")
+    p.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING")
+
+
+def load_systems(args) -> list[QMSystem]:
+    """The molecules named by --molecule / --all / --smiles-file."""
+    from .chem import find_molecules
+
+    if args.molecule:
+        return [system_from_molecule_dir(args.molecule)]
+    if args.all:
+        dirs = find_molecules(args.all)
+        if not dirs:
+            raise MdkstepError(f"{args.all}: no molecule folders (run src/00_prep_mols.py first)")
+        return [system_from_molecule_dir(d) for d in dirs]
+    if args.smiles_file:
+        return systems_from_smiles_file(args.smiles_file, args.seed)
+    raise MdkstepError("give --molecule, --all or --smiles-file")
+
+
+def main_from_args(args, required_engine: str | None = None) -> int:
+    """Shared body of 01b / 01c: config, jobs, pool, summary, run_stats.json per molecule."""
+    from .config import load_config, to_dict
+    from .utils import atomic_write_json, parse_shard, setup_logging
+
+    setup_logging(args.log_level)
+    overrides: dict[str, Any] = {"production_ps": args.time_ps, "equilibration_ps": args.equil_ps,
+                                 "omp_num_threads": args.omp_num_threads}
+    if args.device != "auto":
+        overrides["use_gpu"] = args.device == "cuda"
+    cfg = load_config(QMConfig, args.config, overrides, args.set)
+    if required_engine and cfg.engine != required_engine:
+        raise MdkstepError(f"{args.config}: key 'engine' is {cfg.engine!r}, but this script runs {required_engine!r}")
+    if cfg.engine == "xtb" and args.device == "cuda":
+        raise MdkstepError("--device cuda: the xtb engine runs on CPU only")
+    if args.replicas < 1 or args.num_workers < 1:
+        raise MdkstepError("--replicas and --num-workers must be >= 1")
+    i, n = parse_shard(args.shard)
+    systems = load_systems(args)[i::n]
+    jobs: list[QMJob] = []
+    for s in systems:
+        for r in range(args.replicas):
+            spec = QMRunSpec(args.out / s.name / f"replica_{r}.npz", args.seed + 1000 * r, f"replica{r}", r)
+            if spec.out_path.exists() and not args.overwrite:
+                LOG.info("%s exists, skipping (use --overwrite to redo)", spec.out_path)
+                continue
+            jobs.append(QMJob(s, spec, cfg, progress=args.num_workers == 1 and not args.no_progress))
+    LOG.info("%d trajectories (%d molecules x %d replicas) with %s %s, %d worker(s)", len(jobs), len(systems),
+             args.replicas, cfg.engine, cfg.method, args.num_workers)
+    results: list[dict[str, Any]] = []
+    for res in run_jobs(jobs, args.num_workers, cfg.omp_num_threads, args.log_level):
+        results.append(res)
+        print(summary_line(res), flush=True)
+        if res.get("temperature_warning"):
+            LOG.warning(res["temperature_warning"])
+    by_mol: dict[str, list[dict[str, Any]]] = {}
+    for res in results:
+        by_mol.setdefault(res["molecule"], []).append(res)
+    for name, rs in by_mol.items():
+        stats_path = args.out / name / "run_stats.json"
+        old = json.loads(stats_path.read_text()).get("replicas", []) if stats_path.is_file() else []
+        labels = {r["label"] for r in rs}
+        merged = [r for r in old if r.get("label") not in labels] + rs
+        atomic_write_json(stats_path, {"molecule": name, "config": to_dict(cfg),
+                                       "replicas": sorted(merged, key=lambda r: r.get("label", ""))})
+    failed = [r for r in results if "error" in r]
+    hot = [r for r in results if r.get("temperature_warning")]
+    print(f"{len(results) - len(failed)} trajectories written under {args.out}; {len(failed)} failed; "
+          f"{len(hot)} with mean temperature > {TEMPERATURE_TOLERANCE:.0%} off target")
+    if failed:
+        raise MdkstepError(f"{len(failed)} trajectory(ies) failed, first: {failed[0]['error']}")
+    return 0
+
+
+__all__ = [
+    "QMConfig", "QMSystem", "QMRunSpec", "QMJob", "system_from_molecule_dir", "system_from_smiles",
+    "systems_from_smiles_file", "run_qm_trajectory", "run_jobs", "run_job", "temperature_warning",
+    "add_cli_arguments", "load_systems", "main_from_args", "n_dof_qm",
+]
