@@ -177,7 +177,11 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
             lines.append(f"| {run} | " + " | ".join(cells) + f" | {ev['within_1p5x_floor']} | "
                          f"{fmt(ev['summary']['temperature_mean_K'])} | {fmt(eff.get('hybrid_force_calls_per_ps'))} | "
                          f"{fmt(eff.get('force_call_reduction'))} | {fmt(eff.get('wall_speedup'))} | "
-                         f"{fmt(eff.get('fallbacks'))} | {fmt(eff.get('nan_count', ev['summary']['nan_frames']))} |")
+                         f"{fmt(eff.get('fallbacks'))} | {fmt(eff.get('nan_frames', ev['summary']['nan_frames']))} |")
+            per_el = ev["summary"].get("temperature_per_element_K", {})
+            if per_el:
+                lines.append(f"|  ↳ {run}: T per element (Z: K) " + ", ".join(f"{z}: {t:.0f}" for z, t in per_el.items())
+                             + f"; fallback fraction {fmt(eff.get('fallback_fraction'))} |")
             if "drift_kj_mol_ps" in ev["summary"]:
                 lines.append(f"|  ↳ NVE drift {fmt(ev['summary']['drift_kj_mol_ps'])} kJ/mol/ps |")
         lines += ["", f"Plots: {name}/energy_temperature.png, structure_histograms.png, rdf.png", ""]

@@ -55,7 +55,7 @@ def efficiency(stats: dict[str, Any], baseline_dt_fs: float, baseline_wall_s_per
     """
     sim_ps = float(stats.get("simulated_ps") or 0.0)
     calls = stats.get("force_calls")
-    wall = stats.get("wall_s")
+    wall = stats.get("wall_seconds", stats.get("wall_s"))
     out: dict[str, Any] = {"baseline_force_calls_per_ps": 1000.0 / baseline_dt_fs}
     if sim_ps > 0 and calls:
         out["hybrid_force_calls_per_ps"] = calls / sim_ps
@@ -65,9 +65,11 @@ def efficiency(stats: dict[str, Any], baseline_dt_fs: float, baseline_wall_s_per
         out["baseline_wall_s_per_ps"] = baseline_wall_s_per_ps
         out["wall_speedup"] = baseline_wall_s_per_ps / out["hybrid_wall_s_per_ps"]
     for k in ("model_ms_per_jump", "force_ms_per_call", "jumps_attempted", "jumps_accepted", "retries",
-              "fallbacks", "nan_count", "fallback_fraction"):
+              "fallbacks", "nan_frames", "acceptance"):
         if k in stats:
             out[k] = stats[k]
+    if stats.get("jumps_attempted"):
+        out["fallback_fraction"] = stats.get("fallbacks", 0) / stats["jumps_attempted"]
     return out
 
 
