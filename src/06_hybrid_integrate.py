@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from mdkstep.config import load_config, run_cli, to_dict  # noqa: E402
-from mdkstep.utils import LOG, MdkstepError, atomic_write_json, seed_everything, setup_logging  # noqa: E402
+from mdkstep.hybrid_cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model,  # noqa: E402
+                                prepare_outputs, resolve_hybrid_config, run_and_report, start_frames)
+from mdkstep.utils import LOG, MdkstepError, setup_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,59 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output trajectory NPZ (replicas: <stem>_r<i>.npz)")
     p.add_argument("--md-config", type=Path, default=Path("configs/md.yaml"),
                    help="MD YAML of the baselines: constraints, HMR, platform, dt (default: configs/md.yaml)")
-    p.add_argument("--hybrid-config", "--config", type=Path, default=Path("configs/hybrid.yaml"),
-                   help="hybrid integrator YAML (default: configs/hybrid.yaml)")
-    p.add_argument("--time-ps", type=float, default=10.0, help="simulated time per replica, ps (default 10)")
-    p.add_argument("--k", type=int, default=None, help="jump length in steps; must equal the checkpoint's k")
-    p.add_argument("--corrector", choices=("kick", "verlet"), default=None,
-                   help="kick: 1 force call per k*dt; verlet: 2 calls per (k+1)*dt")
-    p.add_argument("--delta-scale", type=float, default=None, help="multiply the predicted jump (dx, dv)")
-    p.add_argument("--max-attempts", type=int, default=None, help="jump attempts per cycle before the physics fallback")
-    p.add_argument("--ensemble", choices=("nve", "nvt"), default=None, help="nve (energy filter) or nvt (thermostat)")
-    p.add_argument("--replicas", type=int, default=1, help="replicas advanced together, one model forward per jump")
-    p.add_argument("--seed", type=int, default=0, help="seed for velocities, equilibration and thermostat noise")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="model device (auto: CUDA if present)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on ~20-atom graphs more threads cost more than they save, "
-                        "and on a busy machine they can make a forward 100x slower)")
     p.add_argument("--start-from", type=Path, default=None, metavar="NPZ",
                    help="baseline trajectory to start from: replica 0 its last frame, others earlier frames")
     p.add_argument("--equil-ps", type=float, default=None,
                    help="plain BAOAB equilibration (friction max(MD config's, 1/ps)) before the hybrid run "
                         "when not --start-from, ps (default: the MD config's equilibration_ps)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hybrid config key (repeatable)")
-    p.add_argument("--overwrite", action="store_true", help="replace finished outputs and any partial run")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--log-level", default="INFO")
+    add_hybrid_arguments(p)
     return p
-
-
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MdkstepError("--device cuda: no CUDA device is available")
-    return name
 
 
 def resolve_config(args, ck: dict, md_cfg):
     """Hybrid config from YAML + flags, with k / dt_fs / temperature checked against the checkpoint."""
-    from mdkstep.checkpoint import check_compatible
-    from mdkstep.hybrid import HybridConfig
-
-    hcfg = load_config(HybridConfig, args.hybrid_config, {
-        "k": args.k, "corrector": args.corrector, "delta_scale": args.delta_scale,
-        "max_attempts": args.max_attempts, "ensemble": args.ensemble,
-    }, args.set)
-    check_compatible(ck, str(args.checkpoint), k=hcfg.k)
-    ck_dt = ck.get("dt_fs")
-    if ck_dt is not None and abs(float(ck_dt) - md_cfg.dt_fs) > 1e-9:
-        raise MdkstepError(f"{args.checkpoint}: trained on dt_fs={ck_dt} data, but {args.md_config} has dt_fs={md_cfg.dt_fs}")
-    if hcfg.dt_fs is not None and abs(hcfg.dt_fs - md_cfg.dt_fs) > 1e-9:
-        raise MdkstepError(f"hybrid dt_fs={hcfg.dt_fs} differs from the MD config's dt_fs={md_cfg.dt_fs}")
-    return hcfg.resolved(k=int(ck["k"]), dt_fs=md_cfg.dt_fs, temperature_K=md_cfg.temperature_K)
+    return resolve_hybrid_config(args, ck, md_cfg.dt_fs, md_cfg.temperature_K, args.md_config)
 
 
 def start_states(args, mol, md_cfg, n_rep: int, masses: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
@@ -101,9 +62,8 @@ def start_states(args, mol, md_cfg, n_rep: int, masses: np.ndarray) -> tuple[np.
             raise MdkstepError(f"{args.start_from}: atoms do not match molecule {mol.name}")
         if not np.allclose(t.masses, masses):
             LOG.warning("%s: masses differ from the MD config's system (HMR?)", args.start_from)
-        gap = max(1, (t.n_frames // 2) // n_rep)
-        idx = [max(0, t.n_frames - 1 - r * gap) for r in range(n_rep)]
-        return t.positions[idx].astype(float), t.velocities[idx].astype(float), f"{args.start_from} frames {idx}"
+        x, v, idx = start_frames(t, n_rep)
+        return x, v, f"{args.start_from} frames {idx}"
     return *equilibrate(mol, md_cfg, n_rep, args.seed, args.equil_ps), "minimized + Maxwell-Boltzmann + equilibration"
 
 
@@ -139,16 +99,13 @@ def equilibrate(mol, md_cfg, n_rep: int, seed: int, equil_ps: float | None) -> t
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    from mdkstep.checkpoint import check_compatible, model_from_checkpoint, read_checkpoint
+    from mdkstep.checkpoint import check_compatible, read_checkpoint
     from mdkstep.chem import load_molecule
     from mdkstep.engines.openmm_engine import OpenMMEngine
-    from mdkstep.hybrid import ModelJumper, checkpoint_path, replica_paths, run_hybrid
+    from mdkstep.hybrid import ModelJumper
     from mdkstep.md import MDConfig, build_system
 
-    if args.replicas < 1:
-        raise MdkstepError("--replicas must be >= 1")
-    if not args.time_ps > 0:
-        raise MdkstepError("--time-ps must be > 0")
+    check_run_args(args)
     md_cfg = load_config(MDConfig, args.md_config)
     ck = read_checkpoint(args.checkpoint)
     mol = load_molecule(args.molecule)
@@ -156,45 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     hcfg = resolve_config(args, ck, md_cfg)
     if ck.get("engine") not in (None, "openmm"):
         LOG.warning("%s was trained on %s data; running it with OpenMM forces", args.checkpoint, ck.get("engine"))
-
-    outs = replica_paths(args.out, args.replicas)
-    stats_path = args.out.with_suffix(".stats.json")
-    if all(p.exists() for p in outs) and not args.overwrite:
-        raise MdkstepError(f"{outs[0]} exists; pass --overwrite to redo it")
-
-    seed_everything(args.seed)
-    device = pick_device(args.device)
-    if args.threads < 1:
-        raise MdkstepError("--threads must be >= 1")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    model, _ = model_from_checkpoint(args.checkpoint, device=device)
+    prepare_outputs(args)
+    model, device = load_model(args, args.checkpoint)
     engine = OpenMMEngine(build_system(mol, md_cfg), mol.atomic_numbers, md_cfg.platform, md_cfg.constraint_tolerance)
-    if checkpoint_path(args.out).is_file() and not args.overwrite:  # resuming: the state comes from there
+    if is_resuming(args):  # the state comes from the hybrid checkpoint
         x0 = v0 = np.zeros((args.replicas, len(engine.masses), 3))
         start = "resumed (start state: see the trajectory metadata)"
     else:
         x0, v0, start = start_states(args, mol, md_cfg, args.replicas, engine.masses)
     jumper = ModelJumper(model, mol.atomic_numbers, engine.masses, np.asarray(mol.info.bonds), device=device)
-    n_cycles = max(hcfg.save_interval_cycles,
-                   int(round(args.time_ps / hcfg.cycle_ps / hcfg.save_interval_cycles)) * hcfg.save_interval_cycles)
     meta = {"molecule": mol.name, "smiles": mol.info.smiles, "constraints": md_cfg.constraints,
             "hydrogen_mass_amu": md_cfg.hydrogen_mass_amu, "forcefield": mol.info.forcefield, "seed": args.seed,
             "checkpoint": str(args.checkpoint), "start": start}
-    LOG.info("%s: %d replica(s) x %d cycles of %.4g ps (k=%d, %s, %s), model on %s", mol.name, args.replicas,
-             n_cycles, hcfg.cycle_ps, hcfg.k, hcfg.corrector, hcfg.ensemble, device)
-    stats = run_hybrid(engine, jumper, hcfg, x0, v0, n_cycles, args.out, np.random.default_rng(args.seed),
-                       resume=not args.overwrite, metadata=meta, progress=not args.no_progress)
-    stats.update({"molecule": mol.name, "checkpoint": str(args.checkpoint), "md_config": to_dict(md_cfg),
-                  "hybrid_config": to_dict(hcfg), "device": device, "start": start})
-    atomic_write_json(stats_path, stats)
-    print(f"{mol.name}: {stats['simulated_ps']:.3g} ps x {args.replicas} replica(s), "
-          f"{stats['force_calls_per_ps']:.1f} force calls/ps (k={hcfg.k}, {hcfg.corrector}), "
-          f"accepted {stats['jumps_accepted']}/{stats['jumps_attempted']}, retries {stats['retries']}, "
-          f"fallbacks {stats['fallbacks']}, NaN frames {stats['nan_frames']}, "
-          f"T {stats['temperature_mean_K']:.1f} +- {stats['temperature_std_K']:.1f} K, "
-          f"model {stats['model_ms_per_jump']:.2f} ms/jump -> {stats_path}")
+    run_and_report(args, engine, jumper, hcfg, x0, v0, mol.name, meta,
+                   {"md_config": to_dict(md_cfg), "start": start}, device)
     return 0
 
 

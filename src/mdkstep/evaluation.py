@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,11 @@ FIDELITY_KEYS = ("bond_w1_A", "mean_bond_err_A", "angle_w1_deg", "dihedral_w1_de
 
 def load_stats(npz: Path) -> dict[str, Any]:
     """The stats JSON written beside a hybrid trajectory (``X.stats.json`` or ``X.npz.stats.json``)."""
-    for cand in (npz.with_suffix(".stats.json"), npz.with_name(npz.name + ".stats.json")):
+    cands = [npz.with_suffix(".stats.json"), npz.with_name(npz.name + ".stats.json")]
+    base = re.sub(r"_r\d+$", "", npz.stem)  # replica <stem>_r<i>.npz of a multi-replica run: <stem>.stats.json
+    if base != npz.stem:
+        cands.append(npz.with_name(base + ".stats.json"))
+    for cand in cands:
         if cand.is_file():
             return json.loads(cand.read_text())
     return {}
@@ -53,7 +58,7 @@ def efficiency(stats: dict[str, Any], baseline_dt_fs: float, baseline_wall_s_per
 
     The baseline makes one force call per step: 1000 / dt_fs calls per simulated ps.
     """
-    sim_ps = float(stats.get("simulated_ps") or 0.0)
+    sim_ps = float(stats.get("simulated_ps_total") or stats.get("simulated_ps") or 0.0)  # calls & wall cover all replicas
     calls = stats.get("force_calls")
     wall = stats.get("wall_seconds", stats.get("wall_s"))
     out: dict[str, Any] = {"baseline_force_calls_per_ps": 1000.0 / baseline_dt_fs}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Hybrid QM MD (stage 06b): learned k-step jumps + GFN2-xTB corrector, from the last frame of each baseline
+# -> $OUT/hybrid/<molecule>/k<K>_<CORRECTOR>.npz (+ .stats.json). Tiny default: 0.5 ps per molecule on CPU.
+# Settings: OUT=outputs/qm  CHECKPOINT=$OUT/train/best.pt  K=4  CORRECTOR=kick  TIME_PS (tiny 0.5, FULL=1: 10)
+#           REPLICAS=1  DEVICE=auto (FULL=1: cuda)  QM_CONFIG=configs/qm_quick.yaml (FULL=1: configs/qm.yaml)
+#           HYBRID_CONFIG=configs/hybrid.yaml  MOLECULES (default: every folder of $OUT/md)  PY=.venv/bin/python
+set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,6p' "$0"; exit 0;; esac
+cd "$(dirname "$0")"
+FULL=${FULL:-0}; OUT=${OUT:-outputs/qm}; K=${K:-4}; CORRECTOR=${CORRECTOR:-kick}; REPLICAS=${REPLICAS:-1}
+CHECKPOINT=${CHECKPOINT:-$OUT/train/best.pt}; HYBRID_CONFIG=${HYBRID_CONFIG:-configs/hybrid.yaml}; PY=${PY:-.venv/bin/python}
+if [ "$FULL" = 1 ]; then TIME_PS=${TIME_PS:-10}; DEVICE=${DEVICE:-cuda}; QM_CONFIG=${QM_CONFIG:-configs/qm.yaml}
+else TIME_PS=${TIME_PS:-0.5}; DEVICE=${DEVICE:-auto}; QM_CONFIG=${QM_CONFIG:-configs/qm_quick.yaml}; fi
+MOLECULES=${MOLECULES:-$( (ls "$OUT/md" 2>/dev/null || true) | tr '\n' ' ')}
+echo "[run_hybrid_qm] FULL=$FULL OUT=$OUT CHECKPOINT=$CHECKPOINT K=$K CORRECTOR=$CORRECTOR TIME_PS=$TIME_PS REPLICAS=$REPLICAS DEVICE=$DEVICE QM_CONFIG=$QM_CONFIG MOLECULES='$MOLECULES'"
+if [ "${DRY_RUN:-0}" = 1 ]; then echo "[run_hybrid_qm] DRY_RUN=1: nothing run"; exit 0; fi
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+for name in $MOLECULES; do
+  $PY src/06b_hybrid_integrate_qm.py --checkpoint "$CHECKPOINT" --start-from "$OUT/md/$name/replica_0.npz" \
+      --qm-config "$QM_CONFIG" --hybrid-config "$HYBRID_CONFIG" --out "$OUT/hybrid/$name/k${K}_$CORRECTOR.npz" \
+      --time-ps "$TIME_PS" --k "$K" --corrector "$CORRECTOR" --replicas "$REPLICAS" --device "$DEVICE" --threads 1 \
+      --overwrite --no-progress
+done
+echo "[run_hybrid_qm] done: $OUT/hybrid/<molecule>/k${K}_$CORRECTOR.npz"

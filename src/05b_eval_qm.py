@@ -1,0 +1,238 @@
+#!/usr/bin/env python
+"""Stage 05b: evaluate QM hybrid runs (06b) against plain QM MD baselines (01b / 01c).
+
+For every molecule folder under --hybrid-runs (<molecule>/*.npz with their .stats.json),
+against --baseline/<molecule>/replica_*.npz (0.25 fs):
+  - rollout fidelity (mdkstep.evaluation, as stage 05): W1 of bond / angle / dihedral
+    distributions, mean bond-length error, RDF L1, VACF L2, temperature, each beside the same
+    distance between independent baseline replicas (the noise floor) and as a ratio to it;
+  - efficiency, the headline: force calls and wall seconds per simulated ps of the hybrid vs
+    plain MD with the SAME engine at the base step (the baselines' dt, 0.25 fs) AND at larger
+    plain steps (default 0.5 and 1.0 fs). The plain runs are timed IN THIS RUN: --plain-steps
+    velocity-Verlet steps (NVE, one counted force call per step) from the last frame of
+    replica 0, whose total-energy drift (kJ/mol/ps) and fluctuation tell how accurate the
+    larger plain steps are (NaN or a blow-up is reported as unstable).
+Writes <out-dir>/metrics.json and report.md. Units: nm, ps, kJ/mol, amu, K; dt in fs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from mdkstep.config import run_cli  # noqa: E402
+from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_run, frame_interval_ps, load_replicas,  # noqa: E402
+                                load_stats, replica_floor)
+from mdkstep.metrics import summarize_trajectory  # noqa: E402
+from mdkstep.trajectory import load_trajectory  # noqa: E402
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, setup_logging  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", type=Path, required=True, help="QM baseline root (01b --out): <molecule>/replica_*.npz")
+    p.add_argument("--hybrid-runs", type=Path, required=True, help="hybrid root (06b outputs): <molecule>/*.npz")
+    p.add_argument("--out-dir", type=Path, required=True, help="where metrics.json and report.md go")
+    p.add_argument("--qm-config", type=Path, default=None,
+                   help="QM YAML for the plain-MD timing engine (default: the config stored in the baseline metadata)")
+    p.add_argument("--raw-root", type=Path, default=None, help="stage-00 folder for topology.json (else beside / inferred)")
+    p.add_argument("--plain-dts", type=float, nargs="+", default=None, metavar="FS",
+                   help="plain-MD steps to time, fs (default: the baseline dt, 0.5 and 1.0)")
+    p.add_argument("--plain-steps", type=int, default=200, help="velocity-Verlet steps per timed plain segment (default 200)")
+    p.add_argument("--no-timing", action="store_true", help="skip the plain-MD timing (no wall_speedup)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+# ------------------------------------------------------------------------ plain MD, timed now
+
+def plain_md_segment(engine, x0: np.ndarray, v0: np.ndarray, dt_fs: float, n_steps: int) -> dict[str, Any]:
+    """n_steps of velocity Verlet with ``engine`` (one counted call per step, plus one at the
+    start); wall time, calls per simulated ps and total-energy drift of the segment."""
+    from mdkstep.utils import remove_com
+
+    m = engine.masses[:, None]
+    dt = dt_fs / 1000.0
+    x = np.array(x0, dtype=float)
+    v = remove_com(np.array(v0, dtype=float)[None], engine.masses)[0]
+    c0, t0 = engine.counters.calls, time.perf_counter()
+    u, f = engine.compute(x)
+    energies, steps_done, stable = [], 0, True
+    for _ in range(n_steps):
+        v = v + 0.5 * dt * f / m
+        x = x + dt * v
+        try:
+            u, f = engine.compute(x)
+        except Exception as e:  # SCF failure at a too-large step: unstable
+            LOG.warning("plain MD at %.3g fs failed after %d steps: %s", dt_fs, steps_done, e)
+            stable = False
+            break
+        v = v + 0.5 * dt * f / m
+        steps_done += 1
+        e_tot = u + 0.5 * float(np.sum(m * v * v))
+        if not np.isfinite(e_tot):
+            stable = False
+            break
+        energies.append(e_tot)
+    wall = time.perf_counter() - t0
+    calls = engine.counters.calls - c0
+    sim_ps = steps_done * dt
+    e = np.asarray(energies)
+    tt = dt * np.arange(1, len(e) + 1)
+    drift = float(np.polyfit(tt, e, 1)[0]) if len(e) > 2 else float("nan")
+    return {"dt_fs": dt_fs, "steps": steps_done, "simulated_ps": sim_ps, "force_calls": calls,
+            "force_calls_per_ps": 1000.0 / dt_fs, "wall_s": wall,
+            "wall_s_per_ps": wall / sim_ps if sim_ps else None,
+            "force_ms_per_call": 1000.0 * wall / calls if calls else None,
+            "nve_drift_kj_mol_ps": drift, "etot_std_kj_mol": float(np.std(e)) if len(e) else float("nan"),
+            "etot_max_dev_kj_mol": float(np.max(np.abs(e - e[0]))) if len(e) else float("nan"), "stable": stable}
+
+
+def time_plain_md(ref, args) -> dict[str, Any]:
+    """Plain velocity-Verlet segments with the baselines' engine at each of the plain steps."""
+    from mdkstep.config import from_dict, load_config
+    from mdkstep.engines.factory import make_qm_engine
+    from mdkstep.qm_md import QMConfig, set_openmp_threads
+
+    meta = ref.metadata
+    if args.qm_config is not None:
+        cfg = load_config(QMConfig, args.qm_config)
+    elif "config" in meta:
+        cfg = from_dict(QMConfig, meta["config"], "baseline metadata")
+    else:
+        raise MdkstepError("baseline metadata has no QM config; give --qm-config")
+    set_openmp_threads(cfg.omp_num_threads or 1)
+    engine = make_qm_engine(cfg, np.asarray(ref.atom_types), np.asarray(ref.masses, dtype=float),
+                            charge=int(meta.get("charge", 0) or 0))
+    base_dt = float(meta["dt_fs"])
+    dts = args.plain_dts or sorted({base_dt, 0.5, 1.0})
+    engine.compute(ref.positions[-1])  # warm-up (library setup), not timed
+    out = {}
+    for dt in dts:
+        seg = plain_md_segment(engine, ref.positions[-1], ref.velocities[-1], dt, args.plain_steps)
+        out[f"{dt:g}fs"] = seg
+        LOG.info("plain MD %s: %.3g s/ps, %.3g ms/call, NVE drift %.3g kJ/mol/ps", f"{dt:g} fs", seg["wall_s_per_ps"] or
+                 float("nan"), seg["force_ms_per_call"] or float("nan"), seg["nve_drift_kj_mol_ps"])
+    return out
+
+
+# ------------------------------------------------------------------------ evaluation
+
+def topology_of(name: str, ref, args) -> dict[str, Any]:
+    from mdkstep.dataset import molecule_topology
+
+    for cand in (args.baseline / name / "topology.json", (args.raw_root / name / "topology.json") if args.raw_root else None):
+        if cand is not None and cand.is_file():
+            return json.loads(cand.read_text())
+    return molecule_topology(args.baseline / name / "replica_0.npz", None, name, np.asarray(ref.atom_types),
+                             ref.positions[0])
+
+
+def evaluate_molecule(name: str, args) -> dict[str, Any]:
+    replicas = load_replicas(args.baseline / name)
+    ref = replicas[0]
+    topo = topology_of(name, ref, args)
+    runs = sorted(p for p in (args.hybrid_runs / name).glob("*.npz") if not p.name.endswith(".hybrid_ckpt.npz"))
+    if not runs:
+        raise MdkstepError(f"{args.hybrid_runs / name}: no hybrid trajectories")
+    base_dt = float(ref.metadata["dt_fs"])
+    plain = {} if args.no_timing else time_plain_md(ref, args)
+    res: dict[str, Any] = {"molecule": name, "baseline": summarize_trajectory(ref, np.asarray(topo["bonds"])),
+                           "n_replicas": len(replicas), "baseline_dt_fs": base_dt, "plain_md": plain, "runs": {}}
+    if len(replicas) < 2:
+        LOG.warning("%s: one baseline replica, no noise floor (run 01b with --replicas 2)", name)
+    for run in runs:
+        hyb = load_trajectory(run)
+        interval = max(frame_interval_ps(hyb), frame_interval_ps(ref))
+        floor = replica_floor(replicas, topo, interval)
+        ev = evaluate_run(ref, hyb, topo, floor, interval)
+        ev["floor"] = floor
+        ev["interval_ps"] = interval
+        stats = load_stats(run)
+        base_key = f"{base_dt:g}fs"
+        ev["efficiency"] = efficiency(stats, base_dt, plain.get(base_key, {}).get("wall_s_per_ps"))
+        # the same ratios against plain MD at the larger steps (timed above, same engine)
+        ev["efficiency_vs_plain"] = {key: efficiency(stats, seg["dt_fs"], seg["wall_s_per_ps"])
+                                     for key, seg in plain.items()}
+        if not plain:
+            ev["efficiency_vs_plain"] = {f"{base_dt:g}fs": ev["efficiency"]}
+        res["runs"][run.stem] = ev
+    return res
+
+
+def fmt(v: Any, nd: int = 4) -> str:
+    if isinstance(v, float):
+        return f"{v:.{nd}g}" if np.isfinite(v) else "n/a"
+    return "n/a" if v is None else str(v)
+
+
+def write_report(metrics: dict[str, Any], path: Path) -> None:
+    lines = ["# md-kstep QM evaluation report", "",
+             "Efficiency: force calls and wall seconds per simulated ps, hybrid vs plain velocity-Verlet MD with the "
+             "same QM engine, all timed in this run. Ratios > 1 favour the hybrid.", ""]
+    for name, m in metrics["molecules"].items():
+        lines += [f"## {name}", "", f"Baseline replica 0 (dt {fmt(m['baseline_dt_fs'])} fs): T = "
+                  f"{fmt(m['baseline']['temperature_mean_K'])} ± {fmt(m['baseline']['temperature_std_K'])} K; "
+                  f"{m['n_replicas']} replica(s) give the noise floor.", ""]
+        if m["plain_md"]:
+            lines += ["| plain MD step | force calls/ps | wall s/ps | ms/call | NVE drift kJ/mol/ps | E_tot std kJ/mol | stable |",
+                      "|---|---|---|---|---|---|---|"]
+            for key, seg in m["plain_md"].items():
+                lines.append(f"| {key} | {fmt(seg['force_calls_per_ps'])} | {fmt(seg['wall_s_per_ps'])} | "
+                             f"{fmt(seg['force_ms_per_call'])} | {fmt(seg['nve_drift_kj_mol_ps'])} | "
+                             f"{fmt(seg['etot_std_kj_mol'])} | {seg['stable']} |")
+            lines.append("")
+        for run, ev in m["runs"].items():
+            eff = ev["efficiency"]
+            lines += [f"### {run}", "", f"hybrid: {fmt(eff.get('hybrid_force_calls_per_ps'))} force calls/ps, "
+                      f"{fmt(eff.get('hybrid_wall_s_per_ps'))} wall s/ps, model {fmt(eff.get('model_ms_per_jump'))} ms/jump, "
+                      f"accepted {eff.get('jumps_accepted')}/{eff.get('jumps_attempted')}, fallbacks "
+                      f"{eff.get('fallbacks')}, NaN frames {eff.get('nan_frames', 'n/a')}", "",
+                      "| vs plain MD at | force_call_reduction | wall_speedup |", "|---|---|---|"]
+            for key, e in ev["efficiency_vs_plain"].items():
+                lines.append(f"| {key} | {fmt(e.get('force_call_reduction'))} | {fmt(e.get('wall_speedup'))} |")
+            d, fl = ev["distances"], ev["floor"]
+            lines += ["", "| fidelity | hybrid vs replica 0 | replica floor | ratio |", "|---|---|---|---|"]
+            for k in FIDELITY_KEYS:
+                lines.append(f"| {k} | {fmt(d.get(k))} | {fmt(fl.get(k))} | {fmt(ev['ratio_to_floor'].get(k))} |")
+            lines += ["", f"within 1.5x floor: {ev['within_1p5x_floor']}; hybrid T = "
+                      f"{fmt(ev['summary']['temperature_mean_K'])} K", ""]
+    atomic_write_text(path, "\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if not args.hybrid_runs.is_dir():
+        raise MdkstepError(f"{args.hybrid_runs}: folder not found")
+    if args.plain_steps < 3:
+        raise MdkstepError("--plain-steps must be >= 3")
+    names = sorted(p.name for p in args.hybrid_runs.iterdir() if p.is_dir() and any(p.glob("*.npz")))
+    if not names:
+        raise MdkstepError(f"{args.hybrid_runs}: no <molecule>/*.npz hybrid runs")
+    metrics: dict[str, Any] = {"molecules": {}}
+    for name in names:
+        LOG.info("evaluating %s", name)
+        metrics["molecules"][name] = evaluate_molecule(name, args)
+    atomic_write_json(args.out_dir / "metrics.json", metrics)
+    write_report(metrics, args.out_dir / "report.md")
+    print(f"report: {args.out_dir / 'report.md'}")
+    for name, m in metrics["molecules"].items():
+        for run, ev in m["runs"].items():
+            parts = [f"{key}: calls x{fmt(e.get('force_call_reduction'), 3)}, wall x{fmt(e.get('wall_speedup'), 3)}"
+                     for key, e in ev["efficiency_vs_plain"].items()]
+            print(f"{name}/{run}: bond W1 {fmt(ev['distances']['bond_w1_A'])} Å (floor {fmt(ev['floor'].get('bond_w1_A'))}), "
+                  f"angle W1 {fmt(ev['distances']['angle_w1_deg'])}° (floor {fmt(ev['floor'].get('angle_w1_deg'))}); "
+                  f"hybrid vs plain " + "; ".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

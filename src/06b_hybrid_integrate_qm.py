@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Stage 06b: hybrid MD (QM mode) -- learned k-step jumps corrected with real QM forces.
+
+The same integrator as stage 06 (mdkstep.hybrid.run_hybrid with a ModelJumper; see that
+module for the cycle, the guard, the retries and the physics fallback), with the QM engine
+of the baselines instead of OpenMM: --qm-config (configs/qm.yaml: engine xtb | pyscf, method,
+multiplicity, accuracy, ...; dt_fs and temperature_K are the baselines'). No constraints: all
+atoms move, as in the 01b baselines. Force calls are counted by the engine itself.
+
+Start: the last frame(s) of a QM baseline trajectory (--start-from, required; replica 0 its
+last frame, others earlier frames). The molecule comes from --molecule (a stage-00 folder:
+atoms, charge, bonds) or from the baseline NPZ itself (atom types and masses; charge from its
+metadata; bonds from the topology.json beside it, else inferred from covalent radii).
+
+Writes <out> (one replica) or <stem>_r<i>.npz (several), in the trajectory NPZ schema, and
+<stem>.stats.json. Interrupted runs resume from <stem>.hybrid_ckpt.npz: rerun the command.
+
+Example:
+  python src/06b_hybrid_integrate_qm.py --checkpoint outputs/qm/train/best.pt \\
+      --start-from outputs/qm/md/ethanol/replica_0.npz --out outputs/qm/hybrid/ethanol/k4.npz --time-ps 1
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from mdkstep.config import load_config, run_cli, to_dict  # noqa: E402
+from mdkstep.hybrid_cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model,  # noqa: E402
+                                prepare_outputs, resolve_hybrid_config, run_and_report, start_frames)
+from mdkstep.utils import LOG, MdkstepError, setup_logging  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="trained model checkpoint (.pt from stage 04)")
+    p.add_argument("--start-from", type=Path, required=True, metavar="NPZ",
+                   help="QM baseline trajectory (01b/01c): replica 0 starts at its last frame, others earlier")
+    p.add_argument("--molecule", type=Path, default=None,
+                   help="prepared molecule folder (stage 00); default: atoms from the --start-from NPZ")
+    p.add_argument("--out", type=Path, required=True, help="output trajectory NPZ (replicas: <stem>_r<i>.npz)")
+    p.add_argument("--qm-config", type=Path, default=Path("configs/qm.yaml"),
+                   help="QM YAML of the baselines: engine, method, dt_fs, temperature (default: configs/qm.yaml)")
+    p.add_argument("--qm-set", action="append", default=[], metavar="KEY=VALUE", help="override a QM config key (repeatable)")
+    add_hybrid_arguments(p)
+    return p
+
+
+def qm_molecule(args, traj) -> dict:
+    """name, atomic numbers, masses, charge, smiles and bonds of the system to run."""
+    from mdkstep.dataset import molecule_topology
+
+    z = np.asarray(traj.atom_types, dtype=int)
+    meta = traj.metadata
+    if args.molecule is not None:
+        from mdkstep.chem import load_molecule
+
+        mol = load_molecule(args.molecule)
+        if list(map(int, mol.atomic_numbers)) != list(map(int, z)):
+            raise MdkstepError(f"{args.start_from}: atoms do not match molecule {mol.name}")
+        return {"name": mol.name, "z": z, "masses": np.asarray(traj.masses, dtype=float),
+                "charge": int(mol.info.net_charge), "smiles": mol.info.smiles, "bonds": np.asarray(mol.info.bonds),
+                "bonds_from": str(args.molecule / "topology.json")}
+    name = str(meta.get("molecule") or args.start_from.parent.name)
+    topo = molecule_topology(args.start_from, None, name, z, traj.positions[-1])
+    beside = args.start_from.parent / "topology.json"
+    return {"name": name, "z": z, "masses": np.asarray(traj.masses, dtype=float),
+            "charge": int(meta.get("charge", 0) or 0), "smiles": meta.get("smiles"), "bonds": np.asarray(topo["bonds"]),
+            "bonds_from": str(beside) if beside.is_file() else "inferred (covalent radii)"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    from mdkstep.checkpoint import check_compatible, read_checkpoint
+    from mdkstep.engines.factory import make_qm_engine
+    from mdkstep.hybrid import ModelJumper
+    from mdkstep.qm_md import QMConfig, set_openmp_threads
+    from mdkstep.trajectory import load_trajectory
+
+    check_run_args(args)
+    qcfg = load_config(QMConfig, args.qm_config, set_items=args.qm_set)
+    traj = load_trajectory(args.start_from)
+    base_dt = traj.metadata.get("dt_fs")
+    if base_dt is not None and abs(float(base_dt) - qcfg.dt_fs) > 1e-9:
+        raise MdkstepError(f"{args.start_from}: baseline dt_fs={base_dt}, but {args.qm_config} has dt_fs={qcfg.dt_fs}")
+    base_engine = traj.metadata.get("engine")
+    if base_engine not in (None, qcfg.engine):
+        LOG.warning("%s was run with engine %s; the hybrid uses %s", args.start_from, base_engine, qcfg.engine)
+    mol = qm_molecule(args, traj)
+    ck = read_checkpoint(args.checkpoint)
+    check_compatible(ck, str(args.checkpoint), atom_types=set(map(int, mol["z"])))
+    hcfg = resolve_hybrid_config(args, ck, qcfg.dt_fs, qcfg.temperature_K, args.qm_config)
+    if ck.get("engine") not in (None, qcfg.engine):
+        LOG.warning("%s was trained on %s data; running it with %s forces", args.checkpoint, ck.get("engine"), qcfg.engine)
+    prepare_outputs(args)
+    set_openmp_threads(qcfg.omp_num_threads or 1)  # oversubscribed OpenMP costs up to 100x (qm_md)
+    model, device = load_model(args, args.checkpoint)
+    engine = make_qm_engine(qcfg, mol["z"], mol["masses"], charge=mol["charge"])
+    if is_resuming(args):  # the state comes from the hybrid checkpoint
+        x0 = v0 = np.zeros((args.replicas, len(mol["z"]), 3))
+        start = "resumed (start state: see the trajectory metadata)"
+    else:
+        x0, v0, idx = start_frames(traj, args.replicas)
+        start = f"{args.start_from} frames {idx}"
+    jumper = ModelJumper(model, mol["z"], engine.masses, mol["bonds"], device=device)
+    meta = {"molecule": mol["name"], "smiles": mol["smiles"], "constraints": "none", "charge": mol["charge"],
+            "multiplicity": qcfg.multiplicity, "seed": args.seed, "checkpoint": str(args.checkpoint),
+            "start": start, "bonds_from": mol["bonds_from"], "qm_method": qcfg.method}
+    run_and_report(args, engine, jumper, hcfg, x0, v0, mol["name"], meta,
+                   {"qm_config": to_dict(qcfg), "start": start}, device)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

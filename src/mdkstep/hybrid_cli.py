@@ -1,0 +1,142 @@
+"""Command-line plumbing shared by the hybrid scripts 06 (MM, OpenMM) and 06b (QM, xTB/PySCF).
+
+The integrator itself is :func:`mdkstep.hybrid.run_hybrid`; this module only holds what both
+scripts need around it: the common options, the model device, the hybrid config checked
+against the checkpoint and the engine's time step, start frames from a baseline trajectory,
+and the run + stats JSON + summary line. Units: nm, ps, kJ/mol, amu, K (dt in fs).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import load_config, to_dict
+from .utils import LOG, MdkstepError, atomic_write_json, seed_everything
+
+
+def add_hybrid_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the hybrid run common to 06 and 06b (not the engine / molecule ones)."""
+    p.add_argument("--hybrid-config", "--config", type=Path, default=Path("configs/hybrid.yaml"),
+                   help="hybrid integrator YAML (default: configs/hybrid.yaml)")
+    p.add_argument("--time-ps", type=float, default=10.0, help="simulated time per replica, ps (default 10)")
+    p.add_argument("--k", type=int, default=None, help="jump length in steps; must equal the checkpoint's k")
+    p.add_argument("--corrector", choices=("kick", "verlet"), default=None,
+                   help="kick: 1 force call per k*dt; verlet: 2 calls per (k+1)*dt")
+    p.add_argument("--delta-scale", type=float, default=None, help="multiply the predicted jump (dx, dv)")
+    p.add_argument("--max-attempts", type=int, default=None, help="jump attempts per cycle before the physics fallback")
+    p.add_argument("--ensemble", choices=("nve", "nvt"), default=None, help="nve (energy filter) or nvt (thermostat)")
+    p.add_argument("--replicas", type=int, default=1, help="replicas advanced together, one model forward per jump")
+    p.add_argument("--seed", type=int, default=0, help="seed for velocities, equilibration and thermostat noise")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="model device (auto: CUDA if present)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on ~20-atom graphs more threads cost more than they save, "
+                        "and on a busy machine they can make a forward 100x slower)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hybrid config key (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace finished outputs and any partial run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-level", default="INFO")
+
+
+def pick_device(name: str) -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MdkstepError("--device cuda: no CUDA device is available")
+    return name
+
+
+def resolve_hybrid_config(args, ck: dict, dt_fs: float, temperature_K: float, engine_config: str | Path):
+    """Hybrid config from YAML + flags, with k / dt_fs checked against the checkpoint and the
+    engine config's dt_fs (``engine_config`` names that file in errors); unset k, dt_fs and
+    temperature_K are filled from the checkpoint / engine config."""
+    from .checkpoint import check_compatible
+    from .hybrid import HybridConfig
+
+    hcfg = load_config(HybridConfig, args.hybrid_config, {
+        "k": args.k, "corrector": args.corrector, "delta_scale": args.delta_scale,
+        "max_attempts": args.max_attempts, "ensemble": args.ensemble,
+    }, args.set)
+    check_compatible(ck, str(args.checkpoint), k=hcfg.k)
+    ck_dt = ck.get("dt_fs")
+    if ck_dt is not None and abs(float(ck_dt) - dt_fs) > 1e-9:
+        raise MdkstepError(f"{args.checkpoint}: trained on dt_fs={ck_dt} data, but {engine_config} has dt_fs={dt_fs}")
+    if hcfg.dt_fs is not None and abs(hcfg.dt_fs - dt_fs) > 1e-9:
+        raise MdkstepError(f"hybrid dt_fs={hcfg.dt_fs} differs from {engine_config}'s dt_fs={dt_fs}")
+    return hcfg.resolved(k=int(ck["k"]), dt_fs=dt_fs, temperature_K=temperature_K)
+
+
+def start_frames(traj, n_rep: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(x0, v0) of shape (R,N,3) from a loaded trajectory: replica 0 its last frame, the others
+    frames spaced back over its second half; and the frame indices used."""
+    gap = max(1, (traj.n_frames // 2) // n_rep)
+    idx = [max(0, traj.n_frames - 1 - r * gap) for r in range(n_rep)]
+    return traj.positions[idx].astype(float), traj.velocities[idx].astype(float), idx
+
+
+def check_run_args(args) -> None:
+    if args.replicas < 1:
+        raise MdkstepError("--replicas must be >= 1")
+    if not args.time_ps > 0:
+        raise MdkstepError("--time-ps must be > 0")
+    if args.threads < 1:
+        raise MdkstepError("--threads must be >= 1")
+
+
+def prepare_outputs(args) -> tuple[list[Path], Path]:
+    """Replica output paths and the stats JSON path; an error when finished and not --overwrite."""
+    from .hybrid import replica_paths
+
+    outs = replica_paths(args.out, args.replicas)
+    if all(p.exists() for p in outs) and not args.overwrite:
+        raise MdkstepError(f"{outs[0]} exists; pass --overwrite to redo it")
+    return outs, args.out.with_suffix(".stats.json")
+
+
+def load_model(args, checkpoint: Path):
+    """(model, device) on the chosen device with ``args.threads`` torch threads; seeds everything."""
+    import torch
+
+    from .checkpoint import model_from_checkpoint
+
+    seed_everything(args.seed)
+    device = pick_device(args.device)
+    torch.set_num_threads(args.threads)
+    model, _ = model_from_checkpoint(checkpoint, device=device)
+    return model, device
+
+
+def is_resuming(args) -> bool:
+    from .hybrid import checkpoint_path
+
+    return checkpoint_path(args.out).is_file() and not args.overwrite
+
+
+def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, name: str,
+                   meta: dict[str, Any], extra_stats: dict[str, Any], device: str) -> dict[str, Any]:
+    """n_cycles from --time-ps, :func:`mdkstep.hybrid.run_hybrid`, the stats JSON beside
+    ``args.out`` and a one-line summary. Returns the stats."""
+    from .hybrid import run_hybrid
+
+    stats_path = args.out.with_suffix(".stats.json")
+    n_cycles = max(hcfg.save_interval_cycles,
+                   int(round(args.time_ps / hcfg.cycle_ps / hcfg.save_interval_cycles)) * hcfg.save_interval_cycles)
+    LOG.info("%s: %d replica(s) x %d cycles of %.4g ps (k=%d, %s, %s), model on %s", name, args.replicas,
+             n_cycles, hcfg.cycle_ps, hcfg.k, hcfg.corrector, hcfg.ensemble, device)
+    stats = run_hybrid(engine, jumper, hcfg, x0, v0, n_cycles, args.out, np.random.default_rng(args.seed),
+                       resume=not args.overwrite, metadata=meta, progress=not args.no_progress)
+    stats.update({"molecule": name, "checkpoint": str(args.checkpoint), **extra_stats,
+                  "hybrid_config": to_dict(hcfg), "device": device})
+    atomic_write_json(stats_path, stats)
+    print(f"{name}: {stats['simulated_ps']:.3g} ps x {args.replicas} replica(s), "
+          f"{stats['force_calls_per_ps']:.1f} force calls/ps (k={hcfg.k}, {hcfg.corrector}), "
+          f"accepted {stats['jumps_accepted']}/{stats['jumps_attempted']}, retries {stats['retries']}, "
+          f"fallbacks {stats['fallbacks']}, NaN frames {stats['nan_frames']}, "
+          f"T {stats['temperature_mean_K']:.1f} +- {stats['temperature_std_K']:.1f} K, "
+          f"model {stats['model_ms_per_jump']:.2f} ms/jump -> {stats_path}")
+    return stats

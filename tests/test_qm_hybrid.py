@@ -1,0 +1,124 @@
+"""QM hybrid (06b) and QM evaluation (05b) on water with GFN2-xTB, plus the QM batch scripts.
+Units: nm, ps, kJ/mol, amu, K."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, load_script
+
+pytest.importorskip("tblite")
+
+BATCH_SCRIPTS = ("run_qm_trajectories.sh", "make_qm_dataset.sh", "train_qm.sh", "run_hybrid_qm.sh", "eval_qm.sh")
+
+
+@pytest.fixture(scope="module")
+def qm_water(tmp_path_factory):
+    """Two tiny GFN2-xTB water baselines (0.25 fs, 0.03 ps each) and a fresh tiny checkpoint."""
+    from mdkstep.checkpoint import save_checkpoint
+    from mdkstep.config import load_config
+    from mdkstep.model import ModelConfig, build_model
+    from mdkstep.qm_md import QMConfig, QMRunSpec, run_qm_trajectory, system_from_smiles
+
+    root = tmp_path_factory.mktemp("qm")
+    cfg = load_config(QMConfig, ROOT / "configs/qm_quick.yaml",
+                      {"production_ps": 0.03, "equilibration_ps": 0.005, "minimize_steps": 20, "chunk_frames": 200})
+    system = system_from_smiles("O", "water")
+    for r in range(2):
+        run_qm_trajectory(system, cfg, QMRunSpec(root / "md" / "water" / f"replica_{r}.npz", 1000 * r, f"replica{r}", r),
+                          progress=False)
+    mc = ModelConfig(hidden=8, n_layers=1, n_rbf=4, max_hops=3, use_forces=True)
+    model = build_model(mc)
+    model.set_normalization(v_scale=10.0, f_scale=1000.0, dx_scale=1e-4, dv_scale=1e-2)  # small, sane jumps
+    ck = root / "tiny.pt"
+    save_checkpoint(ck, {"model_state": model.state_dict(), "model_config": asdict(mc), "train_config": {},
+                         "k": 4, "dt_fs": 0.25, "engine": "xtb", "atom_types": [1, 8]})
+    return root, ck
+
+
+def _run06b(argv, monkeypatch):
+    """Run 06b in-process; returns the engine it built (to read its own call counter)."""
+    import mdkstep.engines.factory as factory
+    from mdkstep.config import run_cli
+
+    built = []
+    orig = factory.make_qm_engine
+
+    def spy(*a, **kw):
+        built.append(orig(*a, **kw))
+        return built[-1]
+
+    monkeypatch.setattr(factory, "make_qm_engine", spy)
+    mod = load_script("06b_hybrid_integrate_qm")
+    with pytest.raises(SystemExit) as e:
+        run_cli(mod.main, argv)
+    assert e.value.code == 0
+    return built[0]
+
+
+def test_06b_and_05b_on_water(qm_water, tmp_path, monkeypatch):
+    from mdkstep.trajectory import load_trajectory
+
+    root, ck = qm_water
+    out = root / "hybrid" / "water" / "k4_kick.npz"
+    engine = _run06b(["--checkpoint", str(ck), "--start-from", str(root / "md/water/replica_0.npz"),
+                      "--qm-config", str(ROOT / "configs/qm_quick.yaml"),
+                      "--hybrid-config", str(ROOT / "configs/hybrid.yaml"), "--out", str(out),
+                      "--time-ps", "0.006", "--replicas", "2", "--no-progress", "--log-level", "WARNING"], monkeypatch)
+    stats = json.loads(out.with_suffix(".stats.json").read_text())
+    assert stats["n_cycles"] == 6 and stats["k"] == 4 and stats["dt_fs"] == 0.25
+    # force calls exactly as the engine counted them: setup + jumps (+ retries) + fallbacks
+    assert stats["force_calls"] == engine.counters.calls
+    assert stats["force_calls"] == stats["force_calls_setup"] + stats["force_calls_jump"] + stats["force_calls_fallback"]
+    assert stats["force_calls_setup"] == 2 and stats["nan_frames"] == 0
+    for r in range(2):
+        t = load_trajectory(out.with_name(f"k4_kick_r{r}.npz"))  # schema-validated on load
+        assert t.n_frames == 6 and list(t.atom_types) == [8, 1, 1]
+        assert all(np.all(np.isfinite(a)) for a in (t.positions, t.velocities, t.energies))
+        assert t.metadata["engine"] == "xtb" and t.metadata["dt_fs"] == 0.25
+    assert np.allclose(np.diff(t.time_ps), 0.001)
+
+    ev_dir = tmp_path / "eval"
+    mod = load_script("05b_eval_qm")
+    assert mod.main(["--baseline", str(root / "md"), "--hybrid-runs", str(root / "hybrid"), "--out-dir", str(ev_dir),
+                     "--plain-steps", "10", "--log-level", "WARNING"]) == 0
+    m = json.loads((ev_dir / "metrics.json").read_text())["molecules"]["water"]
+    assert set(m["plain_md"]) == {"0.25fs", "0.5fs", "1fs"}
+    assert m["plain_md"]["0.5fs"]["force_calls"] == 11 and m["plain_md"]["0.5fs"]["stable"]
+    for ev in m["runs"].values():
+        for key in ("0.25fs", "0.5fs", "1fs"):
+            eff = ev["efficiency_vs_plain"][key]
+            for k in ("hybrid_force_calls_per_ps", "force_call_reduction", "wall_speedup", "hybrid_wall_s_per_ps",
+                      "baseline_wall_s_per_ps"):
+                assert np.isfinite(eff[k])
+        assert ev["efficiency"]["hybrid_force_calls_per_ps"] == pytest.approx(
+            stats["force_calls"] / stats["simulated_ps_total"])
+        assert "bond_w1_A" in ev["distances"] and "bond_w1_A" in ev["floor"]
+    assert (ev_dir / "report.md").is_file()
+
+
+def test_06b_rejects_wrong_time_step(qm_water, tmp_path):
+    from mdkstep.config import run_cli
+
+    root, ck = qm_water
+    mod = load_script("06b_hybrid_integrate_qm")
+    with pytest.raises(SystemExit) as e:
+        run_cli(mod.main, ["--checkpoint", str(ck), "--start-from", str(root / "md/water/replica_0.npz"),
+                           "--qm-config", str(ROOT / "configs/qm_quick.yaml"), "--qm-set", "dt_fs=0.5",
+                           "--out", str(tmp_path / "x.npz"), "--log-level", "WARNING"])
+    assert e.value.code != 0
+
+
+@pytest.mark.parametrize("script", BATCH_SCRIPTS)
+def test_batch_scripts_syntax_help_and_dry_run(script):
+    path = ROOT / script
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    h = subprocess.run(["bash", str(path), "--help"], capture_output=True, text=True)
+    assert h.returncode == 0 and h.stdout.strip()
+    d = subprocess.run(["bash", str(path)], capture_output=True, text=True, env={**os.environ, "DRY_RUN": "1"})
+    assert d.returncode == 0 and "DRY_RUN=1" in d.stdout, d.stderr
