@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from mdkstep.config import run_cli  # noqa: E402
-from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_run, frame_interval_ps, load_replicas,  # noqa: E402
+from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, fmt, evaluate_run, frame_interval_ps, load_replicas,  # noqa: E402
                                 load_stats, replica_floor)
 from mdkstep.metrics import summarize_trajectory  # noqa: E402
 from mdkstep.trajectory import load_trajectory  # noqa: E402
@@ -150,10 +150,6 @@ def one_jump(args) -> dict[str, Any]:
     return one_jump_metrics(model, ds, 8192)
 
 
-def fmt(v: Any, nd: int = 4) -> str:
-    if isinstance(v, float):
-        return f"{v:.{nd}g}" if np.isfinite(v) else "n/a"
-    return str(v)
 
 
 def write_report(metrics: dict[str, Any], path: Path) -> None:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from mdkstep.config import run_cli  # noqa: E402
-from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_run, frame_interval_ps, load_replicas,  # noqa: E402
+from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, fmt, evaluate_run, frame_interval_ps, load_replicas,  # noqa: E402
                                 load_stats, replica_floor)
 from mdkstep.metrics import summarize_trajectory  # noqa: E402
 from mdkstep.trajectory import load_trajectory  # noqa: E402
@@ -167,10 +167,6 @@ def evaluate_molecule(name: str, args) -> dict[str, Any]:
     return res
 
 
-def fmt(v: Any, nd: int = 4) -> str:
-    if isinstance(v, float):
-        return f"{v:.{nd}g}" if np.isfinite(v) else "n/a"
-    return "n/a" if v is None else str(v)
 
 
 def write_report(metrics: dict[str, Any], path: Path) -> None:

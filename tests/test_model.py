@@ -108,8 +108,9 @@ def test_make_graph_batch_layout():
 # ---------------------------------------------------------------- symmetry
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("det", [1.0, -1.0])
-def test_rotation_reflection_translation_equivariance(arch, det):
-    model = make_model(arch, conserve_angular_momentum=True)
+@pytest.mark.parametrize("update_geometry", [True, False])
+def test_rotation_reflection_translation_equivariance(arch, det, update_geometry):
+    model = make_model(arch, conserve_angular_momentum=True, update_geometry=update_geometry)
     mol = random_molecule(12, 3)
     q = random_orthogonal(7, det)
     shift = np.array([3.0, -1.5, 0.7])

@@ -124,7 +124,7 @@ def build_dataset(traj_paths: Sequence[Path], k: int, out_file: Path, stride: in
     """
     if not traj_paths:
         raise MdkstepError("no trajectories given")
-    rows_traj, rows_t, codes_all = [], [], []
+    rows_traj, rows_t = [], []
     molecules: list[str] = []
     topologies: dict[str, Any] = {}
     dt_fs = save_interval = None

@@ -98,3 +98,10 @@ def load_replicas(baseline_dir: Path) -> list[Trajectory]:
     if not paths:
         raise MdkstepError(f"{baseline_dir}: no replica_*.npz baselines (run stage 01 with --replicas 2)")
     return [load_trajectory(p) for p in paths]
+
+
+def fmt(v: Any, nd: int = 4) -> str:
+    """A number for a report table: nd significant digits, 'n/a' for NaN/inf, str() otherwise."""
+    if isinstance(v, float):
+        return f"{v:.{nd}g}" if np.isfinite(v) else "n/a"
+    return "n/a" if v is None else str(v)

@@ -9,7 +9,6 @@ CPU, nccl on CUDA).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time

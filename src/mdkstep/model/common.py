@@ -301,17 +301,19 @@ class KStepModel(nn.Module):
         """Run ``self.layers``; returns the normalized vector channels (N, C, 3).
 
         Each layer is called as ``layer(h, geom, p) -> (h, edge_coef (E,C),
-        node_coef (N,C*K))`` with the geometry of the running jumped positions.
+        node_coef (N,C*K))`` with the pair geometry of the running jumped positions
+        x + dx_scale * vec[:, 0] (``update_geometry``) or of the input positions.
         """
-        h, x = p.h0, p.pos
+        update = self.config.update_geometry
+        h = p.h0
+        r_hat, geom = self.geometry(p.pos, p)
         vec = None
         for l, layer in enumerate(self.layers):
-            r_hat, geom = self.geometry(x, p)
+            if update and l > 0:
+                r_hat, geom = self.geometry(self.jumped_positions(vec, p), p)
             h, c_edge, c_node = layer(h, geom, p)
             upd = self.vector_update(r_hat, c_edge, c_node, p)
             vec = upd if vec is None else vec + upd
-            if l + 1 < len(self.layers):
-                x = self.jumped_positions(vec, p)
         return vec
 
     # -- outputs ---------------------------------------------------------------------
