@@ -93,11 +93,19 @@ def test_user_system_pdb_xml(prepared, tmp_path):
         prepare_from_files("x", tmp_path, pdb=tmp_path / "nope.pdb", xml=src / "system.xml")
 
 
-def test_amber_prmtop_input(tmp_path):
-    """A user's Amber system (alanine dipeptide shipped with openmmtools, if installed)."""
-    pytest.importorskip("openmmtools")
-    from importlib.resources import files
+def test_amber_prmtop_input(prepared, tmp_path):
+    """A user's Amber system: our ethanol written as prmtop/inpcrd by ParmEd, then imported."""
+    import parmed
+    from openmm import app
 
-    base = files("openmmtools") / "data" / "alanine-dipeptide-gbsa"
-    out = prepare_from_files("ala2", tmp_path, prmtop=base / "alanine-dipeptide.prmtop", inpcrd=base / "alanine-dipeptide.crd")
-    assert np.asarray(json.loads((out / "topology.json").read_text())["bonds"]).shape[1] == 2
+    src = prepared / "ethanol"
+    mol = load_molecule(src)
+    top = app.PDBFile(str(src / "molecule.pdb")).topology
+    struct = parmed.openmm.load_topology(top, mol.system(), xyz=mol.positions_nm * 10.0)
+    struct.save(str(tmp_path / "eth.prmtop"))
+    struct.save(str(tmp_path / "eth.inpcrd"))
+    out = prepare_from_files("eth_amber", tmp_path / "raw", prmtop=tmp_path / "eth.prmtop", inpcrd=tmp_path / "eth.inpcrd")
+    a = json.loads((src / "topology.json").read_text())
+    b = json.loads((out / "topology.json").read_text())
+    assert b["bonds"] == a["bonds"] and b["atomic_numbers"] == a["atomic_numbers"]
+    assert len(b["angles"]) == len(a["angles"]) and len(b["dihedrals"]) == len(a["dihedrals"])
