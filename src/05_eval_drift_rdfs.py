@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from mdkstep.config import run_cli  # noqa: E402
-from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, fmt, evaluate_run, frame_interval_ps, load_replicas,  # noqa: E402
-                                load_stats, replica_floor)
+from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_hybrid_file, fmt, hybrid_runs,  # noqa: E402
+                                load_replicas, load_stats)
 from mdkstep.metrics import summarize_trajectory  # noqa: E402
 from mdkstep.trajectory import load_trajectory  # noqa: E402
 from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, setup_logging  # noqa: E402
@@ -101,9 +101,7 @@ def evaluate_molecule(name: str, args) -> dict[str, Any]:
     if not topo_file.is_file():
         raise MdkstepError(f"{args.baseline / name}: no topology.json (re-run stage 01, or give --raw-root)")
     topo = json.loads(topo_file.read_text())
-    runs = sorted(p for p in (args.hybrid_runs / name).glob("*.npz") if not p.name.endswith(".hybrid_ckpt.npz"))
-    if not runs:
-        raise MdkstepError(f"{args.hybrid_runs / name}: no hybrid trajectories")
+    runs = hybrid_runs(args.hybrid_runs / name)
     raw_dir = args.raw_root / name if args.raw_root else None
     base_wall = plain_md_wall_s_per_ps(raw_dir, ref.metadata) if raw_dir else None
     res: dict[str, Any] = {"molecule": name, "baseline": summarize_trajectory(ref, np.asarray(topo["bonds"])),
@@ -111,12 +109,7 @@ def evaluate_molecule(name: str, args) -> dict[str, Any]:
     out_dir = args.out_dir / name
     trajs = {"baseline r0": ref}
     for run in runs:
-        hyb = load_trajectory(run)
-        interval = max(frame_interval_ps(hyb), frame_interval_ps(ref))
-        floor = replica_floor(replicas, topo, interval)
-        ev = evaluate_run(ref, hyb, topo, floor, interval)
-        ev["floor"] = floor
-        ev["interval_ps"] = interval
+        hyb, ev = evaluate_hybrid_file(run, replicas, topo)
         ev["efficiency"] = efficiency(load_stats(run), float(ref.metadata["dt_fs"]), base_wall)
         res["runs"][run.stem] = ev
         trajs[run.stem] = hyb

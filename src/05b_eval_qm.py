@@ -28,10 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from mdkstep.config import run_cli  # noqa: E402
-from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, fmt, evaluate_run, frame_interval_ps, load_replicas,  # noqa: E402
-                                load_stats, replica_floor)
+from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_hybrid_file, fmt, hybrid_runs,  # noqa: E402
+                                load_replicas, load_stats)
 from mdkstep.metrics import summarize_trajectory  # noqa: E402
-from mdkstep.trajectory import load_trajectory  # noqa: E402
 from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, setup_logging  # noqa: E402
 
 
@@ -139,9 +138,7 @@ def evaluate_molecule(name: str, args) -> dict[str, Any]:
     replicas = load_replicas(args.baseline / name)
     ref = replicas[0]
     topo = topology_of(name, ref, args)
-    runs = sorted(p for p in (args.hybrid_runs / name).glob("*.npz") if not p.name.endswith(".hybrid_ckpt.npz"))
-    if not runs:
-        raise MdkstepError(f"{args.hybrid_runs / name}: no hybrid trajectories")
+    runs = hybrid_runs(args.hybrid_runs / name)
     base_dt = float(ref.metadata["dt_fs"])
     plain = {} if args.no_timing else time_plain_md(ref, args)
     res: dict[str, Any] = {"molecule": name, "baseline": summarize_trajectory(ref, np.asarray(topo["bonds"])),
@@ -149,12 +146,7 @@ def evaluate_molecule(name: str, args) -> dict[str, Any]:
     if len(replicas) < 2:
         LOG.warning("%s: one baseline replica, no noise floor (run 01b with --replicas 2)", name)
     for run in runs:
-        hyb = load_trajectory(run)
-        interval = max(frame_interval_ps(hyb), frame_interval_ps(ref))
-        floor = replica_floor(replicas, topo, interval)
-        ev = evaluate_run(ref, hyb, topo, floor, interval)
-        ev["floor"] = floor
-        ev["interval_ps"] = interval
+        _, ev = evaluate_hybrid_file(run, replicas, topo)
         stats = load_stats(run)
         base_key = f"{base_dt:g}fs"
         ev["efficiency"] = efficiency(stats, base_dt, plain.get(base_key, {}).get("wall_s_per_ps"))

@@ -92,6 +92,26 @@ def evaluate_run(ref: Trajectory, hybrid: Trajectory, topo: dict[str, Any], floo
     return out
 
 
+def hybrid_runs(folder: Path) -> list[Path]:
+    """Hybrid trajectories of one molecule (``*.npz`` minus resume checkpoints); error if none."""
+    runs = sorted(p for p in folder.glob("*.npz") if not p.name.endswith(".hybrid_ckpt.npz"))
+    if not runs:
+        raise MdkstepError(f"{folder}: no hybrid trajectories")
+    return runs
+
+
+def evaluate_hybrid_file(run: Path, replicas: list[Trajectory], topo: dict[str, Any]) -> tuple[Trajectory, dict[str, Any]]:
+    """Load one hybrid run and compare it with replica 0 at the coarser of the two frame
+    intervals, beside the replica floor at that interval."""
+    hyb = load_trajectory(run)
+    interval = max(frame_interval_ps(hyb), frame_interval_ps(replicas[0]))
+    floor = replica_floor(replicas, topo, interval)
+    ev = evaluate_run(replicas[0], hyb, topo, floor, interval)
+    ev["floor"] = floor
+    ev["interval_ps"] = interval
+    return hyb, ev
+
+
 def load_replicas(baseline_dir: Path) -> list[Trajectory]:
     """Baseline replicas ``replica_*.npz`` of one molecule (sorted)."""
     paths = sorted(baseline_dir.glob("replica_*.npz"))
