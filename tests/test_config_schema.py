@@ -121,3 +121,11 @@ def test_atomic_write_leaves_no_partial(tmp_path):
             raise RuntimeError("crash")
     assert target.read_text() == "one"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_set_override_reads_exponent_numbers():
+    from mdkstep.config import parse_override
+
+    assert parse_override("lr=1e-3") == ("lr", 1e-3)  # YAML 1.1 alone would give the string '1e-3'
+    assert parse_override("ensemble=nve") == ("ensemble", "nve")
+    assert parse_override("k=4") == ("k", 4)

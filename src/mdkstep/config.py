@@ -99,7 +99,13 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise MdkstepError(f"--set {item!r}: expected key=value")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string; on the command line it means a number
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def load_config(
