@@ -31,3 +31,26 @@ def prepared(tmp_path_factory) -> Path:
     prepare_from_smiles(SmiEntry(1, "CCO", "ethanol"), root, cfg)
     prepare_from_smiles(SmiEntry(2, "CC(=O)Oc1ccccc1C(=O)O", "aspirin"), root, cfg)
     return root
+
+
+@pytest.fixture
+def crash_after_flushes(monkeypatch):
+    """Make ChunkedTrajectoryWriter.flush raise KeyboardInterrupt right after its n-th chunk is
+    written (before that chunk's checkpoint): a killed run. Call it with n; undo with the returned function."""
+    from mdkstep.trajectory import ChunkedTrajectoryWriter
+
+    orig = ChunkedTrajectoryWriter.flush
+
+    def arm(n: int):
+        calls = {"n": 0}
+
+        def crashing_flush(self, i):
+            orig(self, i)
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(ChunkedTrajectoryWriter, "flush", crashing_flush)
+        return lambda: monkeypatch.setattr(ChunkedTrajectoryWriter, "flush", orig)
+
+    return arm

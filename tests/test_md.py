@@ -7,7 +7,7 @@ import pytest
 from conftest import load_script
 from mdkstep.chem import load_molecule
 from mdkstep.md import MDConfig, RunSpec, run_trajectory
-from mdkstep.trajectory import ChunkedTrajectoryWriter, load_trajectory
+from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import KB_KJ_PER_MOL_K, center_of_mass
 
 
@@ -54,26 +54,17 @@ def test_nve_conserves_energy(prepared, tmp_path):
     assert t.metadata["method"] == "velocity_verlet"
 
 
-def test_resume_after_interruption(prepared, tmp_path, monkeypatch):
+def test_resume_after_interruption(prepared, tmp_path, crash_after_flushes):
     mol = load_molecule(prepared / "ethanol")
     cfg = _cfg(production_ps=2.0, chunk_frames=200)
     full = tmp_path / "full.npz"
     run_trajectory(mol, cfg, RunSpec(full, 5, cfg.friction_per_ps, 2.0, 0.2), progress=False)
 
-    calls = {"n": 0}
-    orig = ChunkedTrajectoryWriter.flush
-
-    def crashing_flush(self, i):
-        orig(self, i)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # killed after chunk 2 was written, before its checkpoint
-
     part = tmp_path / "part.npz"
-    monkeypatch.setattr(ChunkedTrajectoryWriter, "flush", crashing_flush)
+    disarm = crash_after_flushes(3)  # killed after chunk 2 was written, before its checkpoint
     with pytest.raises(KeyboardInterrupt):
         run_trajectory(mol, cfg, RunSpec(part, 5, cfg.friction_per_ps, 2.0, 0.2), progress=False)
-    monkeypatch.setattr(ChunkedTrajectoryWriter, "flush", orig)
+    disarm()
     assert not part.exists()
     run_trajectory(mol, cfg, RunSpec(part, 5, cfg.friction_per_ps, 2.0, 0.2), progress=False)
     a, b = load_trajectory(full), load_trajectory(part)

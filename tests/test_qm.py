@@ -14,7 +14,7 @@ from mdkstep.engines.units import (ASE_VELOCITY_TO_NM_PS, BOHR_TO_NM, EV_PER_ANG
                                    HARTREE_PER_BOHR_TO_KJ_MOL_NM, HARTREE_TO_KJ_MOL, PS_IN_ASE_TIME)
 from mdkstep.qm_md import (QMConfig, QMRunSpec, restore_openmp_threads, run_qm_trajectory, set_openmp_threads,
                            system_from_smiles, temperature_warning)
-from mdkstep.trajectory import METADATA_KEYS, ChunkedTrajectoryWriter, load_trajectory
+from mdkstep.trajectory import METADATA_KEYS, load_trajectory
 from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, center_of_mass
 
 # Crawford group programming project #3 (github.com/CrawfordGroup/ProgrammingProjects, Project03
@@ -286,26 +286,17 @@ def test_short_xtb_md_is_schema_valid_with_engine_forces(tmp_path):
     assert np.abs(dx - t.velocities[1:-1]).max() < 0.05 * np.abs(t.velocities).max()
 
 
-def test_resume_after_interruption_gives_same_frames(tmp_path, monkeypatch):
+def test_resume_after_interruption_gives_same_frames(tmp_path, crash_after_flushes):
     cfg = _tiny_cfg(chunk_frames=40)
     s = system_from_smiles("O", "water", seed=0)
     full = tmp_path / "full.npz"
     run_qm_trajectory(s, cfg, QMRunSpec(full, 5), progress=False)
 
-    calls = {"n": 0}
-    orig = ChunkedTrajectoryWriter.flush
-
-    def crashing_flush(self, i):
-        orig(self, i)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # killed after chunk 2 was written, before its checkpoint
-
     part = tmp_path / "part.npz"
-    monkeypatch.setattr(ChunkedTrajectoryWriter, "flush", crashing_flush)
+    disarm = crash_after_flushes(3)  # killed after chunk 2 was written, before its checkpoint
     with pytest.raises(KeyboardInterrupt):
         run_qm_trajectory(s, cfg, QMRunSpec(part, 5), progress=False)
-    monkeypatch.setattr(ChunkedTrajectoryWriter, "flush", orig)
+    disarm()
     assert not part.exists() and (tmp_path / "part.npz.parts" / "checkpoint.npz").is_file()
     stats = run_qm_trajectory(s, cfg, QMRunSpec(part, 5), progress=False)
     assert stats["steps_this_session"] == 200 - 2 * 40  # resumed after the last checkpointed chunk
