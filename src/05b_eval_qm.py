@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,45 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------ plain MD, timed now
 
 def plain_md_segment(engine, x0: np.ndarray, v0: np.ndarray, dt_fs: float, n_steps: int) -> dict[str, Any]:
-    """n_steps of velocity Verlet with ``engine`` (one counted call per step, plus one at the
-    start); wall time, calls per simulated ps and total-energy drift of the segment."""
-    from mdkstep.utils import remove_com
+    """n_steps of velocity Verlet with ``engine`` (:func:`mdkstep.plain.engine_vv_segment`):
+    wall time, calls per simulated ps and total-energy drift of the segment."""
+    from mdkstep.plain import engine_vv_segment
 
-    m = engine.masses[:, None]
-    dt = dt_fs / 1000.0
-    x = np.array(x0, dtype=float)
-    v = remove_com(np.array(v0, dtype=float)[None], engine.masses)[0]
-    c0, t0 = engine.counters.calls, time.perf_counter()
-    u, f = engine.compute(x)
-    energies, steps_done, stable = [], 0, True
-    for _ in range(n_steps):
-        v = v + 0.5 * dt * f / m
-        x = x + dt * v
-        try:
-            u, f = engine.compute(x)
-        except Exception as e:  # SCF failure at a too-large step: unstable
-            LOG.warning("plain MD at %.3g fs failed after %d steps: %s", dt_fs, steps_done, e)
-            stable = False
-            break
-        v = v + 0.5 * dt * f / m
-        steps_done += 1
-        e_tot = u + 0.5 * float(np.sum(m * v * v))
-        if not np.isfinite(e_tot):
-            stable = False
-            break
-        energies.append(e_tot)
-    wall = time.perf_counter() - t0
-    calls = engine.counters.calls - c0
-    sim_ps = steps_done * dt
-    e = np.asarray(energies)
-    tt = dt * np.arange(1, len(e) + 1)
-    drift = float(np.polyfit(tt, e, 1)[0]) if len(e) > 2 else float("nan")
-    return {"dt_fs": dt_fs, "steps": steps_done, "simulated_ps": sim_ps, "force_calls": calls,
-            "force_calls_per_ps": 1000.0 / dt_fs, "wall_s": wall,
-            "wall_s_per_ps": wall / sim_ps if sim_ps else None,
-            "force_ms_per_call": 1000.0 * wall / calls if calls else None,
-            "nve_drift_kj_mol_ps": drift, "etot_std_kj_mol": float(np.std(e)) if len(e) else float("nan"),
-            "etot_max_dev_kj_mol": float(np.max(np.abs(e - e[0]))) if len(e) else float("nan"), "stable": stable}
+    seg, _, _ = engine_vv_segment(engine, x0, v0, dt_fs, n_steps)
+    e = np.asarray(seg.energies)
+    out = {**seg.summary(), **seg.drift(engine.n_atoms)}
+    out.update({"force_calls_per_ps": 1000.0 / dt_fs,
+                "wall_s_per_ps": seg.wall_s_per_ps if seg.simulated_ps else None,
+                "force_ms_per_call": 1000.0 * seg.wall_s / seg.force_calls if seg.force_calls else None,
+                "etot_max_dev_kj_mol": float(np.max(np.abs(e - e[0]))) if len(e) else float("nan")})
+    return out
 
 
 def time_plain_md(ref, args) -> dict[str, Any]:

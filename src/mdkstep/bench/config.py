@@ -1,0 +1,76 @@
+"""Benchmark settings (configs/bench.yaml, configs/bench_full.yaml). Flat keys, ``mm_`` and
+``qm_`` prefixes per mode. Units: fs, ps, K, 1/ps, amu, kJ/mol."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class BenchConfig:
+    """What `make bench` runs; every time is simulated time per method (and per replica)."""
+
+    out_dir: str = "outputs/bench"  #: everything goes here (bench.json, bench.md, pareto.png, runs)
+    threads: int = 1  #: torch and OpenMP threads for every method (the same for all)
+    seed: int = 0
+    timing_repeats: int = 3  #: interleaved timed repeats per method (min and median reported)
+    fidelity_ratio_ok: float = 1.5  #: "faithful" = every fidelity distance within this many x the replica floor
+    # ---------------------------------------------------------------- MM (OpenMM)
+    mm_smiles: str | None = "data/bench_mm.smi"  #: "SMILES name" lines; null = no MM part
+    mm_prep_config: str = "configs/prep.yaml"
+    mm_temperature_K: float = 300.0
+    mm_friction_per_ps: float = 1.0  #: Langevin friction of every NVT method (plain and hybrid)
+    mm_ref_dt_fs: float = 2.0  #: reference step (HBonds); two replicas give the noise floor
+    mm_hmr_dt_fs: float = 4.0  #: plain step with hydrogen mass repartitioning
+    mm_hmr_mass_amu: float = 3.0
+    mm_scan_dts_fs: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    mm_scan_ps: float = 5.0  #: NVE velocity-Verlet scan length per step size
+    mm_scan_max_drift_per_atom: float = 0.01  #: kJ/mol/ps per atom: larger |drift| (or a blow-up) = unstable
+    mm_equil_ps: float = 10.0  #: equilibration of every plain run (not counted)
+    mm_time_ps: float = 50.0  #: NVT production per method
+    mm_nve_ps: float = 5.0  #: NVE segment per method (drift)
+    mm_timing_ps: float = 2.0  #: simulated time per timed segment
+    mm_ks: list[int] = field(default_factory=lambda: [4, 8, 12])
+    mm_train_ps: float = 100.0  #: training trajectory per molecule (separate seed; 2 fs, every step, forces)
+    mm_checkpoints: dict[str, str] = field(default_factory=dict)  #: k -> trained checkpoint to use instead of training
+    mm_model_config: str = "configs/model.yaml"
+    mm_model_overrides: dict[str, Any] = field(default_factory=dict)
+    mm_train_config: str = "configs/train.yaml"
+    mm_train_overrides: dict[str, Any] = field(default_factory=dict)
+    mm_hybrid_config: str = "configs/hybrid.yaml"
+    mm_hybrid_overrides: dict[str, Any] = field(default_factory=dict)
+    # ---------------------------------------------------------------- QM (GFN2-xTB via tblite)
+    qm_smiles: str | None = "data/bench_qm.smi"  #: null = no QM part
+    qm_config: str = "configs/qm.yaml"  #: engine, thermostat and equilibration settings
+    qm_overrides: dict[str, Any] = field(default_factory=dict)
+    qm_ref_dt_fs: float = 0.25  #: reference step; two replicas give the noise floor
+    qm_plain_dts_fs: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    qm_time_ps: float = 2.0
+    qm_nve_ps: float = 0.1
+    qm_timing_ps: float = 0.05
+    qm_ks: list[int] = field(default_factory=lambda: [4, 8, 16])
+    qm_train_ps: float = 2.0
+    qm_checkpoints: dict[str, str] = field(default_factory=dict)
+    qm_model_config: str = "configs/model_qm.yaml"
+    qm_model_overrides: dict[str, Any] = field(default_factory=dict)
+    qm_train_config: str = "configs/train_qm.yaml"
+    qm_train_overrides: dict[str, Any] = field(default_factory=dict)
+    qm_hybrid_config: str = "configs/hybrid.yaml"
+    qm_hybrid_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.threads < 1 or self.timing_repeats < 1:
+            raise ValueError("keys 'threads' and 'timing_repeats' must be >= 1")
+        for key in ("mm_time_ps", "mm_nve_ps", "mm_timing_ps", "mm_train_ps", "mm_scan_ps",
+                    "qm_time_ps", "qm_nve_ps", "qm_timing_ps", "qm_train_ps"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"key '{key}' must be > 0")
+        for key in ("mm_ks", "qm_ks"):
+            if not getattr(self, key) or min(getattr(self, key)) < 1:
+                raise ValueError(f"key '{key}' must list jump lengths >= 1")
+        for key in ("mm_checkpoints", "qm_checkpoints"):
+            for k in getattr(self, key):
+                if not str(k).isdigit():
+                    raise ValueError(f"key '{key}': {k!r} is not a jump length (write e.g. 8: path/best.pt)")
+        if not self.mm_scan_dts_fs:
+            raise ValueError("key 'mm_scan_dts_fs' must list at least one step")
