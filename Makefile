@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-fast quickstart one-jump clean-outputs help
+.PHONY: setup test test-fast quickstart one-jump bench bench-full clean-outputs help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -40,6 +40,12 @@ quickstart: setup  ## run the MM pipeline on the tiny embedded default (CPU, min
 
 one-jump: setup  ## one-jump accuracy study (k = 4, 8, 12; time and molecule splits) on data/md
 	bash scripts/one_jump_study.sh
+
+bench: setup  ## hybrid vs every plain-MD alternative, MM + QM, equal simulated time (~20 min on 2 CPU cores)
+	$(PY) benchmarks/bench.py --update-readme
+
+bench-full: setup  ## the long benchmark (configs/bench_full.yaml), for a GPU machine
+	$(PY) benchmarks/bench.py --full
 
 clean-outputs:  ## remove generated data and outputs
 	rm -rf outputs data/raw data/md data/datasets data/splits

@@ -56,7 +56,7 @@ def plain_md_segment(engine, x0: np.ndarray, v0: np.ndarray, dt_fs: float, n_ste
     wall time, calls per simulated ps and total-energy drift of the segment."""
     from mdkstep.plain import engine_vv_segment
 
-    seg, _, _ = engine_vv_segment(engine, x0, v0, dt_fs, n_steps)
+    seg = engine_vv_segment(engine, x0, v0, dt_fs, n_steps)[0]
     e = np.asarray(seg.energies)
     out = {**seg.summary(), **seg.drift(engine.n_atoms)}
     out.update({"force_calls_per_ps": 1000.0 / dt_fs,

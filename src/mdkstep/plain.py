@@ -121,17 +121,19 @@ class OpenMMRunner:
         self.t_ps += n * self.dt_fs / 1000.0
 
 
-def engine_vv_segment(engine, x0: np.ndarray, v0: np.ndarray, dt_fs: float, n_steps: int) -> tuple[Segment, np.ndarray, np.ndarray]:
-    """n_steps of velocity Verlet with ``engine`` (one counted call per step plus one at the
-    start); returns the segment (U + K sampled every step) and the final (x, v). An SCF failure
-    or a non-finite energy ends the segment as unstable."""
+def engine_vv_segment(engine, x0: np.ndarray, v0: np.ndarray, dt_fs: float, n_steps: int,
+                      f0: np.ndarray | None = None) -> tuple[Segment, np.ndarray, np.ndarray, np.ndarray]:
+    """n_steps of velocity Verlet with ``engine`` (one counted call per step, plus one at the
+    start unless the forces ``f0`` at x0 are given); returns the segment (U + K sampled every
+    step) and the final (x, v, F). An SCF failure or a non-finite energy ends the segment as
+    unstable."""
     m = engine.masses[:, None]
     dt = dt_fs / 1000.0
     x = np.array(x0, dtype=float)
     v = remove_com(np.array(v0, dtype=float)[None], engine.masses)[0]
     c0, s0, t0 = engine.counters.calls, engine.counters.seconds, time.perf_counter()
     seg = Segment(dt_fs, 0, 0.0, 0, 0.0)
-    _, f = engine.compute(x)
+    f = engine.compute(x)[1] if f0 is None else np.array(f0, dtype=float)
     for _ in range(n_steps):
         v = v + 0.5 * dt * f / m
         x = x + dt * v
@@ -154,7 +156,7 @@ def engine_vv_segment(engine, x0: np.ndarray, v0: np.ndarray, dt_fs: float, n_st
     seg.force_calls = engine.counters.calls - c0
     seg.force_seconds = engine.counters.seconds - s0
     seg.simulated_ps = seg.steps * dt
-    return seg, x, v
+    return seg, x, v, f
 
 
 def stable_by_drift(seg: Segment, n_atoms: int, max_drift_per_atom: float) -> bool:

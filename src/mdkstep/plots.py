@@ -107,3 +107,34 @@ def pareto(points: Sequence[dict[str, Any]], x_key: str, y_key: str, path: Path,
     ax.set_ylabel(y_key)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def pareto_grid(panels: dict[str, Sequence[dict[str, Any]]], path: Path, ratio_ok: float) -> Path:
+    """One panel per (mode, molecule): the largest structure distance / replica floor vs force
+    calls per simulated ps (log-log), plain MD as circles, the hybrid as triangles; lines at the
+    floor (1) and at the "faithful" limit ``ratio_ok``. Lower-left is better."""
+    plt = _plt()
+    n = max(1, len(panels))
+    cols = min(n, 2)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.0 * rows), squeeze=False)
+    for ax, (title, recs) in zip(axes.ravel(), panels.items()):
+        for r in recs:
+            x, y = r.get("force_calls_per_ps"), r.get("max_structure_ratio")
+            if not x or y is None or not np.isfinite(y):
+                continue
+            hybrid = r["kind"] == "hybrid"
+            ax.scatter(x, y, marker="^" if hybrid else "o", c="C3" if hybrid else "C0", zorder=3)
+            ax.annotate(r["method"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(1.0, ls="--", c="gray", lw=0.8, label="replica floor")
+        ax.axhline(ratio_ok, ls=":", c="k", lw=0.8, label=f"{ratio_ok:g} x floor (faithful)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("force calls per simulated ps")
+        ax.set_ylabel("max structure distance / replica floor")
+        ax.legend(fontsize=7, loc="upper right")
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return _save(fig, path)

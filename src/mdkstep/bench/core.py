@@ -100,10 +100,8 @@ def ensure_model(mode_name: str, k: int, dataset_trajs: list[Path], out: Path, m
     LOG.info("%s k=%d: training on %d windows (%s, %s)", mode_name, k, summary["counts"]["train"],
              model_cfg_path, train_cfg_path)
     res = train(ds_file, (splits / "train.json", splits / "val.json"), mcfg, tcfg, out,
-                test_split=splits / "test.json", progress=True)
-    metrics = res.get("final_metrics", {})
-    atomic_write_json(final, metrics)
-    return best, metrics
+                resume=(out / "last.pt").is_file(), test_split=splits / "test.json", progress=True)
+    return best, json.loads(final.read_text()) if final.is_file() else res.get("final_metrics", {})
 
 
 def one_jump_summary(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -33,9 +33,8 @@ class MMMode:
     # -- molecules -------------------------------------------------------------------
     def molecules(self) -> list[str]:
         """Prepare (stage 00, skipped when present) every molecule of ``mm_smiles``."""
-        from ..chem import load_molecule, prepare_from_smiles, read_smi
+        from ..chem import PrepConfig, load_molecule, prepare_from_smiles, read_smi
         from ..config import load_config
-        from ..chem import PrepConfig
 
         entries, errors = read_smi(self.cfg.mm_smiles)
         if errors:

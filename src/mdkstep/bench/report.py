@@ -1,0 +1,138 @@
+"""Benchmark outputs: bench.json (every record), bench.md (tables), pareto.png, and the
+README results table between ``<!-- bench:start -->`` and ``<!-- bench:end -->``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..evaluation import fmt
+from ..utils import MdkstepError, atomic_write_json, atomic_write_text
+
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+MODE_TITLES = {"mm": "MM (OpenMM + OpenFF, HBonds constraints)", "qm": "QM (GFN2-xTB via tblite, no constraints)"}
+
+
+def _x(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}x"
+
+
+def _dist(r: dict[str, Any], key: str) -> str:
+    """A distance with its ratio to the replica floor: ``0.0123 (1.4x)``."""
+    v, ratio = r.get(key), r.get(f"{key}_ratio")
+    return f"{fmt(v, 3)} ({_x(ratio)})" if ratio is not None else fmt(v, 3)
+
+
+def _wall(r: dict[str, Any]) -> str:
+    return f"{fmt(r['wall_s_per_ps'], 3)} ({fmt(r['wall_s_per_ps_min'], 3)}, ±{100 * (r['timing_spread'] or 0):.0f}%)"
+
+
+def machine_line(meta: dict[str, Any]) -> str:
+    m = meta["machine"]
+    gpu = m.get("gpu") or "no GPU"
+    return (f"{meta['date']} on {m['cpu']} ({m['cores']} cores, {gpu}), {meta['threads']} thread(s) for every "
+            f"method")
+
+
+def cost_table(records: list[dict[str, Any]]) -> list[str]:
+    head = ("| molecule | method | force calls/ps | wall s/ps: median (min, spread) | ms/force call | model ms/jump "
+            "| calls ÷ vs ref | wall speed-up vs ref | calls ÷ vs best plain | wall speed-up vs best plain "
+            "| NaN frames | fallbacks/jumps |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in records:
+        fb = f"{r['fallbacks']}/{r['jumps_attempted']}" if r["kind"] == "hybrid" else "–"
+        lines.append(f"| {r['molecule']} | {r['method']} | {fmt(r['force_calls_per_ps'], 4)} | {_wall(r)} "
+                     f"| {fmt(r['force_ms_per_call'], 3)} | {fmt(r['model_ms_per_jump'], 3)} "
+                     f"| {_x(r['force_call_reduction'])} | {_x(r['wall_speedup'])} "
+                     f"| {_x(r['force_call_reduction_vs_best_plain'])} | {_x(r['wall_speedup_vs_best_plain'])} "
+                     f"| {r['nan_frames']} | {fb} |")
+    return lines
+
+
+def fidelity_table(records: list[dict[str, Any]]) -> list[str]:
+    head = ("| molecule | method | bond W1 Å | mean bond err Å | angle W1 ° | dihedral W1 ° | RDF L1 | VACF L2 "
+            "| max structure ratio | faithful | T mean ± std K | NVE drift kJ/mol/ps/atom |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in records:
+        drift = fmt(r["nve_drift_kj_mol_ps_per_atom"], 2) + ("" if r["nve_stable"] else " (blew up)")
+        lines.append(f"| {r['molecule']} | {r['method']} | {_dist(r, 'bond_w1_A')} | {_dist(r, 'mean_bond_err_A')} "
+                     f"| {_dist(r, 'angle_w1_deg')} | {_dist(r, 'dihedral_w1_deg')} | {_dist(r, 'rdf_l1')} "
+                     f"| {_dist(r, 'vacf_l2')} | {fmt(r['max_structure_ratio'], 3)} | {'yes' if r['faithful'] else 'no'} "
+                     f"| {fmt(r['temperature_mean_K'], 4)} ± {fmt(r['temperature_std_K'], 3)} | {drift} |")
+    return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta, recs = result["meta"], result["records"]
+    out = ["# md-kstep benchmark", "",
+           f"Measured {machine_line(meta)}; bench wall time {meta['wall_s'] / 60:.1f} min. Timings: median of "
+           f"{meta['timing_repeats']} interleaved repeats per method after one warm-up (min and spread = "
+           "(max - min) / median beside it). Force calls are counted (engine counter; OpenMM: integrator steps, "
+           "one force evaluation each).", "",
+           f"Fidelity: each distance vs reference replica 0 at the two runs' common frame interval, with its "
+           f"ratio to the distance between the two reference replicas (the floor) in brackets. *Faithful* = bond "
+           f"W1, mean bond error, angle W1, fast-dihedral W1 and RDF L1 all within {meta['fidelity_ratio_ok']:g}x "
+           "the floor; the VACF is shown but does not decide (HMR changes the dynamics on purpose). The reference "
+           "row compares replica 1 with replica 0, so it is the floor itself. \"Best plain\" = the faithful plain "
+           "method with the fewest force calls per ps. NVE drift: a separate NVE segment from the same start "
+           "(hybrid: energy filter off, so the drift is the integrator's own).", ""]
+    for mode, mmeta in meta["modes"].items():
+        rows = [r for r in recs if r["mode"] == mode]
+        s = mmeta["settings"]
+        out += [f"## {MODE_TITLES.get(mode, mode)}", "",
+                f"Molecules: {', '.join(mmeta['molecules'])}; {s['time_ps']:g} ps NVT production per method "
+                f"(and per reference replica), NVE {s['nve_ps']:g} ps, timing {s['timing_ps']:g} ps x "
+                f"{meta['timing_repeats']}; mode wall time {mmeta['wall_s'] / 60:.1f} min.", ""]
+        if "verlet_scan" in mmeta:
+            scan = "; ".join(f"{mol}: {v['largest_stable_dt_fs']} fs" for mol, v in mmeta["verlet_scan"].items())
+            out += [f"Largest stable velocity-Verlet step (|NVE drift| ≤ "
+                    f"{next(iter(mmeta['verlet_scan'].values()))['max_drift_per_atom_kj_mol_ps']:g} kJ/mol/ps per atom "
+                    f"over {next(iter(mmeta['verlet_scan'].values()))['scan_ps']:g} ps): {scan}.", ""]
+        models = [f"k={k[1:]}: bond {fmt(v['one_jump_test'].get('bond_rmse_A'), 3)} Å / angle "
+                  f"{fmt(v['one_jump_test'].get('angle_rmse_deg'), 3)}° (no move "
+                  f"{fmt(v['one_jump_test'].get('no_move_bond_rmse_A'), 3)} Å / "
+                  f"{fmt(v['one_jump_test'].get('no_move_angle_rmse_deg'), 3)}°)"
+                  for k, v in mmeta["models"].items() if v.get("one_jump_test")]
+        if models:
+            out += ["One-jump test RMSE of the models: " + "; ".join(models) + ".", ""]
+        out += ["### Cost", ""] + cost_table(rows) + ["", "### Fidelity", ""] + fidelity_table(rows) + [""]
+    return "\n".join(out)
+
+
+def readme_table(result: dict[str, Any]) -> str:
+    """The compact table for the README (between the bench markers)."""
+    meta = result["meta"]
+    head = ("| mode | molecule | method | force calls/ps | wall s/ps | calls ÷ vs best plain | wall speed-up vs best "
+            "plain | max structure ratio | faithful |")
+    lines = [f"Measured {machine_line(meta)} with `make bench` (bench wall time {meta['wall_s'] / 60:.1f} min); "
+             "full tables in `outputs/bench/bench.md`.", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in result["records"]:
+        lines.append(f"| {r['mode']} | {r['molecule']} | {r['method']} | {fmt(r['force_calls_per_ps'], 4)} "
+                     f"| {fmt(r['wall_s_per_ps'], 3)} | {_x(r['force_call_reduction_vs_best_plain'])} "
+                     f"| {_x(r['wall_speedup_vs_best_plain'])} | {fmt(r['max_structure_ratio'], 3)} "
+                     f"| {'yes' if r['faithful'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, result: dict[str, Any]) -> None:
+    """Replace the text between the bench markers of ``readme`` with :func:`readme_table`."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise MdkstepError(f"{readme}: no '{README_START}' ... '{README_END}' markers to put the results between")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    atomic_write_text(readme, f"{head}{README_START}\n{readme_table(result)}\n{README_END}{tail}")
+
+
+def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """bench.json, bench.md and pareto.png in ``out_dir`` (each written atomically)."""
+    from ..plots import pareto_grid
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "bench.json", "md": out_dir / "bench.md", "pareto": out_dir / "pareto.png"}
+    atomic_write_json(paths["json"], result)
+    atomic_write_text(paths["md"], markdown(result))
+    panels: dict[str, list[dict[str, Any]]] = {}
+    for r in result["records"]:
+        panels.setdefault(f"{r['mode'].upper()} {r['molecule']}", []).append(r)
+    pareto_grid(panels, paths["pareto"], result["meta"]["fidelity_ratio_ok"])
+    return paths

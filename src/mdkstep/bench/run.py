@@ -1,0 +1,269 @@
+"""The benchmark loop: for each mode (MM, QM) and molecule, run every method for the same
+simulated time, time them interleaved, compare each with the reference replicas, and build
+one record per molecule x method (DESIGN.md sections 4-5 keys).
+
+Runs, models and trajectories are cached under ``<out_dir>/<mode>/`` (a rerun after an
+interruption continues where it stopped); timing and fidelity are recomputed every time.
+Units: nm, ps, kJ/mol, amu, K; dt in fs.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..trajectory import load_trajectory
+from ..utils import LOG
+from .config import BenchConfig
+from .core import (FloorCache, Method, Mode, ensure_model, fidelity, hybrid_config, hybrid_nve, hybrid_timer,
+                   interleaved_timing, load_jumper, one_jump_summary, run_hybrid_production, trajectory_summary)
+
+#: keys every record carries (None where a key does not apply, e.g. model_ms_per_jump of plain MD)
+RECORD_KEYS = (
+    "mode", "molecule", "method", "kind", "dt_fs", "k", "hmr", "reference", "note", "n_atoms", "simulated_ps",
+    "force_calls", "force_calls_per_ps", "force_calls_source", "wall_s_per_ps", "wall_s_per_ps_min",
+    "wall_s_per_ps_repeats", "timing_spread", "force_ms_per_call", "model_ms_per_jump",
+    "force_call_reduction", "wall_speedup", "best_plain_method", "force_call_reduction_vs_best_plain",
+    "wall_speedup_vs_best_plain", "compare_interval_ps", "bond_w1_A", "bond_w1_A_replica", "bond_w1_A_ratio",
+    "mean_bond_err_A", "mean_bond_err_A_replica", "mean_bond_err_A_ratio", "angle_w1_deg", "angle_w1_deg_replica",
+    "angle_w1_deg_ratio", "dihedral_w1_deg", "dihedral_w1_deg_replica", "dihedral_w1_deg_ratio", "rdf_l1",
+    "rdf_l1_replica", "rdf_l1_ratio", "vacf_l2", "vacf_l2_replica", "vacf_l2_ratio", "slow_rotamer_tv",
+    "max_structure_ratio", "faithful", "temperature_mean_K", "temperature_std_K", "temperature_per_element_K",
+    "nve_ps", "nve_stable", "nve_drift_kj_mol_ps", "nve_drift_kj_mol_ps_per_atom", "etot_std_kj_mol",
+    "etot_over_ekin_fluct", "nan_frames", "jumps_attempted", "jumps_accepted", "retries", "fallbacks",
+    "fallback_fraction",
+)
+
+
+def set_threads(n: int) -> None:
+    """The same thread count for every method: torch, OpenMP (xTB) and OpenMM's CPU platform."""
+    import torch
+
+    from ..qm_md import set_openmp_threads
+
+    torch.set_num_threads(n)
+    set_openmp_threads(n)
+    os.environ["OPENMM_CPU_THREADS"] = str(n)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, GPU (if any) and library versions, for the report."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
+    for mod in ("openmm", "tblite", "ase", "rdkit"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except (ImportError, AttributeError):
+            pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "system": platform.platform(), "versions": versions}
+
+
+def mode_settings(mode: Mode, cfg: BenchConfig) -> dict[str, Any]:
+    """Per-mode knobs from the flat config (``mm_*`` or ``qm_*``)."""
+    p = mode.name + "_"
+    return {k[len(p):]: v for k, v in asdict(cfg).items() if k.startswith(p)}
+
+
+def best_plain(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The faithful plain method with the fewest force calls per ps (then the least wall time)."""
+    ok = [r for r in records if r["kind"] == "plain" and r["faithful"]]
+    return min(ok, key=lambda r: (r["force_calls_per_ps"], r["wall_s_per_ps"] or np.inf)) if ok else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return float(a / b) if a and b else None
+
+
+def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, Path],
+                 runs: dict[str, Path]) -> list[dict[str, Any]]:
+    """Every method on one molecule: production runs, NVE segments, interleaved timing,
+    fidelity vs the reference replicas; one record per method."""
+    s = mode_settings(mode, cfg)
+    ref = mode.reference()
+    folder = mode.root / "runs" / mol
+    start = load_trajectory(runs["train"])
+    x0, v0 = start.positions[-1], start.velocities[-1]
+    del start
+    topo = mode.topology(mol)
+    bonds = np.asarray(topo["bonds"], dtype=int).reshape(-1, 2)
+    temperature, friction = mode.thermostat()
+    methods = mode.plain_methods(mol, x0, v0)
+    trajs: dict[str, Path] = {ref.name: runs["r1"]}
+    for i, m in enumerate(methods):
+        if not m.reference:
+            LOG.info("%s %s: plain %s (%g ps)", mode.name, mol, m.name, s["time_ps"])
+            trajs[m.name] = mode.run_plain(mol, m, cfg.seed + 10 + i, folder / f"{m.name}.npz", s["time_ps"])
+    hyb_stats: dict[str, dict[str, Any]] = {}
+    timers, jumpers, hcfgs, engines = {}, {}, {}, {}
+    for k, ck in checkpoints.items():
+        m = Method(f"hybrid_k{k}", "hybrid", ref.dt_fs, k=k, note=f"model {ck}")
+        methods.append(m)
+        engines[m.name] = mode.engine(mol)
+        jumpers[m.name] = load_jumper(ck, engines[m.name], bonds, k, ref.dt_fs)
+        hcfgs[m.name] = hybrid_config(s["hybrid_config"], s["hybrid_overrides"], k, ref.dt_fs, temperature, friction)
+        out = folder / f"{m.name}.npz"
+        LOG.info("%s %s: hybrid k=%d (%g ps)", mode.name, mol, k, s["time_ps"])
+        hyb_stats[m.name] = run_hybrid_production(engines[m.name], jumpers[m.name], hcfgs[m.name], x0, v0,
+                                                  s["time_ps"], out, cfg.seed + 50 + k,
+                                                  {**mode.run_meta(mol), "seed": cfg.seed + 50 + k})
+        trajs[m.name] = out
+
+    LOG.info("%s %s: NVE segments (%g ps each)", mode.name, mol, s["nve_ps"])
+    nve = {}
+    for m in methods:
+        if m.kind == "plain":
+            nve[m.name] = mode.plain_nve(mol, m, x0, v0)
+        else:
+            hc = hybrid_config(s["hybrid_config"], s["hybrid_overrides"], m.k, ref.dt_fs, temperature, friction,
+                               ensemble="nve", energy_filter=False)
+            nve[m.name] = hybrid_nve(mode.engine(mol), jumpers[m.name], hc, x0, v0, s["nve_ps"])
+
+    LOG.info("%s %s: interleaved timing, %d repeats of %g ps per method", mode.name, mol, cfg.timing_repeats,
+             s["timing_ps"])
+    timing_jumpers = {}
+    for m in methods:
+        if m.kind == "plain":
+            timers[m.name] = mode.plain_timer(mol, m, x0, v0)
+        else:
+            eng = mode.engine(mol)
+            timing_jumpers[m.name] = load_jumper(checkpoints[m.k], eng, bonds, m.k, ref.dt_fs)
+            timers[m.name] = hybrid_timer(eng, timing_jumpers[m.name], hcfgs[m.name], x0, v0, s["timing_ps"], cfg.seed)
+    timing = interleaved_timing(timers, cfg.timing_repeats)
+
+    LOG.info("%s %s: fidelity vs the reference replicas", mode.name, mol)
+    floors = FloorCache([load_trajectory(runs["r0"]), load_trajectory(runs["r1"])], topo)
+    records = []
+    for m in methods:
+        run = floors.replicas[1] if m.reference else load_trajectory(trajs[m.name])
+        rec: dict[str, Any] = {"mode": mode.name, "molecule": mol, "method": m.name, "kind": m.kind, "dt_fs": m.dt_fs,
+                               "k": m.k if m.kind == "hybrid" else None, "hmr": m.hmr, "reference": m.reference,
+                               "note": m.note, "n_atoms": run.n_atoms}
+        rec.update(trajectory_summary(run, bonds))
+        rec.update(fidelity(run, m, ref, floors, cfg.fidelity_ratio_ok))
+        t = timing[m.name]
+        rec.update({key: t[key] for key in ("wall_s_per_ps", "wall_s_per_ps_min", "wall_s_per_ps_repeats",
+                                            "timing_spread", "force_ms_per_call")})
+        if m.kind == "hybrid":
+            st = hyb_stats[m.name]
+            rec.update({"force_calls": st["force_calls"], "force_calls_per_ps": st["force_calls_per_ps"],
+                        "force_calls_source": "engine_counter",
+                        "model_ms_per_jump": float(np.median(timing_jumpers[m.name].ms)),
+                        "jumps_attempted": st["jumps_attempted"], "jumps_accepted": st["jumps_accepted"],
+                        "retries": st["retries"], "fallbacks": st["fallbacks"],
+                        "fallback_fraction": st["fallbacks"] / st["jumps_attempted"] if st["jumps_attempted"] else None,
+                        "nan_frames": st["nan_frames"] + rec["nan_frames"],
+                        "temperature_per_element_K": st.get("temperature_per_element_K") or rec["temperature_per_element_K"]})
+        else:
+            rec.update(plain_calls(trajs[m.name], m, run.n_frames))
+            rec.update({"model_ms_per_jump": None, "jumps_attempted": None, "jumps_accepted": None, "retries": None,
+                        "fallbacks": None, "fallback_fraction": None})
+        seg = nve[m.name]
+        rec.update({"nve_ps": seg.simulated_ps, "nve_stable": seg.stable, **seg.drift(run.n_atoms)})
+        records.append(rec)
+        del run
+    add_ratios(records)
+    return [{key: r.get(key) for key in RECORD_KEYS} for r in records]
+
+
+def plain_calls(traj: Path, m: Method, n_frames: int) -> dict[str, Any]:
+    """Force calls of a plain production run (one frame per step): the engine's count where
+    the runner kept it (QM stats), else OpenMM's integrator steps (one force evaluation per
+    step; OpenMM keeps the forces between steps)."""
+    stats = traj.with_suffix(".stats.json")
+    if stats.is_file():
+        st = json.loads(stats.read_text())
+        calls, ps = st.get("force_calls_production"), st["n_frames"] * m.dt_fs / 1000.0
+        if calls:
+            return {"force_calls": calls, "force_calls_per_ps": calls / ps, "force_calls_source": "engine_counter"}
+    return {"force_calls": n_frames, "force_calls_per_ps": 1000.0 / m.dt_fs, "force_calls_source": "openmm_steps"}
+
+
+def add_ratios(records: list[dict[str, Any]]) -> None:
+    """force_call_reduction / wall_speedup against the reference and against the best
+    faithful plain method of the same molecule (DESIGN.md section 4)."""
+    ref = next(r for r in records if r["reference"])
+    best = best_plain(records)
+    for r in records:
+        r["force_call_reduction"] = _ratio(ref["force_calls_per_ps"], r["force_calls_per_ps"])
+        r["wall_speedup"] = _ratio(ref["wall_s_per_ps"], r["wall_s_per_ps"])
+        r["best_plain_method"] = best["method"] if best else None
+        r["force_call_reduction_vs_best_plain"] = _ratio(best["force_calls_per_ps"], r["force_calls_per_ps"]) if best else None
+        r["wall_speedup_vs_best_plain"] = _ratio(best["wall_s_per_ps"], r["wall_s_per_ps"]) if best else None
+
+
+def run_mode(mode: Mode, cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Reference replicas and training runs for every molecule, one model per k (trained on
+    all molecules' training runs), then :func:`run_molecule` for each. Returns the records and
+    the mode's metadata (scans, models, settings)."""
+    s = mode_settings(mode, cfg)
+    ref = mode.reference()
+    mols = mode.molecules()
+    runs: dict[str, dict[str, Path]] = {}
+    for mol in mols:
+        folder = mode.root / "runs" / mol
+        LOG.info("%s %s: reference replicas (2 x %g ps) and a training run (%g ps)", mode.name, mol, s["time_ps"],
+                 s["train_ps"])
+        runs[mol] = {f"r{i}": mode.run_plain(mol, ref, cfg.seed + 1 + i, folder / f"ref_r{i}.npz", s["time_ps"])
+                     for i in range(2)}
+        runs[mol]["train"] = mode.run_plain(mol, ref, cfg.seed + 100, folder / "train.npz", s["train_ps"], training=True)
+    checkpoints, models = {}, {}
+    for k in s["ks"]:
+        ck, metrics = ensure_model(mode.name, k, [runs[m]["train"] for m in mols], mode.root / "models" / f"k{k}",
+                                   s["model_config"], s["model_overrides"], s["train_config"], s["train_overrides"],
+                                   s["checkpoints"].get(str(k)) or s["checkpoints"].get(k))
+        checkpoints[k] = ck
+        models[f"k{k}"] = {"checkpoint": str(ck), "one_jump_test": one_jump_summary(metrics)}
+    records = []
+    for mol in mols:
+        records += run_molecule(mode, cfg, mol, checkpoints, runs[mol])
+    meta = {"molecules": mols, "reference": ref.name, "models": models, "settings": s}
+    scans = {mol: json.loads(p.read_text()) for mol in mols
+             if (p := mode.root / "runs" / mol / "verlet_scan.json").is_file()}
+    if scans:
+        meta["verlet_scan"] = scans
+    return records, meta
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """The whole benchmark; returns {"meta": ..., "records": [...]} (written by the report)."""
+    from .mm import MMMode
+    from .qm import QMMode
+
+    cfg.validate()
+    set_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"meta": {"date": _dt.date.today().isoformat(), "machine": machine_info(),
+                                       "threads": cfg.threads, "timing_repeats": cfg.timing_repeats,
+                                       "fidelity_ratio_ok": cfg.fidelity_ratio_ok, "config": asdict(cfg), "modes": {}},
+                              "records": []}
+    modes: list[Mode] = []
+    if cfg.mm_smiles:
+        modes.append(MMMode(cfg, out))
+    if cfg.qm_smiles:
+        modes.append(QMMode(cfg, out))
+    for mode in modes:
+        t_mode = time.perf_counter()
+        recs, meta = run_mode(mode, cfg)
+        meta["wall_s"] = time.perf_counter() - t_mode
+        result["records"] += recs
+        result["meta"]["modes"][mode.name] = meta
+    result["meta"]["wall_s"] = time.perf_counter() - t0
+    return result
