@@ -26,6 +26,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from mdkstep.config import load_config, run_cli  # noqa: E402
-from mdkstep.utils import LOG, setup_logging  # noqa: E402
+from mdkstep.utils import LOG, MdkstepError, setup_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=None, help="output folder (overrides the config's out_dir)")
     p.add_argument("--update-readme", type=Path, nargs="?", const=ROOT / "README.md", default=None, metavar="README",
                    help="rewrite the results table between the bench markers of README.md (or the file given)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rewrite bench.md, pareto.png (and the README with --update-readme) from the "
+                        "existing <out_dir>/bench.json")
     p.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING (default: INFO)")
     return p
 
@@ -59,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
 
     config = args.config or Path("configs/bench_full.yaml" if args.full else "configs/bench.yaml")
     cfg = load_config(BenchConfig, config, {"out_dir": str(args.out_dir)} if args.out_dir else None, args.set)
-    result = run_bench(cfg)
+    if args.report_only:
+        src = Path(cfg.out_dir) / "bench.json"
+        if not src.is_file():
+            raise MdkstepError(f"{src}: not found; run the benchmark first (without --report-only)")
+        result = json.loads(src.read_text())
+    else:
+        result = run_bench(cfg)
     paths = write_outputs(result, Path(cfg.out_dir))
     if args.update_readme:
         update_readme(args.update_readme, result)

@@ -29,8 +29,11 @@ def _wall(r: dict[str, Any]) -> str:
 def machine_line(meta: dict[str, Any]) -> str:
     m = meta["machine"]
     gpu = m.get("gpu") or "no GPU"
-    return (f"{meta['date']} on {m['cpu']} ({m['cores']} cores, {gpu}), {meta['threads']} thread(s) for every "
-            f"method")
+    mem = f", {m['memory_gib']} GiB" if m.get("memory_gib") else ""
+    v = m.get("versions", {})
+    libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "openmm", "tblite") if k in v)
+    return (f"{meta['date']} on {m['cpu']} ({m['cores']} cores{mem}, {gpu}; {libs}), {meta['threads']} thread(s) "
+            "for every method")
 
 
 def cost_table(records: list[dict[str, Any]]) -> list[str]:

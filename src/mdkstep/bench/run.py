@@ -63,16 +63,26 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = round(int(line.split()[1]) / 2**20)
+    except OSError:
+        pass
     import torch
 
-    versions = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
-    for mod in ("openmm", "tblite", "ase", "rdkit"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("numpy", "torch", "openmm", "tblite", "ase", "rdkit", "openff-toolkit"):
         try:
-            versions[mod] = __import__(mod).__version__
-        except (ImportError, AttributeError):
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
             pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "system": platform.platform(), "versions": versions}
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib, "gpu": gpu, "system": platform.platform(),
+            "versions": versions}
 
 
 def mode_settings(mode: Mode, cfg: BenchConfig) -> dict[str, Any]:

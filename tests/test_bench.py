@@ -1,0 +1,181 @@
+"""`make bench` on a minimal setting: every method of both modes runs end to end and every
+record carries every key (DESIGN.md sections 4-5); no timing is asserted. Plus the pieces
+(frame-interval arithmetic, best-plain choice, README markers, config errors)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT
+
+
+def load_bench_cli():
+    spec = importlib.util.spec_from_file_location("bench_cli", ROOT / "benchmarks" / "bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def tiny_config(tmp_path) -> dict:
+    (tmp_path / "mm.smi").write_text("# tiny\nCCO ethanol\n")
+    (tmp_path / "qm.smi").write_text("O water\n")
+    tiny_train = {"max_steps": 3, "batch_size": 16, "warmup_steps": 1, "val_max_windows": 64,
+                  "metrics_max_windows": 64, "norm_max_windows": 64}
+    tiny_model = {"hidden": 16, "n_layers": 1, "use_forces": True}
+    c = str(ROOT / "configs")
+    return {
+        "out_dir": str(tmp_path / "bench"), "threads": 1, "timing_repeats": 2,
+        "mm_smiles": str(tmp_path / "mm.smi"), "mm_prep_config": f"{c}/prep.yaml", "mm_scan_dts_fs": [2, 3],
+        "mm_scan_ps": 0.2, "mm_scan_max_drift_per_atom": 1.0e3, "mm_equil_ps": 0.1, "mm_time_ps": 0.4,
+        "mm_nve_ps": 0.1, "mm_timing_ps": 0.05, "mm_ks": [4], "mm_train_ps": 0.4,
+        "mm_model_config": f"{c}/model.yaml", "mm_model_overrides": tiny_model,
+        "mm_train_config": f"{c}/train.yaml", "mm_train_overrides": tiny_train, "mm_hybrid_config": f"{c}/hybrid.yaml",
+        "qm_smiles": str(tmp_path / "qm.smi"), "qm_config": f"{c}/qm.yaml",
+        "qm_overrides": {"equilibration_ps": 0.01, "minimize_steps": 3}, "qm_plain_dts_fs": [0.5],
+        "qm_time_ps": 0.02, "qm_nve_ps": 0.005, "qm_timing_ps": 0.005, "qm_ks": [4], "qm_train_ps": 0.03,
+        "qm_model_config": f"{c}/model_qm.yaml", "qm_model_overrides": {**tiny_model, "arch": "egnn"},
+        "qm_train_config": f"{c}/train_qm.yaml", "qm_train_overrides": tiny_train, "qm_hybrid_config": f"{c}/hybrid.yaml",
+    }
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    cfg = tmp / "bench.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(tmp)))
+    readme = tmp / "README.md"
+    readme.write_text("# x\n\n<!-- bench:start -->\nold\n<!-- bench:end -->\n\nrest\n")
+    rc = load_bench_cli().main(["--config", str(cfg), "--update-readme", str(readme), "--log-level", "WARNING"])
+    assert rc == 0
+    return tmp
+
+
+def test_bench_end_to_end_every_key(bench_run):
+    from mdkstep.bench.run import RECORD_KEYS
+
+    out = bench_run / "bench"
+    result = json.loads((out / "bench.json").read_text())
+    recs = result["records"]
+    # MM: reference, HMR 4 fs, Verlet max-stable 3 fs (the loose scan threshold), hybrid k4; QM: 0.25, 0.5, hybrid k4
+    got = {(r["mode"], r["method"]) for r in recs}
+    assert got == {("mm", "plain_2fs"), ("mm", "plain_4fs_hmr"), ("mm", "plain_3fs_maxstable"), ("mm", "hybrid_k4"),
+                   ("qm", "plain_0.25fs"), ("qm", "plain_0.5fs"), ("qm", "hybrid_k4")}
+    must = ("force_calls_per_ps", "wall_s_per_ps", "wall_s_per_ps_min", "force_call_reduction", "wall_speedup",
+            "bond_w1_A", "bond_w1_A_replica", "angle_w1_deg", "rdf_l1", "vacf_l2", "max_structure_ratio",
+            "temperature_mean_K", "nve_drift_kj_mol_ps", "nan_frames")
+    for r in recs:
+        assert set(r) == set(RECORD_KEYS), r["method"]
+        for key in must:
+            assert r[key] is not None, (r["mode"], r["method"], key)
+        assert r["nan_frames"] == 0
+        if r["kind"] == "hybrid":
+            assert r["model_ms_per_jump"] > 0 and r["force_calls_source"] == "engine_counter"
+            assert r["fallbacks"] is not None and r["jumps_attempted"] > 0
+    for mode, dt in (("mm", 2.0), ("qm", 0.25)):
+        ref = next(r for r in recs if r["mode"] == mode and r["reference"])
+        assert ref["dt_fs"] == dt and ref["force_call_reduction"] == 1.0
+        assert ref["bond_w1_A_ratio"] == pytest.approx(1.0) and ref["faithful"]  # replica 1 vs 0 is the floor
+    mm_ref = next(r for r in recs if r["mode"] == "mm" and r["reference"])
+    assert mm_ref["force_calls_per_ps"] == pytest.approx(500.0)
+    qm_ref = next(r for r in recs if r["mode"] == "qm" and r["reference"])
+    assert qm_ref["force_calls_source"] == "engine_counter" and qm_ref["force_calls_per_ps"] >= 4000.0
+    assert result["meta"]["modes"]["mm"]["verlet_scan"]["ethanol"]["largest_stable_dt_fs"] == 3.0
+    assert result["meta"]["machine"]["cores"] >= 1
+    md = (out / "bench.md").read_text()
+    assert "hybrid_k4" in md and "### Fidelity" in md
+    assert (out / "pareto.png").stat().st_size > 1000
+    readme = (bench_run / "README.md").read_text()
+    assert "old" not in readme and "| qm | water | hybrid_k4 |" in readme and readme.endswith("rest\n")
+
+
+def test_bench_rerun_reuses_runs_and_models(bench_run):
+    """A second run finds every trajectory and model on disk (resume after an interruption)."""
+    from mdkstep.bench.core import ensure_model
+
+    k4 = bench_run / "bench" / "mm" / "models" / "k4"
+    mtime = (k4 / "best.pt").stat().st_mtime
+    ck, metrics = ensure_model("mm", 4, [], k4, "unused", {}, "unused", {}, None)
+    assert ck == k4 / "best.pt" and ck.stat().st_mtime == mtime and "test" in metrics
+
+
+def test_common_interval():
+    from mdkstep.bench.core import common_interval_ps
+
+    assert common_interval_ps(2.0, 2.0) == pytest.approx(0.002)
+    assert common_interval_ps(24.0, 2.0) == pytest.approx(0.024)
+    assert common_interval_ps(3.0, 2.0) == pytest.approx(0.006)
+    assert common_interval_ps(0.25, 4.0) == pytest.approx(0.004)
+    assert common_interval_ps(0.25, 0.5) == pytest.approx(0.0005)
+
+
+def test_best_plain_and_ratios():
+    from mdkstep.bench.run import add_ratios
+
+    recs = [{"method": "plain_2fs", "kind": "plain", "reference": True, "faithful": True, "force_calls_per_ps": 500.0,
+             "wall_s_per_ps": 0.02},
+            {"method": "plain_4fs_hmr", "kind": "plain", "reference": False, "faithful": True,
+             "force_calls_per_ps": 250.0, "wall_s_per_ps": 0.01},
+            {"method": "plain_5fs", "kind": "plain", "reference": False, "faithful": False,
+             "force_calls_per_ps": 200.0, "wall_s_per_ps": 0.008},
+            {"method": "hybrid_k8", "kind": "hybrid", "reference": False, "faithful": False,
+             "force_calls_per_ps": 62.5, "wall_s_per_ps": 0.5}]
+    add_ratios(recs)
+    h = recs[-1]
+    assert h["best_plain_method"] == "plain_4fs_hmr"  # the unfaithful 5 fs run does not count
+    assert h["force_call_reduction"] == pytest.approx(8.0) and h["force_call_reduction_vs_best_plain"] == pytest.approx(4.0)
+    assert h["wall_speedup_vs_best_plain"] == pytest.approx(0.02)
+
+
+def test_readme_without_markers_is_a_clear_error(tmp_path):
+    from mdkstep.bench.report import update_readme
+    from mdkstep.utils import MdkstepError
+
+    p = tmp_path / "README.md"
+    p.write_text("no markers\n")
+    with pytest.raises(MdkstepError, match="README.md: no '<!-- bench:start -->'"):
+        update_readme(p, {"meta": {}, "records": []})
+
+
+def test_bad_config_key_names_the_file(tmp_path, capsys):
+    p = tmp_path / "b.yaml"
+    p.write_text("mm_time_ps: 10\nmm_tme_ps: 5\n")
+    with pytest.raises(SystemExit) as e:
+        from mdkstep.config import run_cli
+
+        run_cli(load_bench_cli().main, ["--config", str(p)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert str(p) in err and "mm_tme_ps" in err and len(err.strip().splitlines()) == 1
+
+
+def test_engine_vv_segment_conserves_energy():
+    """The plain-MD timer's velocity Verlet on an analytic harmonic pair: the force calls are
+    the engine's own count, and U + K is conserved to O(dt^2)."""
+    from mdkstep.plain import engine_vv_segment
+
+    class Harmonic:
+        masses = np.array([1.0, 1.0])
+        atomic_numbers = np.array([1, 1])
+
+        class counters:
+            calls, seconds = 0, 0.0
+
+        def compute(self, x):
+            self.counters.calls += 1
+            d = x[1] - x[0]
+            r = np.linalg.norm(d)
+            f1 = -1000.0 * (r - 0.1) * d / r  # k = 1000 kJ/mol/nm^2, r0 = 0.1 nm
+            return 0.5 * 1000.0 * (r - 0.1) ** 2, np.array([-f1, f1])
+
+    eng = Harmonic()
+    x0 = np.array([[0.0, 0.0, 0.0], [0.11, 0.0, 0.0]])
+    seg, x, v, f = engine_vv_segment(eng, x0, np.zeros((2, 3)), 0.5, 400)
+    assert seg.steps == 400 and seg.force_calls == 401 and seg.simulated_ps == pytest.approx(0.2)
+    e = np.array(seg.energies)
+    assert np.ptp(e) < 1e-3 * e[0]  # (omega dt)^2 / 8 ~ 6e-5 relative
+    seg2 = engine_vv_segment(eng, x, v, 0.5, 10, f0=f)[0]
+    assert seg2.force_calls == 10  # forces carried over: no extra call at the start
