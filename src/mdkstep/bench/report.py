@@ -22,6 +22,11 @@ def _dist(r: dict[str, Any], key: str) -> str:
     return f"{fmt(v, 3)} ({_x(ratio)})" if ratio is not None else fmt(v, 3)
 
 
+def _per_element(t: dict[str, float] | None) -> str:
+    """Per-element kinetic temperatures, e.g. ``H 301 / C 296 / O 310`` (equipartition check)."""
+    return " / ".join(f"{el} {v:.0f}" for el, v in sorted((t or {}).items())) or "n/a"
+
+
 def _wall(r: dict[str, Any]) -> str:
     return f"{fmt(r['wall_s_per_ps'], 3)} ({fmt(r['wall_s_per_ps_min'], 3)}, ±{100 * (r['timing_spread'] or 0):.0f}%)"
 
@@ -34,6 +39,11 @@ def machine_line(meta: dict[str, Any]) -> str:
     libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "openmm", "tblite") if k in v)
     return (f"{meta['date']} on {m['cpu']} ({m['cores']} cores{mem}, {gpu}; {libs}), {meta['threads']} thread(s) "
             "for every method")
+
+
+def wall_line(meta: dict[str, Any]) -> str:
+    how = {True: "from scratch", False: "reusing cached runs and models"}.get(meta.get("from_scratch"), "")
+    return f"bench wall time {meta['wall_s'] / 60:.1f} min" + (f" ({how})" if how else "")
 
 
 def cost_table(records: list[dict[str, Any]]) -> list[str]:
@@ -53,21 +63,22 @@ def cost_table(records: list[dict[str, Any]]) -> list[str]:
 
 def fidelity_table(records: list[dict[str, Any]]) -> list[str]:
     head = ("| molecule | method | bond W1 Å | mean bond err Å | angle W1 ° | dihedral W1 ° | RDF L1 | VACF L2 "
-            "| max structure ratio | faithful | T mean ± std K | NVE drift kJ/mol/ps/atom |")
+            "| max structure ratio | faithful | T mean ± std K | T per element K | NVE drift kJ/mol/ps/atom |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
         drift = fmt(r["nve_drift_kj_mol_ps_per_atom"], 2) + ("" if r["nve_stable"] else " (blew up)")
         lines.append(f"| {r['molecule']} | {r['method']} | {_dist(r, 'bond_w1_A')} | {_dist(r, 'mean_bond_err_A')} "
                      f"| {_dist(r, 'angle_w1_deg')} | {_dist(r, 'dihedral_w1_deg')} | {_dist(r, 'rdf_l1')} "
                      f"| {_dist(r, 'vacf_l2')} | {fmt(r['max_structure_ratio'], 3)} | {'yes' if r['faithful'] else 'no'} "
-                     f"| {fmt(r['temperature_mean_K'], 4)} ± {fmt(r['temperature_std_K'], 3)} | {drift} |")
+                     f"| {fmt(r['temperature_mean_K'], 4)} ± {fmt(r['temperature_std_K'], 3)} "
+                     f"| {_per_element(r.get('temperature_per_element_K'))} | {drift} |")
     return lines
 
 
 def markdown(result: dict[str, Any]) -> str:
     meta, recs = result["meta"], result["records"]
     out = ["# md-kstep benchmark", "",
-           f"Measured {machine_line(meta)}; bench wall time {meta['wall_s'] / 60:.1f} min. Timings: median of "
+           f"Measured {machine_line(meta)}; {wall_line(meta)}. Timings: median of "
            f"{meta['timing_repeats']} interleaved repeats per method after one warm-up (min and spread = "
            "(max - min) / median beside it). Force calls are counted (engine counter; OpenMM: integrator steps, "
            "one force evaluation each).", "",
@@ -106,7 +117,7 @@ def readme_table(result: dict[str, Any]) -> str:
     meta = result["meta"]
     head = ("| mode | molecule | method | force calls/ps | wall s/ps | calls ÷ vs best plain | wall speed-up vs best "
             "plain | max structure ratio | faithful |")
-    lines = [f"Measured {machine_line(meta)} with `make bench` (bench wall time {meta['wall_s'] / 60:.1f} min); "
+    lines = [f"Measured {machine_line(meta)} with `make bench` ({wall_line(meta)}); "
              "full tables in `outputs/bench/bench.md`.", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in result["records"]:
         lines.append(f"| {r['mode']} | {r['molecule']} | {r['method']} | {fmt(r['force_calls_per_ps'], 4)} "

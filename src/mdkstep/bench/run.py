@@ -259,10 +259,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     cfg.validate()
     set_threads(cfg.threads)
     out = Path(cfg.out_dir)
+    from_scratch = not any((out / m).exists() for m in ("mm", "qm"))
     t0 = time.perf_counter()
     result: dict[str, Any] = {"meta": {"date": _dt.date.today().isoformat(), "machine": machine_info(),
                                        "threads": cfg.threads, "timing_repeats": cfg.timing_repeats,
-                                       "fidelity_ratio_ok": cfg.fidelity_ratio_ok, "config": asdict(cfg), "modes": {}},
+                                       "fidelity_ratio_ok": cfg.fidelity_ratio_ok, "from_scratch": from_scratch,
+                                       "config": asdict(cfg), "modes": {}},
                               "records": []}
     modes: list[Mode] = []
     if cfg.mm_smiles:
