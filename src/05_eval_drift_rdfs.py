@@ -169,7 +169,7 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
                          f"{fmt(eff.get('fallbacks'))} | {fmt(eff.get('nan_frames', ev['summary']['nan_frames']))} |")
             per_el = ev["summary"].get("temperature_per_element_K", {})
             if per_el:
-                lines.append(f"|  ↳ {run}: T per element (Z: K) " + ", ".join(f"{z}: {t:.0f}" for z, t in per_el.items())
+                lines.append(f"|  ↳ {run}: T per element K: " + ", ".join(f"{el} {t:.0f}" for el, t in per_el.items())
                              + f"; fallback fraction {fmt(eff.get('fallback_fraction'))} |")
             if "drift_kj_mol_ps" in ev["summary"]:
                 lines.append(f"|  ↳ NVE drift {fmt(ev['summary']['drift_kj_mol_ps'])} kJ/mol/ps |")

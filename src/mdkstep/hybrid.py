@@ -69,7 +69,7 @@ import numpy as np
 
 from .engines.base import ForceEngine
 from .trajectory import ChunkedTrajectoryWriter, n_dof
-from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path
+from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path, element_symbol
 
 ENSEMBLES = ("nve", "nvt")
 THERMOSTATS = ("langevin", "csvr", "none")
@@ -309,15 +309,6 @@ def csvr_factor(kinetic: float, target: float, n_dof_: int, dt_over_tau: float, 
     return alpha
 
 
-def _element_symbol(z: int) -> str:
-    try:
-        from ase.data import chemical_symbols
-
-        return chemical_symbols[int(z)]
-    except (ImportError, IndexError):
-        return f"Z{int(z)}"
-
-
 # ----------------------------------------------------------------------------- counters
 
 @dataclass
@@ -394,8 +385,8 @@ class HybridIntegrator:
         self.thermostat = cfg.thermostat_active
         self.counters = HybridCounters()
         z = np.asarray(engine.atomic_numbers, dtype=int)
-        self.elements = [_element_symbol(e) for e in sorted(set(z.tolist()))]
-        self.element_index = {s: np.flatnonzero(np.array([_element_symbol(e) for e in z]) == s) for s in self.elements}
+        self.elements = [element_symbol(e) for e in sorted(set(z.tolist()))]
+        self.element_index = {s: np.flatnonzero(np.array([element_symbol(e) for e in z]) == s) for s in self.elements}
         dof_i = atom_dof(self.masses, engine.constraint_pairs(), engine.n_constraints)
         self.element_dof = {s: float(dof_i[idx].sum()) for s, idx in self.element_index.items()}
         # state (R,N,3) / (R,)

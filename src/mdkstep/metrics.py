@@ -16,7 +16,7 @@ from scipy.stats import wasserstein_distance
 
 from .structure import bond_angles, bond_lengths, dihedral_angles
 from .trajectory import Trajectory
-from .utils import KB_KJ_PER_MOL_K, kinetic_energy, remove_com
+from .utils import KB_KJ_PER_MOL_K, element_symbol, kinetic_energy, remove_com
 
 NM_TO_A = 10.0
 RAD_TO_DEG = 180.0 / np.pi
@@ -151,7 +151,7 @@ def constrained_pairs(traj: Trajectory, bonds: np.ndarray) -> np.ndarray:
 
 
 def per_element_temperature(traj: Trajectory, constraints: np.ndarray | None = None) -> dict[str, float]:
-    """Mean kinetic temperature per element (equipartition check).
+    """Mean kinetic temperature per element symbol, K (equipartition check).
 
     Each atom has 3 dof, less its share of every constraint it takes part in: a bond
     constraint i-j removes one dof, split m_j/(m_i+m_j) to i (the light atom loses most).
@@ -166,7 +166,7 @@ def per_element_temperature(traj: Trajectory, constraints: np.ndarray | None = N
     out = {}
     for zval in np.unique(traj.atom_types):
         sel = traj.atom_types == zval
-        out[str(int(zval))] = float(2.0 * ke_atom[:, sel].mean(0).sum() / (dof[sel].sum() * KB_KJ_PER_MOL_K))
+        out[element_symbol(int(zval))] = float(2.0 * ke_atom[:, sel].mean(0).sum() / (dof[sel].sum() * KB_KJ_PER_MOL_K))
     return out
 
 

@@ -64,6 +64,16 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def element_symbol(z: int) -> str:
+    """Chemical symbol of atomic number z (ASE's table); ``Z<z>`` if unknown."""
+    try:
+        from ase.data import chemical_symbols
+
+        return chemical_symbols[int(z)]
+    except (ImportError, IndexError):
+        return f"Z{int(z)}"
+
+
 def center_of_mass(x: np.ndarray, masses: np.ndarray) -> np.ndarray:
     """Mass-weighted centre of ``x`` (..., n_atoms, 3) with masses (n_atoms,) in amu."""
     m = np.asarray(masses, dtype=float)

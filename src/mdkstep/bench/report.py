@@ -24,7 +24,10 @@ def _dist(r: dict[str, Any], key: str) -> str:
 
 def _per_element(t: dict[str, float] | None) -> str:
     """Per-element kinetic temperatures, e.g. ``H 301 / C 296 / O 310`` (equipartition check)."""
-    return " / ".join(f"{el} {v:.0f}" for el, v in sorted((t or {}).items())) or "n/a"
+    from ..utils import element_symbol
+
+    named = {element_symbol(int(el)) if str(el).isdigit() else el: v for el, v in (t or {}).items()}  # older JSON: Z keys
+    return " / ".join(f"{el} {v:.0f}" for el, v in sorted(named.items())) or "n/a"
 
 
 def _wall(r: dict[str, Any]) -> str:
@@ -43,7 +46,7 @@ def machine_line(meta: dict[str, Any]) -> str:
 
 def wall_line(meta: dict[str, Any]) -> str:
     how = {True: "from scratch", False: "reusing cached runs and models"}.get(meta.get("from_scratch"), "")
-    return f"bench wall time {meta['wall_s'] / 60:.1f} min" + (f" ({how})" if how else "")
+    return f"bench wall time {meta['wall_s'] / 60:.1f} min" + (f", {how}" if how else "")
 
 
 def cost_table(records: list[dict[str, Any]]) -> list[str]:
