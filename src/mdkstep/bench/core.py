@@ -59,6 +59,7 @@ class Mode(Protocol):
     def engine(self, mol: str): ...
     def topology(self, mol: str) -> dict[str, Any]: ...
     def thermostat(self) -> tuple[float, float]: ...  # (temperature K, Langevin friction 1/ps)
+    def run_meta(self, mol: str) -> dict[str, Any]: ...  # metadata written into hybrid trajectories
 
 
 def common_interval_ps(*frame_fs: float) -> float:
