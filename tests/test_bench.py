@@ -28,7 +28,7 @@ def tiny_config(tmp_path) -> dict:
     tiny_model = {"hidden": 16, "n_layers": 1, "use_forces": True}
     c = str(ROOT / "configs")
     return {
-        "out_dir": str(tmp_path / "bench"), "threads": 1, "timing_repeats": 2,
+        "out_dir": str(tmp_path / "bench"), "threads": 1, "timing_repeats": 2, "ref_replicas": 3,
         "mm_smiles": str(tmp_path / "mm.smi"), "mm_prep_config": f"{c}/prep.yaml", "mm_scan_dts_fs": [2, 3],
         "mm_scan_ps": 0.2, "mm_scan_max_drift_per_atom": 1.0e3, "mm_equil_ps": 0.1, "mm_time_ps": 0.4,
         "mm_nve_ps": 0.1, "mm_timing_ps": 0.05, "mm_ks": [4], "mm_train_ps": 0.4,
@@ -78,7 +78,9 @@ def test_bench_end_to_end_every_key(bench_run):
     for mode, dt in (("mm", 2.0), ("qm", 0.25)):
         ref = next(r for r in recs if r["mode"] == mode and r["reference"])
         assert ref["dt_fs"] == dt and ref["force_call_reduction"] == 1.0
-        assert ref["bond_w1_A_ratio"] == pytest.approx(1.0) and ref["faithful"]  # replica 1 vs 0 is the floor
+        # replica 1 vs 0: one of the three pairs whose largest distance is the floor
+        assert 0 < ref["bond_w1_A_ratio"] <= 1.0 + 1e-12 and ref["faithful"]
+        assert (out / mode / "runs" / ("ethanol" if mode == "mm" else "water") / "ref_r2.npz").is_file()
     mm_ref = next(r for r in recs if r["mode"] == "mm" and r["reference"])
     assert mm_ref["force_calls_per_ps"] == pytest.approx(500.0)
     qm_ref = next(r for r in recs if r["mode"] == "qm" and r["reference"])
@@ -138,6 +140,15 @@ def test_readme_without_markers_is_a_clear_error(tmp_path):
     p.write_text("no markers\n")
     with pytest.raises(MdkstepError, match="README.md: no '<!-- bench:start -->'"):
         update_readme(p, {"meta": {}, "records": []})
+
+
+def test_one_reference_replica_is_refused(tmp_path, capsys):
+    from mdkstep.config import run_cli
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(load_bench_cli().main, ["--config", str(ROOT / "configs" / "bench.yaml"), "--set", "ref_replicas=1",
+                                        "--out-dir", str(tmp_path)])
+    assert e.value.code == 2 and "ref_replicas" in capsys.readouterr().err
 
 
 def test_bad_config_key_names_the_file(tmp_path, capsys):

@@ -14,13 +14,14 @@ class BenchConfig:
     threads: int = 1  #: torch and OpenMP threads for every method (the same for all)
     seed: int = 0
     timing_repeats: int = 3  #: interleaved timed repeats per method (min and median reported)
-    fidelity_ratio_ok: float = 1.5  #: "faithful" = every fidelity distance within this many x the replica floor
+    fidelity_ratio_ok: float = 1.5  #: "faithful" = every structure distance within this many x the replica floor
+    ref_replicas: int = 2  #: independent reference replicas per molecule; the floor is the largest distance over their pairs
     # ---------------------------------------------------------------- MM (OpenMM)
     mm_smiles: str | None = "data/bench_mm.smi"  #: "SMILES name" lines; null = no MM part
     mm_prep_config: str = "configs/prep.yaml"
     mm_temperature_K: float = 300.0
     mm_friction_per_ps: float = 1.0  #: Langevin friction of every NVT method (plain and hybrid)
-    mm_ref_dt_fs: float = 2.0  #: reference step (HBonds); two replicas give the noise floor
+    mm_ref_dt_fs: float = 2.0  #: reference step (HBonds); its replicas give the noise floor
     mm_hmr_dt_fs: float = 4.0  #: plain step with hydrogen mass repartitioning
     mm_hmr_mass_amu: float = 3.0
     mm_scan_dts_fs: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
@@ -43,7 +44,7 @@ class BenchConfig:
     qm_smiles: str | None = "data/bench_qm.smi"  #: null = no QM part
     qm_config: str = "configs/qm.yaml"  #: engine, thermostat and equilibration settings
     qm_overrides: dict[str, Any] = field(default_factory=dict)
-    qm_ref_dt_fs: float = 0.25  #: reference step; two replicas give the noise floor
+    qm_ref_dt_fs: float = 0.25  #: reference step; its replicas give the noise floor
     qm_plain_dts_fs: list[float] = field(default_factory=lambda: [0.5, 1.0])
     qm_time_ps: float = 2.0
     qm_nve_ps: float = 0.1
@@ -61,6 +62,8 @@ class BenchConfig:
     def validate(self) -> None:
         if self.threads < 1 or self.timing_repeats < 1:
             raise ValueError("keys 'threads' and 'timing_repeats' must be >= 1")
+        if self.ref_replicas < 2:
+            raise ValueError("key 'ref_replicas' must be >= 2 (the noise floor is a distance between replicas)")
         for key in ("mm_time_ps", "mm_nve_ps", "mm_timing_ps", "mm_train_ps", "mm_scan_ps",
                     "qm_time_ps", "qm_nve_ps", "qm_timing_ps", "qm_train_ps"):
             if not getattr(self, key) > 0:

@@ -86,10 +86,11 @@ def markdown(result: dict[str, Any]) -> str:
            "(max - min) / median beside it). Force calls are counted (engine counter; OpenMM: integrator steps, "
            "one force evaluation each).", "",
            f"Fidelity: each distance vs reference replica 0 at the two runs' common frame interval, with its "
-           f"ratio to the distance between the two reference replicas (the floor) in brackets. *Faithful* = bond "
+           f"ratio to the largest distance between the {meta['config'].get('ref_replicas', 2)} reference replicas "
+           f"(the floor) in brackets. *Faithful* = bond "
            f"W1, mean bond error, angle W1, fast-dihedral W1 and RDF L1 all within {meta['fidelity_ratio_ok']:g}x "
            "the floor; the VACF is shown but does not decide (HMR changes the dynamics on purpose). The reference "
-           "row compares replica 1 with replica 0, so it is the floor itself. \"Best plain\" = the faithful plain "
+           "row compares replica 1 with replica 0 (with two replicas: the floor itself). \"Best plain\" = the faithful plain "
            "method with the fewest force calls per ps. NVE drift: a separate NVE segment from the same start "
            "(hybrid: energy filter off, so the drift is the integrator's own).", ""]
     for mode, mmeta in meta["modes"].items():

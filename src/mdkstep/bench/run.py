@@ -158,7 +158,7 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
     timing = interleaved_timing(timers, cfg.timing_repeats)
 
     LOG.info("%s %s: fidelity vs the reference replicas", mode.name, mol)
-    floors = FloorCache([load_trajectory(runs["r0"]), load_trajectory(runs["r1"])], topo)
+    floors = FloorCache([load_trajectory(runs[f"r{i}"]) for i in range(cfg.ref_replicas)], topo)
     records = []
     for m in methods:
         run = floors.replicas[1] if m.reference else load_trajectory(trajs[m.name])
@@ -228,10 +228,10 @@ def run_mode(mode: Mode, cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[s
     runs: dict[str, dict[str, Path]] = {}
     for mol in mols:
         folder = mode.root / "runs" / mol
-        LOG.info("%s %s: reference replicas (2 x %g ps) and a training run (%g ps)", mode.name, mol, s["time_ps"],
-                 s["train_ps"])
+        LOG.info("%s %s: reference replicas (%d x %g ps) and a training run (%g ps)", mode.name, mol,
+                 cfg.ref_replicas, s["time_ps"], s["train_ps"])
         runs[mol] = {f"r{i}": mode.run_plain(mol, ref, cfg.seed + 1 + i, folder / f"ref_r{i}.npz", s["time_ps"])
-                     for i in range(2)}
+                     for i in range(cfg.ref_replicas)}
         runs[mol]["train"] = mode.run_plain(mol, ref, cfg.seed + 100, folder / "train.npz", s["train_ps"], training=True)
     checkpoints, models = {}, {}
     for k in s["ks"]:
