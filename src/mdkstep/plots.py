@@ -118,7 +118,7 @@ def pareto_grid(panels: dict[str, Sequence[dict[str, Any]]], path: Path, ratio_o
     cols = min(n, 2)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.0 * rows), squeeze=False)
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     for ax, (title, recs) in zip(axes.ravel(), panels.items()):
         ys = [1.0]
@@ -137,6 +137,7 @@ def pareto_grid(panels: dict[str, Sequence[dict[str, Any]]], path: Path, ratio_o
         ax.set_yscale("log")
         ax.set_ylim(0.5 * min(ys), 3.0 * max(ys + [ratio_ok]))
         for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             axis.set_major_formatter(ScalarFormatter())
             axis.set_minor_formatter(NullFormatter())
         ax.set_title(title, fontsize=9)
