@@ -106,6 +106,16 @@ def read_smi(path: str | Path) -> tuple[list[SmiEntry], list[str]]:
     return entries, errors
 
 
+def read_smi_strict(path: str | Path) -> list[SmiEntry]:
+    """:func:`read_smi`, but the first bad line (or an empty file) is a one-line error."""
+    entries, errors = read_smi(path)
+    if errors:
+        raise MdkstepError(errors[0])
+    if not entries:
+        raise MdkstepError(f"{path}: no molecules")
+    return entries
+
+
 # ------------------------------------------------------------------------- topology lists
 
 def angles_from_bonds(n_atoms: int, bonds: np.ndarray) -> np.ndarray:

@@ -155,13 +155,9 @@ def system_from_smiles(smiles: str, name: str, seed: int = 0) -> QMSystem:
 
 def systems_from_smiles_file(path: str | Path, seed: int = 0) -> list[QMSystem]:
     """Every molecule of a ``SMILES name`` file; the first bad line is a one-line error."""
-    from .chem import read_smi
+    from .chem import read_smi_strict
 
-    entries, errors = read_smi(path)
-    if errors:
-        raise MdkstepError(errors[0])
-    if not entries:
-        raise MdkstepError(f"{path}: no molecules")
+    entries = read_smi_strict(path)
     out = []
     for e in entries:
         try:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..chem import Molecule
 from ..plain import OpenMMRunner, Segment, stable_by_drift
-from ..utils import LOG, MdkstepError, atomic_write_json
+from ..utils import LOG, atomic_write_json
 from .config import BenchConfig
 from .core import Method
 
@@ -33,14 +33,10 @@ class MMMode:
     # -- molecules -------------------------------------------------------------------
     def molecules(self) -> list[str]:
         """Prepare (stage 00, skipped when present) every molecule of ``mm_smiles``."""
-        from ..chem import PrepConfig, load_molecule, prepare_from_smiles, read_smi
+        from ..chem import PrepConfig, load_molecule, prepare_from_smiles, read_smi_strict
         from ..config import load_config
 
-        entries, errors = read_smi(self.cfg.mm_smiles)
-        if errors:
-            raise MdkstepError(errors[0])
-        if not entries:
-            raise MdkstepError(f"{self.cfg.mm_smiles}: no molecules")
+        entries = read_smi_strict(self.cfg.mm_smiles)
         prep = load_config(PrepConfig, self.cfg.mm_prep_config)
         for e in entries:
             folder = self.raw / e.name

@@ -37,14 +37,10 @@ class QMMode:
     # -- molecules -------------------------------------------------------------------
     def molecules(self) -> list[str]:
         """Every molecule of ``qm_smiles`` (RDKit conformer); writes runs/<mol>/topology.json."""
-        from ..chem import read_smi, rdkit_conformer, topology_lists
+        from ..chem import rdkit_conformer, read_smi_strict, topology_lists
         from ..qm_md import system_from_smiles
 
-        entries, errors = read_smi(self.cfg.qm_smiles)
-        if errors:
-            raise MdkstepError(errors[0])
-        if not entries:
-            raise MdkstepError(f"{self.cfg.qm_smiles}: no molecules")
+        entries = read_smi_strict(self.cfg.qm_smiles)
         for e in entries:
             try:
                 sysm = system_from_smiles(e.smiles, e.name, self.cfg.seed)
