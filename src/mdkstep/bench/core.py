@@ -224,9 +224,7 @@ def interleaved_timing(timers: dict[str, Callable[[], Segment]], repeats: int) -
         walls = sum(s.force_seconds for s in segs) or sum(s.wall_s for s in segs)  # plain OpenMM: whole steps
         out[name] = {"wall_s_per_ps_repeats": w.tolist(), "wall_s_per_ps": float(np.median(w)),
                      "wall_s_per_ps_min": float(np.min(w)),
-                     "timing_spread": float((w.max() - w.min()) / np.median(w)) if len(w) > 1 else 0.0,
-                     "timed_ps_per_repeat": segs[0].simulated_ps,
-                     "timed_force_calls_per_ps": calls / sum(s.simulated_ps for s in segs)}
+                     "timing_spread": float((w.max() - w.min()) / np.median(w)) if len(w) > 1 else 0.0}
         out[name]["force_ms_per_call"] = 1000.0 * walls / calls if calls else None
     return out
 
