@@ -1,0 +1,178 @@
+"""Learned shear kicks for exact mode: a reversible, volume-preserving k-step jump.
+
+One stride of length tau = k dt is the palindromic composition of shears
+
+    v += a(x); x += h v; v += b(x); x += h v; [one force call U(x'), F(x')]; v += a(x')
+
+with h = tau/2 (``n_inner`` = 1). With ``n_inner`` = L the inner part is
+D k_1 D k_2 ... D k_L D ... k_2 D k_1 D, 2L drifts of h = tau/(2L) and 2L-1 inner kicks.
+
+* a(x) = (tau/2) F(x)/m + delta_a(x, F(x)), the outer kick; F(x) is a function of x, so
+  delta_a is a function of positions only. b, c, ... = delta_b(x), ... (no real force:
+  that would be a second call).
+* Every kick is a shear v -> v + g(x) and every drift a shear x -> x + h v: each has unit
+  Jacobian, so the map is volume-preserving. The sequence is a palindrome and
+  R (v -> -v) inverts every shear (R K_g R = K_g^{-1}, R D_h R = D_h^{-1}), so
+  Phi R Phi = R: the map is time-reversible. Both hold for ANY functions delta(x); this is
+  what makes a Metropolis test on H = U + K exact (mdkstep.exact).
+* The deltas come from the EGNN's velocity-update channel: zero mass-weighted sum per
+  molecule (linear momentum is then conserved exactly by every stride, as far as the
+  engine's forces sum to zero), optionally zero torque (a projection that depends on x
+  only), smoothly bounded. The networks never see velocities: the outer net's single input
+  vector channel carries F(x), the inner nets' carries zeros.
+* The output coefficient layers start at zero, so delta = 0 exactly and the stride is one
+  velocity-Verlet step of tau: the model is the correction that lets Verlet take a stride
+  it cannot take alone.
+* a(x') is reused as the next stride's first kick: a stride costs 2L model forwards and one
+  force call.
+
+Unconstrained systems only (no RATTLE projections yet): MM with HBonds constraints is not
+supported by this map. Units: nm, ps, kJ/mol, amu; forces kJ/(mol nm), kicks nm/ps.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import build_model
+from .common import KStepModel
+from .config import ModelConfig
+from .graph import GraphBatch, make_graph_batch
+
+#: (positions (N,3) nm) -> (potential energies (G,) kJ/mol, forces (N,3) kJ/(mol nm))
+ForceFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+#: default dx_scale (nm) of the sub-networks: only moves the geometry their later layers see
+GEOMETRY_SCALE_NM = 0.005
+
+
+def zero_kick_heads_(model: KStepModel) -> KStepModel:
+    """Zero the output coefficient layers of every layer, so the model's outputs are exactly
+    0 (its gradients are not: they are features times the upstream gradient)."""
+    for layer in model.layers:
+        for name in ("coef_edge", "coef_node"):
+            lin = getattr(layer, name)
+            nn.init.zeros_(lin.weight)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+    return model
+
+
+def randomize_kick_heads_(model: nn.Module, gain: float = 1.0, generator: torch.Generator | None = None) -> nn.Module:
+    """Give every output coefficient layer random weights (std ``gain``/sqrt(fan_in)) and
+    zero bias: a deliberately non-zero correction, for tests and ablations."""
+    with torch.no_grad():
+        for mod in model.modules():
+            for name in ("coef_edge", "coef_node"):
+                lin = getattr(mod, name, None)
+                if isinstance(lin, nn.Linear):
+                    w = torch.randn(lin.weight.shape, generator=generator, dtype=lin.weight.dtype)
+                    lin.weight.copy_(w * gain / lin.weight.shape[1] ** 0.5)
+                    if lin.bias is not None:
+                        lin.bias.zero_()
+    return model
+
+
+class ShearKicks(nn.Module):
+    """The learned corrections of one stride: ``outer`` (delta_a, input x and F(x)) and
+    ``inner[l]`` (delta_b, delta_c, ..., input x only), each an E(3)-equivariant k-step
+    model (mdkstep.model) whose "dv" output is the kick (nm/ps).
+
+    Args:
+        cfg: architecture of each sub-network; ``use_forces`` and ``force_head`` are ignored
+            (the outer net always sees F(x) in its vector channel, the inner nets zeros).
+        n_inner: L, the number of distinct inner kick functions (L = 1: a b a).
+    """
+
+    def __init__(self, cfg: ModelConfig, n_inner: int = 1) -> None:
+        super().__init__()
+        if n_inner < 1:
+            raise ValueError(f"n_inner must be >= 1, got {n_inner}")
+        sub = replace(cfg, use_forces=False, force_head=False)
+        self.config = sub
+        self.n_inner = int(n_inner)
+        self.outer = zero_kick_heads_(build_model(sub))
+        self.inner = nn.ModuleList(zero_kick_heads_(build_model(sub)) for _ in range(n_inner))
+        self.set_scales(f_scale=1.0, kick_scale=1.0)
+
+    @torch.no_grad()
+    def set_scales(self, f_scale: float, kick_scale: float, geometry_scale: float = GEOMETRY_SCALE_NM) -> None:
+        """Input force scale (kJ/(mol nm)), kick scale (nm/ps: the deltas are O(1) times it)
+        and the running-geometry scale (nm) of every sub-network."""
+        self.outer.set_normalization(v_scale=f_scale, dv_scale=kick_scale, dx_scale=geometry_scale)
+        for net in self.inner:
+            net.set_normalization(v_scale=1.0, dv_scale=kick_scale, dx_scale=geometry_scale)
+
+    @property
+    def palindrome(self) -> list[int]:
+        """Inner kick levels in order: [0] for L = 1, [0, 1, 0] for L = 2, ..."""
+        up = list(range(self.n_inner))
+        return up + up[-2::-1]
+
+    def delta_outer(self, tmpl: GraphBatch, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """delta_a(x, F(x)) (N,3) nm/ps at positions x (N,3) nm with forces f (N,3)."""
+        return self.outer(replace(tmpl, pos=x, vel=f, forces=None))["dv"]
+
+    def delta_inner(self, level: int, tmpl: GraphBatch, x: torch.Tensor) -> torch.Tensor:
+        """delta of inner kick ``level`` (N,3) nm/ps at positions x (N,3) nm."""
+        return self.inner[level](replace(tmpl, pos=x, vel=torch.zeros_like(x), forces=None))["dv"]
+
+
+# ------------------------------------------------------------------------- the map
+
+def graph_template(z: np.ndarray, masses: np.ndarray, bonds: np.ndarray, n_copies: int = 1,
+                   max_hops: int = 8, dtype: torch.dtype = torch.float64,
+                   device: torch.device | str | None = None) -> GraphBatch:
+    """A GraphBatch of ``n_copies`` copies of one molecule with zero positions/velocities;
+    the map replaces pos and vel at every kick (topology built once)."""
+    n = len(z)
+    zeros = np.zeros((n, 3))
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    return make_graph_batch([z] * n_copies, [masses] * n_copies, [zeros] * n_copies, [zeros] * n_copies, None,
+                            [bonds] * n_copies, max_hops=max_hops, dtype=dtype, device=device)
+
+
+def outer_kick(kicks: ShearKicks, tmpl: GraphBatch, x: torch.Tensor, f: torch.Tensor, tau: float) -> torch.Tensor:
+    """a(x) = (tau/2) F(x)/m + delta_a(x, F(x)) (N,3) nm/ps; tau ps, f kJ/(mol nm)."""
+    return (0.5 * tau) * f / tmpl.masses.unsqueeze(-1) + kicks.delta_outer(tmpl, x, f)
+
+
+def inner_path(kicks: ShearKicks, tmpl: GraphBatch, x: torch.Tensor, v: torch.Tensor,
+               tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drifts and inner kicks between the two outer kicks: D k_1 D ... k_L ... D k_1 D."""
+    h = tau / (2 * kicks.n_inner)
+    for level in kicks.palindrome:
+        x = x + h * v
+        v = v + kicks.delta_inner(level, tmpl, x)
+    return x + h * v, v
+
+
+def stride(kicks: ShearKicks, tmpl: GraphBatch, x: torch.Tensor, v: torch.Tensor, a0: torch.Tensor, tau: float,
+           force_fn: ForceFn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One stride from (x nm, v nm/ps) with the cached first kick a0 = a(x) (nm/ps).
+
+    Calls ``force_fn`` once, at x'. Returns (x', v', U(x') (G,) kJ/mol, F(x') kJ/(mol nm),
+    a(x') nm/ps: the next stride's first kick)."""
+    x1, v1 = inner_path(kicks, tmpl, x, v + a0, tau)
+    u1, f1 = force_fn(x1)
+    a1 = outer_kick(kicks, tmpl, x1, f1, tau)
+    return x1, v1 + a1, u1, f1, a1
+
+
+def shear_map(kicks: ShearKicks, tmpl: GraphBatch, x: torch.Tensor, v: torch.Tensor, tau: float,
+              force_fn: ForceFn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phi(x, v) as a function of (x, v) alone (computes F(x) and a(x) itself: two force
+    calls); differentiable when ``force_fn`` is, e.g. for Jacobians."""
+    _, f0 = force_fn(x)
+    x1, v1, _, _, _ = stride(kicks, tmpl, x, v, outer_kick(kicks, tmpl, x, f0, tau), tau, force_fn)
+    return x1, v1
+
+
+def n_forwards_per_stride(kicks: ShearKicks) -> int:
+    """Model forwards per stride: 2L - 1 inner kicks plus a(x')."""
+    return len(kicks.palindrome) + 1
+
