@@ -4,7 +4,8 @@ Two kinds, one result type:
 - :class:`OpenMMRunner`: OpenMM's own integrator (the BAOAB CustomIntegrator of
   :func:`mdkstep.mm.make_integrator`; friction 0 = velocity Verlet) on a Context, the way a
   chemist runs plain MM. OpenMM caches the forces between steps, so a step costs exactly one
-  force evaluation; the count is the integrator's step count (it cannot be hooked in-engine).
+  force evaluation; the count is the integrator's step count (it cannot be hooked in-engine),
+  recorded with ``force_calls_source = "integrator_steps"``.
 - :func:`engine_vv_segment`: velocity Verlet driven through a :class:`ForceEngine` (QM), whose
   own counter gives the force calls.
 
@@ -12,12 +13,12 @@ Units: nm, ps, kJ/mol, amu, K; dt in fs.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .engines.base import EngineCounters
 from .utils import LOG, remove_com
 
 
@@ -35,6 +36,7 @@ class Segment:
     times_ps: list[float] = field(default_factory=list)
     kinetic: list[float] = field(default_factory=list)  #: kinetic energy samples, kJ/mol
     force_seconds: float = 0.0  #: wall seconds inside engine force calls (engine-driven segments)
+    force_calls_source: str = "engine_counter"  #: engine_counter | integrator_steps (engines.base.FORCE_CALL_SOURCES)
 
     @property
     def wall_s_per_ps(self) -> float:
@@ -82,6 +84,7 @@ class OpenMMRunner:
         self.context.setVelocities(v0)
         self.context.applyVelocityConstraints(constraint_tolerance)
         self.t_ps = 0.0
+        self.counters = EngineCounters(source="integrator_steps")  # OpenMM's integrator: one force call per step
 
     def _energies(self) -> tuple[float, float]:
         st = self.context.getState(getEnergy=True)
@@ -91,8 +94,8 @@ class OpenMMRunner:
         """Advance ``n_steps``; with ``record_every`` > 0 sample U + K every that many steps
         (stopping early, unstable, on a non-finite or runaway energy). Timed without sampling
         when record_every is 0 (the pure cost of plain MD)."""
-        t0 = time.perf_counter()
-        seg = Segment(self.dt_fs, 0, 0.0, 0, 0.0)
+        span = self.counters.span()
+        seg = Segment(self.dt_fs, 0, 0.0, 0, 0.0, force_calls_source=span.source)
         if record_every <= 0:
             self.integ.step(n_steps)
             seg.steps = n_steps
@@ -110,11 +113,11 @@ class OpenMMRunner:
                 if not np.isfinite(e) or abs(e - e_start) > 1e4:  # blown up: stop, not stable
                     seg.stable = False
                     break
-        seg.wall_s = time.perf_counter() - t0
+        self.counters.add(seg.steps)  # one force evaluation per step (forces cached between steps)
+        seg.wall_s, seg.force_calls = span.wall_s, span.close().calls
         if record_every <= 0:
             self._advance_clock(n_steps)
         seg.simulated_ps = seg.steps * self.dt_fs / 1000.0
-        seg.force_calls = seg.steps  # one force evaluation per step (forces cached between steps)
         return seg
 
     def _advance_clock(self, n: int) -> None:
@@ -131,8 +134,8 @@ def engine_vv_segment(engine, x0: np.ndarray, v0: np.ndarray, dt_fs: float, n_st
     dt = dt_fs / 1000.0
     x = np.array(x0, dtype=float)
     v = remove_com(np.array(v0, dtype=float)[None], engine.masses)[0]
-    c0, s0, t0 = engine.counters.calls, engine.counters.seconds, time.perf_counter()
-    seg = Segment(dt_fs, 0, 0.0, 0, 0.0)
+    span = engine.counters.span()
+    seg = Segment(dt_fs, 0, 0.0, 0, 0.0, force_calls_source=span.source)
     f = engine.compute(x)[1] if f0 is None else np.array(f0, dtype=float)
     for _ in range(n_steps):
         v = v + 0.5 * dt * f / m
@@ -152,9 +155,8 @@ def engine_vv_segment(engine, x0: np.ndarray, v0: np.ndarray, dt_fs: float, n_st
         seg.energies.append(u + k)
         seg.kinetic.append(k)
         seg.times_ps.append(seg.steps * dt)
-    seg.wall_s = time.perf_counter() - t0
-    seg.force_calls = engine.counters.calls - c0
-    seg.force_seconds = engine.counters.seconds - s0
+    span.close()
+    seg.wall_s, seg.force_calls, seg.force_seconds = span.wall_s, span.calls, span.seconds
     seg.simulated_ps = seg.steps * dt
     return seg, x, v, f
 

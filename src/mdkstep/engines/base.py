@@ -2,7 +2,8 @@
 
 Contract: positions in nm -> (potential energy in kJ/mol, forces in kJ/(mol nm)).
 Every call is counted and timed by the engine itself (DESIGN.md section 4); nothing else
-may infer the count.
+may infer the count. A phase is measured with a counted span on the engine's counters:
+``with engine.counters.span() as s: ...`` then ``s.calls``, ``s.seconds``, ``s.source``.
 """
 from __future__ import annotations
 
@@ -13,16 +14,84 @@ from dataclasses import dataclass
 import numpy as np
 
 
+#: where a force-call count comes from: each call counted by the engine itself, or (OpenMM's
+#: own integrator, which cannot be hooked per call) one force evaluation per integrator step
+FORCE_CALL_SOURCES = ("engine_counter", "integrator_steps")
+
+
 @dataclass
 class EngineCounters:
-    """Force calls and the wall time spent inside them."""
+    """Force calls, the wall seconds spent inside them, and where the count comes from."""
 
     calls: int = 0
     seconds: float = 0.0
+    source: str = "engine_counter"  #: one of FORCE_CALL_SOURCES
 
     @property
     def ms_per_call(self) -> float:
         return 1000.0 * self.seconds / self.calls if self.calls else float("nan")
+
+    def add(self, calls: int, seconds: float = 0.0) -> None:
+        """Record ``calls`` force calls taking ``seconds`` (for runners that count integrator steps)."""
+        self.calls += int(calls)
+        self.seconds += float(seconds)
+
+    def span(self) -> "CountedSpan":
+        """A counted span from now: ``with counters.span() as s: ...`` then ``s.calls``, ``s.seconds``."""
+        return CountedSpan(self)
+
+
+class CountedSpan:
+    """Force calls, seconds inside them and elapsed wall seconds of one measured phase.
+
+    Read live while open; frozen by :meth:`close` (or leaving the ``with`` block).
+    ``source`` is the counters' :attr:`EngineCounters.source`.
+    """
+
+    def __init__(self, counters: EngineCounters):
+        self._counters = counters
+        self.source = counters.source
+        self._start = (counters.calls, counters.seconds, time.perf_counter())
+        self._end: tuple[int, float, float] | None = None
+
+    def __enter__(self) -> "CountedSpan":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    def close(self) -> "CountedSpan":
+        """Freeze the figures (idempotent); returns self."""
+        if self._end is None:
+            self._end = self._now()
+        return self
+
+    def _now(self) -> tuple[int, float, float]:
+        return self._end or (self._counters.calls, self._counters.seconds, time.perf_counter())
+
+    @property
+    def calls(self) -> int:
+        return self._now()[0] - self._start[0]
+
+    @property
+    def seconds(self) -> float:
+        """Wall seconds inside the force calls, s."""
+        return self._now()[1] - self._start[1]
+
+    @property
+    def wall_s(self) -> float:
+        """Elapsed wall seconds of the span, s."""
+        return self._now()[2] - self._start[2]
+
+    @property
+    def ms_per_call(self) -> float | None:
+        return 1000.0 * self.seconds / self.calls if self.calls else None
+
+    def summary(self) -> dict:
+        """``force_calls``, ``force_calls_source``, ``force_seconds``, ``wall_s``."""
+        return {"force_calls": self.calls, "force_calls_source": self.source, "force_seconds": self.seconds,
+                "wall_s": self.wall_s}
 
 
 class ForceEngine(ABC):
