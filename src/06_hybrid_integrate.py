@@ -18,17 +18,14 @@ Writes <out> (one replica) or <stem>_r<i>.npz (several), in the trajectory NPZ s
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from mdkstep.config import load_config, run_cli, to_dict  # noqa: E402
-from mdkstep.hybrid_cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model,  # noqa: E402
-                                prepare_outputs, resolve_hybrid_config, run_and_report, start_frames)
-from mdkstep.utils import LOG, MdkstepError, setup_logging  # noqa: E402
+from mdkstep.config import load_config, run_cli, to_dict
+from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model, prepare_outputs,
+                                resolve_hybrid_config, run_and_report, start_frames)
+from mdkstep.utils import LOG, MdkstepError, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,66 +61,39 @@ def start_states(args, mol, md_cfg, n_rep: int, masses: np.ndarray) -> tuple[np.
             LOG.warning("%s: masses differ from the MD config's system (HMR?)", args.start_from)
         x, v, idx = start_frames(t, n_rep)
         return x, v, f"{args.start_from} frames {idx}"
+    from mdkstep.md import equilibrate
+
     return *equilibrate(mol, md_cfg, n_rep, args.seed, args.equil_ps), "minimized + Maxwell-Boltzmann + equilibration"
-
-
-def equilibrate(mol, md_cfg, n_rep: int, seed: int, equil_ps: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Minimize, draw Maxwell-Boltzmann velocities and run plain BAOAB (the baseline integrator)."""
-    import openmm
-
-    from mdkstep.md import build_system
-    from mdkstep.mm import choose_platform, make_integrator
-
-    t_eq = md_cfg.equilibration_ps if equil_ps is None else equil_ps
-    n_eq = int(round(t_eq * 1000.0 / md_cfg.dt_fs))
-    xs, vs = [], []
-    for r in range(n_rep):
-        system = build_system(mol, md_cfg)
-        integ = make_integrator(md_cfg.dt_fs, md_cfg.temperature_K, max(md_cfg.friction_per_ps, 1.0),
-                                md_cfg.constraint_tolerance)
-        integ.setRandomNumberSeed(seed + 1000 * r + 1)
-        ctx = openmm.Context(system, integ, choose_platform(md_cfg.platform, system.getNumParticles()))
-        ctx.setPositions(mol.positions_nm)
-        ctx.applyConstraints(md_cfg.constraint_tolerance)
-        openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 2000)
-        ctx.setVelocitiesToTemperature(md_cfg.temperature_K, seed + 1000 * r + 1)
-        ctx.applyVelocityConstraints(md_cfg.constraint_tolerance)
-        if n_eq:
-            integ.step(n_eq)
-        st = ctx.getState(getPositions=True, getVelocities=True)
-        xs.append(np.asarray(st.getPositions(asNumpy=True)._value))
-        vs.append(np.asarray(st.getVelocities(asNumpy=True)._value))
-    return np.stack(xs), np.stack(vs)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     from mdkstep.checkpoint import check_compatible, read_checkpoint
-    from mdkstep.chem import load_molecule
-    from mdkstep.engines.openmm_engine import OpenMMEngine
-    from mdkstep.hybrid import ModelJumper
-    from mdkstep.md import MDConfig, build_system
+    from mdkstep.engines.factory import make_engine
+    from mdkstep.model.jumper import ModelJumper
+    from mdkstep.md import MDConfig
+    from mdkstep.system import from_molecule_dir
 
     check_run_args(args)
     md_cfg = load_config(MDConfig, args.md_config)
     ck = read_checkpoint(args.checkpoint)
-    mol = load_molecule(args.molecule)
+    mol = from_molecule_dir(args.molecule)
     check_compatible(ck, str(args.checkpoint), atom_types=set(map(int, mol.atomic_numbers)))
     hcfg = resolve_config(args, ck, md_cfg)
     if ck.get("engine") not in (None, "openmm"):
         LOG.warning("%s was trained on %s data; running it with OpenMM forces", args.checkpoint, ck.get("engine"))
     prepare_outputs(args)
     model, device = load_model(args, args.checkpoint)
-    engine = OpenMMEngine(build_system(mol, md_cfg), mol.atomic_numbers, md_cfg.platform, md_cfg.constraint_tolerance)
+    engine = make_engine("openmm", mol, md_cfg)
     if is_resuming(args):  # the state comes from the hybrid checkpoint
         x0 = v0 = np.zeros((args.replicas, len(engine.masses), 3))
         start = "resumed (start state: see the trajectory metadata)"
     else:
         x0, v0, start = start_states(args, mol, md_cfg, args.replicas, engine.masses)
-    jumper = ModelJumper(model, mol.atomic_numbers, engine.masses, np.asarray(mol.info.bonds), device=device)
-    meta = {"molecule": mol.name, "smiles": mol.info.smiles, "constraints": md_cfg.constraints,
-            "hydrogen_mass_amu": md_cfg.hydrogen_mass_amu, "forcefield": mol.info.forcefield, "seed": args.seed,
+    jumper = ModelJumper(model, mol.atomic_numbers, engine.masses, mol.bonds, device=device)
+    meta = {"molecule": mol.name, "smiles": mol.smiles, "constraints": md_cfg.constraints,
+            "hydrogen_mass_amu": md_cfg.hydrogen_mass_amu, "forcefield": mol.forcefield, "seed": args.seed,
             "checkpoint": str(args.checkpoint), "start": start}
     run_and_report(args, engine, jumper, hcfg, x0, v0, mol.name, meta,
                    {"md_config": to_dict(md_cfg), "start": start}, device)

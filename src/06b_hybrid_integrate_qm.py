@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from mdkstep.config import load_config, run_cli, to_dict  # noqa: E402
-from mdkstep.hybrid_cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model,  # noqa: E402
+from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model,  # noqa: E402
                                 prepare_outputs, resolve_hybrid_config, run_and_report, start_frames)
 from mdkstep.utils import LOG, MdkstepError, setup_logging  # noqa: E402
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     from mdkstep.checkpoint import check_compatible, read_checkpoint
     from mdkstep.engines.factory import make_qm_engine
-    from mdkstep.hybrid import ModelJumper
+    from mdkstep.model.jumper import ModelJumper
     from mdkstep.qm_md import QMConfig, set_openmp_threads
     from mdkstep.trajectory import load_trajectory
 

@@ -3,14 +3,15 @@ checkpoint checks. Units: nm, ps, kJ/mol, amu, K."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 
 from conftest import load_script
 from mdkstep.engines.base import ForceEngine
-from mdkstep.hybrid import HybridConfig, checkpoint_path, csvr_factor, replica_paths, run_hybrid
+from mdkstep.dynamics import csvr_factor
+from mdkstep.hybrid import HybridConfig, checkpoint_path, replica_paths, run_hybrid
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import KB_KJ_PER_MOL_K
 
@@ -401,7 +402,7 @@ def test_model_jumper_batches_replicas_and_centres_inputs(tmp_path):
     import torch
 
     from mdkstep.checkpoint import model_from_checkpoint
-    from mdkstep.hybrid import ModelJumper
+    from mdkstep.model.jumper import ModelJumper
 
     model, _ = model_from_checkpoint(_checkpoint(tmp_path / "m.pt"))
     with torch.no_grad():  # make the fresh model's output non-trivial
@@ -452,3 +453,26 @@ def test_script_runs_end_to_end(tmp_path, water, capsys):
         d = np.linalg.norm(t.positions[:, 1] - t.positions[:, 0], axis=-1)
         assert np.allclose(d, 0.09572, atol=1e-6)  # HBonds constraints hold after every jump
     assert "force calls/ps" in out.out
+
+
+@pytest.mark.parametrize("corrector", ["verlet", "kick"])
+@pytest.mark.parametrize("t_start", [150.0, 600.0, 1200.0])
+def test_langevin_with_default_energy_filter_reaches_target(tmp_path, corrector, t_start):
+    """Bug (issue 10): with the energy filter on (the shipped default) the filter used to undo
+    the Langevin O-step, so the temperature never moved (150/600/1200 K -> 128/328/594 K) and
+    U + K stayed exactly constant. The thermostat now acts after the Hamiltonian part."""
+    from mdkstep.config import load_config
+
+    shipped = load_config(HybridConfig, "configs/hybrid.yaml")
+    assert shipped.energy_filter and shipped.thermostat == "langevin" and shipped.ensemble == "nvt"
+    eng = HarmonicLattice()
+    c = replace(shipped, k=4, dt_fs=1.0, corrector=corrector, temperature_K=300.0, friction_per_ps=20.0,
+                save_interval_cycles=5, chunk_frames=1000)
+    c.validate()
+    x0, v0 = start(16, temp=t_start)
+    stats = run(tmp_path, eng, Oracle(eng, c.k * c.dt_ps), c, x0, v0, 400, seed=5)
+    t = np.array([load_trajectory(p).temperature for p in replica_paths(tmp_path / "h.npz", 16)])
+    assert t[:, 40:].mean() == pytest.approx(300.0, rel=0.1)  # after ~5/friction
+    etot = np.array([(lambda tr: tr.energies + tr.kinetic)(load_trajectory(p)) for p in replica_paths(tmp_path / "h.npz", 16)])
+    assert etot.std(axis=1).min() > 0.1  # the thermostat exchanges energy with the bath
+    assert stats["fallbacks"] == 0

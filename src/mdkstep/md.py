@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from .chem import Molecule
+from .system import System
 from .mm import apply_constraints_and_hmr, choose_platform, make_integrator
-from .trajectory import ChunkedTrajectoryWriter, n_dof
-from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_write_bytes, atomic_write_json, kinetic_energy, remove_com
+from .dynamics import kinetic_energy, n_dof
+from .trajectory import ChunkedTrajectoryWriter
+from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_write_bytes, atomic_write_json, remove_com
 
 
 @dataclass
@@ -63,12 +64,12 @@ class RunSpec:
     label: str = "nvt"
 
 
-def build_system(mol: Molecule, cfg: MDConfig):
+def build_system(mol: System, cfg: MDConfig):
     """The molecule's OpenMM System with the config's constraints and HMR applied."""
-    return apply_constraints_and_hmr(mol.system(), mol.atomic_numbers, cfg.constraints, cfg.hydrogen_mass_amu)
+    return apply_constraints_and_hmr(mol.openmm_system(), mol.atomic_numbers, cfg.constraints, cfg.hydrogen_mass_amu)
 
 
-def _metadata(mol: Molecule, cfg: MDConfig, spec: RunSpec, platform: str, n_constraints: int) -> dict[str, Any]:
+def _metadata(mol: System, cfg: MDConfig, spec: RunSpec, platform: str, n_constraints: int) -> dict[str, Any]:
     return {
         "dt_fs": cfg.dt_fs,
         "save_interval": cfg.save_interval,
@@ -80,18 +81,18 @@ def _metadata(mol: Molecule, cfg: MDConfig, spec: RunSpec, platform: str, n_cons
         "friction": spec.friction_per_ps,
         "seed": spec.seed,
         "molecule": mol.name,
-        "smiles": mol.info.smiles,
+        "smiles": mol.smiles,
         "constraints": cfg.constraints,
         "n_constraints": n_constraints,
         "hydrogen_mass_amu": cfg.hydrogen_mass_amu,
-        "forcefield": mol.info.forcefield,
+        "forcefield": mol.forcefield,
         "equilibration_ps": spec.equilibration_ps,
         "label": spec.label,
         "config": asdict(cfg),
     }
 
 
-def run_trajectory(mol: Molecule, cfg: MDConfig, spec: RunSpec, start_state: tuple[np.ndarray, np.ndarray] | None = None,
+def run_trajectory(mol: System, cfg: MDConfig, spec: RunSpec, start_state: tuple[np.ndarray, np.ndarray] | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Run (or resume) one trajectory and write ``spec.out_path`` in the NPZ schema.
 
@@ -192,7 +193,37 @@ def run_trajectory(mol: Molecule, cfg: MDConfig, spec: RunSpec, start_state: tup
     }
 
 
-def raw_steps_per_s(mol: Molecule, cfg: MDConfig, n_steps: int = 20000, seed: int = 0) -> dict[str, float]:
+def equilibrate(mol: System, cfg: MDConfig, n_rep: int, seed: int, equil_ps: float | None = None,
+                min_friction_per_ps: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Start states for ``n_rep`` replicas: per replica r, OpenMM minimisation (10 kJ/(mol nm),
+    <= 2000 iterations), Maxwell-Boltzmann velocities (seed + 1000 r + 1) and plain BAOAB (the
+    baseline integrator) for ``equil_ps`` (default ``cfg.equilibration_ps``) at friction
+    max(cfg's, ``min_friction_per_ps``) 1/ps. Returns (x nm, v nm/ps), each (n_rep, n_atoms, 3)."""
+    import openmm
+
+    t_eq = cfg.equilibration_ps if equil_ps is None else equil_ps
+    n_eq = int(round(t_eq * 1000.0 / cfg.dt_fs))
+    xs, vs = [], []
+    for r in range(n_rep):
+        system = build_system(mol, cfg)
+        integ = make_integrator(cfg.dt_fs, cfg.temperature_K, max(cfg.friction_per_ps, min_friction_per_ps),
+                                cfg.constraint_tolerance)
+        integ.setRandomNumberSeed(seed + 1000 * r + 1)  # before the Context exists, or it is ignored
+        ctx = openmm.Context(system, integ, choose_platform(cfg.platform, system.getNumParticles()))
+        ctx.setPositions(mol.positions_nm)
+        ctx.applyConstraints(cfg.constraint_tolerance)
+        openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 2000)
+        ctx.setVelocitiesToTemperature(cfg.temperature_K, seed + 1000 * r + 1)
+        ctx.applyVelocityConstraints(cfg.constraint_tolerance)
+        if n_eq:
+            integ.step(n_eq)
+        st = ctx.getState(getPositions=True, getVelocities=True)
+        xs.append(np.asarray(st.getPositions(asNumpy=True)._value))
+        vs.append(np.asarray(st.getVelocities(asNumpy=True)._value))
+    return np.stack(xs), np.stack(vs)
+
+
+def raw_steps_per_s(mol: System, cfg: MDConfig, n_steps: int = 20000, seed: int = 0) -> dict[str, float]:
     """OpenMM speed with no saving at all (same system): our BAOAB CustomIntegrator and
     OpenMM's built-in LangevinMiddleIntegrator, for the saving-overhead comparison."""
     import openmm

@@ -16,7 +16,9 @@ from scipy.stats import wasserstein_distance
 
 from .structure import bond_angles, bond_lengths, dihedral_angles
 from .trajectory import Trajectory
-from .utils import KB_KJ_PER_MOL_K, element_symbol, kinetic_energy, remove_com
+from .dynamics import atom_dof, kinetic_energy, linear_drift
+from .dynamics import per_element_temperature as dyn_per_element_temperature
+from .utils import remove_com
 
 NM_TO_A = 10.0
 RAD_TO_DEG = 180.0 / np.pi
@@ -138,8 +140,7 @@ def vacf(velocities: np.ndarray, max_lag: int) -> np.ndarray:
 
 def nve_drift(time_ps: np.ndarray, total_energy: np.ndarray) -> dict[str, float]:
     """Slope (kJ/mol/ps) of a linear fit of total energy vs time, and its fluctuation (std)."""
-    slope = float(np.polyfit(time_ps, total_energy, 1)[0]) if len(time_ps) > 2 else float("nan")
-    return {"drift_kj_mol_ps": slope, "etot_std_kj_mol": float(np.std(total_energy))}
+    return {"drift_kj_mol_ps": linear_drift(time_ps, total_energy), "etot_std_kj_mol": float(np.std(total_energy))}
 
 
 def constrained_pairs(traj: Trajectory, bonds: np.ndarray) -> np.ndarray:
@@ -151,23 +152,14 @@ def constrained_pairs(traj: Trajectory, bonds: np.ndarray) -> np.ndarray:
 
 
 def per_element_temperature(traj: Trajectory, constraints: np.ndarray | None = None) -> dict[str, float]:
-    """Mean kinetic temperature per element symbol, K (equipartition check).
-
-    Each atom has 3 dof, less its share of every constraint it takes part in: a bond
-    constraint i-j removes one dof, split m_j/(m_i+m_j) to i (the light atom loses most).
-    """
+    """Mean kinetic temperature per element symbol, K (equipartition check), of the COM-free
+    velocities, with each atom's exact degrees of freedom (:func:`mdkstep.dynamics.atom_dof`:
+    centre-of-mass removal and the constraints ``constraints`` (M, 2) at the trajectory's
+    geometry, averaged over up to 16 frames)."""
     v = remove_com(traj.velocities, traj.masses)
-    ke_atom = 0.5 * traj.masses[None, :] * np.sum(v**2, axis=-1)  # (F, N) kJ/mol
-    dof = np.full(traj.n_atoms, 3.0)
-    for i, j in (constraints if constraints is not None else np.zeros((0, 2), dtype=int)):
-        mi, mj = traj.masses[i], traj.masses[j]
-        dof[i] -= mj / (mi + mj)
-        dof[j] -= mi / (mi + mj)
-    out = {}
-    for zval in np.unique(traj.atom_types):
-        sel = traj.atom_types == zval
-        out[element_symbol(int(zval))] = float(2.0 * ke_atom[:, sel].mean(0).sum() / (dof[sel].sum() * KB_KJ_PER_MOL_K))
-    return out
+    frames = np.unique(np.linspace(0, traj.n_frames - 1, min(16, traj.n_frames)).astype(int))
+    dof = np.mean([atom_dof(traj.masses, traj.positions[f], constraints) for f in frames], axis=0)
+    return dyn_per_element_temperature(v, traj.masses, traj.atom_types, dof)
 
 
 # ----------------------------------------------------------------- comparisons

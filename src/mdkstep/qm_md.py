@@ -22,8 +22,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .system import System, from_molecule_dir, from_smi_file
 from .trajectory import ChunkedTrajectoryWriter
-from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path, kinetic_energy, remove_com
+from .dynamics import kinetic_energy, n_dof
+from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path, remove_com
 
 #: a run whose mean temperature is further than this fraction from the target is flagged
 TEMPERATURE_TOLERANCE = 0.10
@@ -94,24 +96,6 @@ class QMConfig:
 
 
 @dataclass
-class QMSystem:
-    """One molecule to simulate (positions nm, masses amu, charge e)."""
-
-    name: str
-    atomic_numbers: np.ndarray
-    masses: np.ndarray
-    positions_nm: np.ndarray
-    charge: int = 0
-    smiles: str | None = None
-    source: str = "smiles"
-    n_radical_electrons: int = 0
-
-    @property
-    def n_atoms(self) -> int:
-        return int(len(self.atomic_numbers))
-
-
-@dataclass
 class QMRunSpec:
     """One trajectory to produce."""
 
@@ -121,60 +105,9 @@ class QMRunSpec:
     replica: int = 0
 
 
-# ------------------------------------------------------------------------------ inputs
-
-def system_from_molecule_dir(path: str | Path) -> QMSystem:
-    """A prepared stage-00 folder (topology.json + molecule.pdb) as a QMSystem."""
-    from .chem import load_molecule
-
-    mol = load_molecule(path)
-    return QMSystem(mol.name, mol.atomic_numbers, mol.masses, np.asarray(mol.positions_nm, dtype=float),
-                    int(mol.info.net_charge), mol.info.smiles, source=f"dir:{Path(path).name}")
-
-
-def system_from_smiles(smiles: str, name: str, seed: int = 0) -> QMSystem:
-    """RDKit ETKDG conformer (seeded) -> QMSystem; charge is RDKit's formal charge."""
-    from rdkit import Chem
-    from rdkit.Chem import Descriptors
-
-    from .chem import rdkit_conformer
-
-    mol = rdkit_conformer(smiles, seed)
-    pos_nm = np.asarray(mol.GetConformer().GetPositions(), dtype=float) / 10.0  # Å -> nm
-    return QMSystem(
-        name=name,
-        atomic_numbers=np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=int),
-        masses=np.array([a.GetMass() for a in mol.GetAtoms()], dtype=float),
-        positions_nm=pos_nm,
-        charge=int(Chem.GetFormalCharge(mol)),
-        smiles=smiles,
-        source="smiles",
-        n_radical_electrons=int(Descriptors.NumRadicalElectrons(mol)),
-    )
-
-
-def systems_from_smiles_file(path: str | Path, seed: int = 0) -> list[QMSystem]:
-    """Every molecule of a ``SMILES name`` file; the first bad line is a one-line error."""
-    from .chem import read_smi_strict
-
-    entries = read_smi_strict(path)
-    out = []
-    for e in entries:
-        try:
-            out.append(system_from_smiles(e.smiles, e.name, seed))
-        except MdkstepError as err:
-            raise MdkstepError(f"{path}:{e.line_no}: {err}") from None
-    return out
-
-
 # ---------------------------------------------------------------------------- dynamics
 
-def n_dof_qm(n_atoms: int) -> int:
-    """Degrees of freedom with the centre of mass fixed (no constraints): 3N - 3 (>= 1)."""
-    return max(1, 3 * n_atoms - 3)
-
-
-def _metadata(system: QMSystem, cfg: QMConfig, spec: QMRunSpec, engine) -> dict[str, Any]:
+def _metadata(system: System, cfg: QMConfig, spec: QMRunSpec, engine) -> dict[str, Any]:
     info = engine.describe()
     nvt = cfg.thermostat == "langevin"
     return {
@@ -193,7 +126,7 @@ def _metadata(system: QMSystem, cfg: QMConfig, spec: QMRunSpec, engine) -> dict[
         "smiles": system.smiles,
         "constraints": "none",
         "com_fixed": True,
-        "n_dof": n_dof_qm(system.n_atoms),
+        "n_dof": n_dof(system.n_atoms),
         "charge": system.charge,
         "multiplicity": cfg.multiplicity,
         "source": system.source,
@@ -206,7 +139,7 @@ def _metadata(system: QMSystem, cfg: QMConfig, spec: QMRunSpec, engine) -> dict[
     }
 
 
-def _make_atoms(system: QMSystem, engine):
+def _make_atoms(system: System, engine):
     from ase import Atoms
     from ase.constraints import FixCom
 
@@ -301,24 +234,24 @@ def temperature_warning(mean_T: float, target_K: float, label: str, n_dof: int |
     return msg + " !!!"
 
 
-def run_qm_trajectory(system: QMSystem, cfg: QMConfig, spec: QMRunSpec, progress: bool = True,
+def run_qm_trajectory(system: System, cfg: QMConfig, spec: QMRunSpec, progress: bool = True,
                       engine=None) -> dict[str, Any]:
     """Run (or resume) one QM trajectory and write ``spec.out_path`` in the NPZ schema.
 
-    ``engine`` defaults to :func:`mdkstep.engines.factory.make_qm_engine` for ``cfg``.
+    ``engine`` defaults to :func:`mdkstep.engines.factory.make_engine` for ``cfg.engine``.
     Returns statistics (frames, steps/s, force calls and ms/call, mean temperature).
     """
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
     from tqdm import tqdm
 
-    from .engines.factory import make_qm_engine
+    from .engines.factory import make_engine
     from .engines.units import ANGSTROM_TO_NM, ASE_VELOCITY_TO_NM_PS
 
-    if system.n_radical_electrons + 1 != cfg.multiplicity:
-        LOG.warning("%s: RDKit counts %d radical electron(s) but multiplicity is %d", system.name,
-                    system.n_radical_electrons, cfg.multiplicity)
+    if system.multiplicity != cfg.multiplicity:
+        LOG.warning("%s: the molecule's multiplicity is %d (RDKit radical electrons + 1) but the config's is %d",
+                    system.name, system.multiplicity, cfg.multiplicity)
     if engine is None:
-        engine = make_qm_engine(cfg, system.atomic_numbers, system.masses, system.charge)
+        engine = make_engine(cfg.engine, system, cfg)
     meta = _metadata(system, cfg, spec, engine)
     writer = ChunkedTrajectoryWriter(spec.out_path, {"atom_types": system.atomic_numbers, "masses": system.masses},
                                      meta)
@@ -349,7 +282,7 @@ def run_qm_trajectory(system: QMSystem, cfg: QMConfig, spec: QMRunSpec, progress
     setup_s = time.perf_counter() - t_setup
     dyn = _production_dynamics(atoms, cfg, rng)
     masses = system.masses
-    dof = n_dof_qm(system.n_atoms)
+    dof = n_dof(system.n_atoms)
     dt_ps = cfg.dt_fs / 1000.0
     calls0, secs0 = engine.counters.calls, engine.counters.seconds
     t0 = time.perf_counter()
@@ -413,56 +346,31 @@ def run_qm_trajectory(system: QMSystem, cfg: QMConfig, spec: QMRunSpec, progress
 class QMJob:
     """A (molecule, replica) pair for the worker pool."""
 
-    system: QMSystem
+    system: System
     spec: QMRunSpec
     cfg: QMConfig
     progress: bool = False
 
 
-def set_openmp_threads(n_threads: int) -> dict[str, int]:
+def limit_threads(n_threads: int):
     """Limit OpenMP/BLAS threads of this process to ``n_threads``.
 
-    Sets the environment (read by libraries loaded later) and calls ``omp_set_num_threads`` in
-    every OpenMP runtime already loaded (Linux: found in /proc/self/maps; tblite and PySCF each
-    bring one), so it also works after tblite/PySCF were imported. Oversubscribed OpenMP is
-    catastrophic here: GFN2-xTB on ethanol took ~600 ms/call with 2 threads on a busy 2-core
-    machine vs ~1 ms with 1 thread. Returns {runtime path: previous max threads} for
-    :func:`restore_openmp_threads`.
+    Sets the environment (read by libraries loaded later) and, through threadpoolctl, every
+    OpenMP/BLAS runtime already loaded (tblite and PySCF each bring one). Oversubscribed
+    OpenMP is catastrophic here: GFN2-xTB on ethanol took ~600 ms/call with 2 threads on a busy
+    2-core machine vs ~1 ms with 1 thread. Returns the ``threadpool_limits`` handle: use it as a
+    context manager, or call ``restore_original_limits()`` to undo (not the environment).
     """
-    import ctypes
-    import re
+    from threadpoolctl import threadpool_limits
 
     n = max(1, int(n_threads))
     os.environ.update({k: str(n) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
-    previous: dict[str, int] = {}
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return previous
-    for lib in sorted(set(re.findall(r"(/\S*lib(?:gomp|iomp5|omp)[^/\s]*\.so[^/\s]*)", maps))):
-        try:
-            rt = ctypes.CDLL(lib)
-            previous[lib] = int(rt.omp_get_max_threads())
-            rt.omp_set_num_threads(n)
-        except (OSError, AttributeError):
-            pass
-    return previous
-
-
-def restore_openmp_threads(previous: dict[str, int]) -> None:
-    """Undo :func:`set_openmp_threads` for the runtimes it changed (not the environment)."""
-    import ctypes
-
-    for lib, n in previous.items():
-        try:
-            ctypes.CDLL(lib).omp_set_num_threads(int(n))
-        except (OSError, AttributeError):
-            pass
+    return threadpool_limits(limits=n)
 
 
 def _worker_init(n_threads: int, log_level: str) -> None:
     """Pool initializer: thread limits before any QM library loads, logging for the child."""
-    set_openmp_threads(n_threads)
+    limit_threads(n_threads)
     from .utils import setup_logging
 
     setup_logging(log_level)
@@ -495,12 +403,9 @@ def run_jobs(jobs: Sequence[QMJob], num_workers: int = 1, omp_num_threads: int |
         return
     threads = omp_num_threads or default_threads(jobs[0].cfg.engine, num_workers)
     if num_workers <= 1 or len(jobs) <= 1:
-        previous = set_openmp_threads(threads)
-        try:
+        with limit_threads(threads):
             for job in jobs:
                 yield run_job(job)
-        finally:
-            restore_openmp_threads(previous)
         return
     from tqdm import tqdm
 
@@ -550,19 +455,19 @@ def add_cli_arguments(p, default_config: str, default_smiles: str | None = None)
     p.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING")
 
 
-def load_systems(args) -> list[QMSystem]:
+def load_systems(args) -> list[System]:
     """The molecules named by --molecule / --all / --smiles-file."""
     from .chem import find_molecules
 
     if args.molecule:
-        return [system_from_molecule_dir(args.molecule)]
+        return [from_molecule_dir(args.molecule)]
     if args.all:
         dirs = find_molecules(args.all)
         if not dirs:
             raise MdkstepError(f"{args.all}: no molecule folders (run src/00_prep_mols.py first)")
-        return [system_from_molecule_dir(d) for d in dirs]
+        return [from_molecule_dir(d) for d in dirs]
     if args.smiles_file:
-        return systems_from_smiles_file(args.smiles_file, args.seed)
+        return from_smi_file(args.smiles_file, args.seed)
     raise MdkstepError("give --molecule, --all or --smiles-file")
 
 
@@ -621,7 +526,6 @@ def main_from_args(args, required_engine: str | None = None) -> int:
 
 
 __all__ = [
-    "QMConfig", "QMSystem", "QMRunSpec", "QMJob", "system_from_molecule_dir", "system_from_smiles",
-    "systems_from_smiles_file", "run_qm_trajectory", "run_jobs", "run_job", "temperature_warning",
-    "add_cli_arguments", "load_systems", "main_from_args", "n_dof_qm",
+    "QMConfig", "QMRunSpec", "QMJob", "run_qm_trajectory", "limit_threads", "run_jobs", "run_job", "temperature_warning",
+    "add_cli_arguments", "load_systems", "main_from_args",
 ]

@@ -135,11 +135,6 @@ def load_trajectory(path: str | Path) -> Trajectory:
     return Trajectory(metadata=data["metadata"], **kwargs)
 
 
-def n_dof(n_atoms: int, n_constraints: int, com_removed: bool = True) -> int:
-    """Degrees of freedom for temperature: 3N - constraints - 3 (COM motion removed)."""
-    return 3 * n_atoms - n_constraints - (3 if com_removed else 0)
-
-
 class ChunkedTrajectoryWriter:
     """Streams frames to ``<out>.parts/chunk_NNNNN.npz`` and assembles the final NPZ.
 

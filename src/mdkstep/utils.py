@@ -85,16 +85,6 @@ def remove_com(x: np.ndarray, masses: np.ndarray) -> np.ndarray:
     return x - center_of_mass(x, masses)[..., None, :]
 
 
-def kinetic_energy(v: np.ndarray, masses: np.ndarray) -> np.ndarray:
-    """Kinetic energy in kJ/mol of velocities (..., n, 3) in nm/ps, masses in amu."""
-    return 0.5 * np.einsum("...ij,...ij,i->...", v, v, np.asarray(masses, dtype=float))
-
-
-def temperature(v: np.ndarray, masses: np.ndarray, n_dof: int) -> np.ndarray:
-    """Instantaneous temperature in K for ``n_dof`` degrees of freedom."""
-    return 2.0 * kinetic_energy(v, masses) / (n_dof * KB_KJ_PER_MOL_K)
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.

@@ -131,7 +131,7 @@ def load_jumper(checkpoint: Path, engine, bonds: np.ndarray, k: int, dt_fs: floa
     import torch
 
     from ..checkpoint import check_compatible, model_from_checkpoint
-    from ..hybrid import ModelJumper
+    from ..model.jumper import ModelJumper
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, ck = model_from_checkpoint(checkpoint, device=device)

@@ -5,11 +5,12 @@ from .common import KStepModel, freeze_first_layers
 from .config import ModelConfig
 from .egnn import EGNN
 from .graph import GraphBatch, graph_hops, make_graph_batch
+from .jumper import ModelJumper
 from .transformer_egnn import TransformerEGNN
 
 __all__ = [
     "ModelConfig", "GraphBatch", "build_model", "make_graph_batch", "graph_hops",
-    "KStepModel", "EGNN", "TransformerEGNN", "freeze_first_layers",
+    "KStepModel", "EGNN", "TransformerEGNN", "freeze_first_layers", "ModelJumper",
 ]
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import load_config, to_dict
-from .utils import LOG, MdkstepError, atomic_write_json, seed_everything
+from ..config import load_config, to_dict
+from ..utils import LOG, MdkstepError, atomic_write_json, seed_everything
 
 
 def add_hybrid_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,8 +55,8 @@ def resolve_hybrid_config(args, ck: dict, dt_fs: float, temperature_K: float, en
     """Hybrid config from YAML + flags, with k / dt_fs checked against the checkpoint and the
     engine config's dt_fs (``engine_config`` names that file in errors); unset k, dt_fs and
     temperature_K are filled from the checkpoint / engine config."""
-    from .checkpoint import check_compatible
-    from .hybrid import HybridConfig
+    from ..checkpoint import check_compatible
+    from .config import HybridConfig
 
     hcfg = load_config(HybridConfig, args.hybrid_config, {
         "k": args.k, "corrector": args.corrector, "delta_scale": args.delta_scale,
@@ -90,7 +90,7 @@ def check_run_args(args) -> None:
 
 def prepare_outputs(args) -> tuple[list[Path], Path]:
     """Replica output paths and the stats JSON path; an error when finished and not --overwrite."""
-    from .hybrid import replica_paths
+    from .run import replica_paths
 
     outs = replica_paths(args.out, args.replicas)
     if all(p.exists() for p in outs) and not args.overwrite:
@@ -102,7 +102,7 @@ def load_model(args, checkpoint: Path):
     """(model, device) on the chosen device with ``args.threads`` torch threads; seeds everything."""
     import torch
 
-    from .checkpoint import model_from_checkpoint
+    from ..checkpoint import model_from_checkpoint
 
     seed_everything(args.seed)
     device = pick_device(args.device)
@@ -112,7 +112,7 @@ def load_model(args, checkpoint: Path):
 
 
 def is_resuming(args) -> bool:
-    from .hybrid import checkpoint_path
+    from .run import checkpoint_path
 
     return checkpoint_path(args.out).is_file() and not args.overwrite
 
@@ -121,7 +121,7 @@ def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, n
                    meta: dict[str, Any], extra_stats: dict[str, Any], device: str) -> dict[str, Any]:
     """n_cycles from --time-ps, :func:`mdkstep.hybrid.run_hybrid`, the stats JSON beside
     ``args.out`` and a one-line summary. Returns the stats."""
-    from .hybrid import run_hybrid
+    from .run import run_hybrid
 
     stats_path = args.out.with_suffix(".stats.json")
     n_cycles = max(hcfg.save_interval_cycles,
