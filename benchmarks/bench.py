@@ -8,7 +8,7 @@ For each default molecule (data/bench_mm.smi, data/bench_qm.smi):
   QM (GFN2-xTB via tblite): plain Langevin 0.25 fs (the reference, two replicas), 0.5 and 1 fs;
       the hybrid at k = 4, 8, 16.
 Per method: force calls per simulated ps (counted), wall seconds per ps (median of interleaved
-repeats after a warm-up), model ms per jump, the DESIGN.md section-5 distances vs the reference
+repeats after a warm-up), model ms per jump, the docs/metrics.md distances vs the reference
 beside the replica floor, NVE drift, NaN frames and fallbacks.
 
 A missing model is trained first (default configs, short); set mm_checkpoints / qm_checkpoints
@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+from mdkstep.config import load_config, run_cli
+from mdkstep.utils import LOG, MdkstepError, setup_logging
 
-from mdkstep.config import load_config, run_cli  # noqa: E402
-from mdkstep.utils import LOG, MdkstepError, setup_logging  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def build_parser() -> argparse.ArgumentParser:

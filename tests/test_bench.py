@@ -1,5 +1,5 @@
 """`make bench` on a minimal setting: every method of both modes runs end to end and every
-record carries every key (DESIGN.md sections 4-5); no timing is asserted. Plus the pieces
+record carries every key (docs/force-calls.md, docs/metrics.md); no timing is asserted. Plus the pieces
 (frame-interval arithmetic, best-plain choice, README markers, config errors)."""
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def test_nve_conserves_energy(prepared, tmp_path):
     run_trajectory(mol, cfg, RunSpec(tmp_path / "n.npz", 1, 0.0, 2.0, 0.0), progress=False)
     t = load_trajectory(tmp_path / "n.npz")
     etot = t.energies + t.kinetic
-    assert etot.std() < 0.3  # kJ/mol over 2000 steps at 1 fs (STACK.md: ~0.2)
+    assert etot.std() < 0.3  # kJ/mol over 2000 steps at 1 fs (measured here: ~0.2)
     assert t.metadata["method"] == "velocity_verlet"
 
 

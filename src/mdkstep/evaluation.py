@@ -54,7 +54,7 @@ def replica_floor(replicas: list[Trajectory], topo: dict[str, Any], interval_ps:
 
 
 def efficiency(stats: dict[str, Any], baseline_dt_fs: float, baseline_wall_s_per_ps: float | None) -> dict[str, Any]:
-    """force_call_reduction and wall_speedup (DESIGN.md section 4) from a hybrid stats dict.
+    """force_call_reduction and wall_speedup (docs/force-calls.md) from a hybrid stats dict.
 
     The baseline makes one force call per step: 1000 / dt_fs calls per simulated ps.
     """
@@ -125,3 +125,72 @@ def fmt(v: Any, nd: int = 4) -> str:
     if isinstance(v, float):
         return f"{v:.{nd}g}" if np.isfinite(v) else "n/a"
     return "n/a" if v is None else str(v)
+
+
+def one_jump_metrics(model: Any | None, ds: Any, max_windows: int = 8192, seed: int = 0,
+                     batch_size: int = 512, device: Any = "cpu") -> dict[str, dict[str, float]]:
+    """One-jump accuracy vs the reference frame t+k (docs: metric definitions) on a
+    KStepDataset, for the model and the trivial predictors "no_move" (x_t, v_t) and
+    "ballistic" (x_t + k dt v_t, v_t).
+
+    Returns {predictor: {pos_rmse_A, bond_rmse_A, bond_rmse_heavy_A, angle_rmse_deg,
+    dihedral_rmse_deg, vel_rmse_nm_ps, n_windows}} plus "skill" = model / best trivial, per metric.
+    """
+    import torch
+
+    with torch.no_grad():
+        return _one_jump_metrics(model, ds, max_windows, seed, batch_size, device)
+
+
+def _one_jump_metrics(model, ds, max_windows: int, seed: int, batch_size: int, device) -> dict[str, dict[str, float]]:
+    import math
+
+    import torch
+
+    from .dataset import collate
+    from .structure import bond_angles, bond_lengths, dihedral_angles, wrap_angle
+
+    if len(ds) == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(ds), size=min(max_windows, len(ds)), replace=False))
+    tau_ps = ds.spec.k * ds.spec.dt_fs / 1000.0
+    sums: dict[str, dict[str, list[float]]] = {}
+    use_forces = bool(model is not None and model.config.use_forces)
+    for s in range(0, len(idx), batch_size):
+        wbs = ds.batches(idx[s:s + batch_size])
+        gb, tg = collate(wbs, use_forces, dtype=torch.float64)
+        preds = {
+            "no_move": (torch.zeros_like(tg.dx), torch.zeros_like(tg.dv)),
+            "ballistic": (tau_ps * gb.vel, torch.zeros_like(tg.dv)),
+        }
+        if model is not None:
+            ref = next(model.parameters())
+            out = model(gb.to(device, ref.dtype))
+            preds["model"] = (out["dx"].double().cpu(), out["dv"].double().cpu())
+        heavy = (gb.z[tg.bonds[:, 0]] > 1) & (gb.z[tg.bonds[:, 1]] > 1)
+        for name, (dx, dv) in preds.items():
+            xp = gb.pos + dx
+            acc = sums.setdefault(name, {})
+            db = bond_lengths(xp, tg.bonds) - bond_lengths(tg.x1, tg.bonds)
+            acc.setdefault("pos", []).extend(((dx - tg.dx) ** 2).sum(-1).tolist())
+            acc.setdefault("bond", []).extend((db**2).tolist())
+            acc.setdefault("bond_heavy", []).extend((db[heavy] ** 2).tolist())
+            acc.setdefault("angle", []).extend(((bond_angles(xp, tg.angles) - bond_angles(tg.x1, tg.angles)) ** 2).tolist())
+            if len(tg.dihedrals):
+                dd = wrap_angle(dihedral_angles(xp, tg.dihedrals) - dihedral_angles(tg.x1, tg.dihedrals))
+                acc.setdefault("dihedral", []).extend((dd**2).tolist())
+            acc.setdefault("vel", []).extend(((dv - tg.dv) ** 2).sum(-1).tolist())
+    to_A, to_deg = 10.0, 180.0 / math.pi
+    res: dict[str, dict[str, float]] = {}
+    for name, acc in sums.items():
+        r = lambda k: float(np.sqrt(np.mean(acc[k]))) if acc.get(k) else float("nan")  # noqa: E731
+        res[name] = {
+            "pos_rmse_A": r("pos") * to_A, "bond_rmse_A": r("bond") * to_A, "bond_rmse_heavy_A": r("bond_heavy") * to_A,
+            "angle_rmse_deg": r("angle") * to_deg, "dihedral_rmse_deg": r("dihedral") * to_deg,
+            "vel_rmse_nm_ps": r("vel"), "n_windows": int(len(idx)),
+        }
+    if "model" in res:
+        res["skill"] = {k: res["model"][k] / min(res["no_move"][k], res["ballistic"][k])
+                        for k in res["model"] if k != "n_windows" and min(res["no_move"][k], res["ballistic"][k]) > 0}
+    return res

@@ -1,4 +1,4 @@
-"""Rollout fidelity metrics (DESIGN.md section 5). Positions nm in, reported in Å / degrees.
+"""Rollout fidelity metrics (docs/metrics.md). Positions nm in, reported in Å / degrees.
 
 Distances between two trajectories of the same molecule at one common frame interval:
 Wasserstein-1 of bond, angle and dihedral distributions (averaged per class), mean bond

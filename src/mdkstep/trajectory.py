@@ -1,4 +1,4 @@
-"""The trajectory NPZ contract (DESIGN.md section 3): save, load, validate, stream.
+"""The trajectory NPZ contract (docs/data-contract.md): save, load, validate, stream.
 
 One file per trajectory, fixed units: positions nm, velocities nm/ps, forces kJ/(mol nm),
 energies/kinetic kJ/mol, temperature K, masses amu, time ps. ``metadata`` is a JSON string.

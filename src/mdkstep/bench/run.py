@@ -1,6 +1,6 @@
 """The benchmark loop: for each mode (MM, QM) and molecule, run every method for the same
 simulated time, time them interleaved, compare each with the reference replicas, and build
-one record per molecule x method (DESIGN.md sections 4-5 keys).
+one record per molecule x method (docs/force-calls.md and docs/metrics.md keys).
 
 Runs, models and trajectories are cached under ``<out_dir>/<mode>/`` (a rerun after an
 interruption continues where it stopped); timing and fidelity are recomputed every time.
@@ -207,7 +207,7 @@ def plain_calls(traj: Path, m: Method, n_frames: int) -> dict[str, Any]:
 
 def add_ratios(records: list[dict[str, Any]]) -> None:
     """force_call_reduction / wall_speedup against the reference and against the best
-    faithful plain method of the same molecule (DESIGN.md section 4)."""
+    faithful plain method of the same molecule (docs/force-calls.md)."""
     ref = next(r for r in records if r["reference"])
     best = best_plain(records)
     for r in records:

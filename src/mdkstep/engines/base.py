@@ -1,7 +1,7 @@
 """One force-engine interface for every backend (OpenMM, xTB, PySCF, any ASE calculator).
 
 Contract: positions in nm -> (potential energy in kJ/mol, forces in kJ/(mol nm)).
-Every call is counted and timed by the engine itself (DESIGN.md section 4); nothing else
+Every call is counted and timed by the engine itself (docs/force-calls.md); nothing else
 may infer the count. A phase is measured with a counted span on the engine's counters:
 ``with engine.counters.span() as s: ...`` then ``s.calls``, ``s.seconds``, ``s.source``.
 """
