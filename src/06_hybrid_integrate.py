@@ -3,7 +3,7 @@
 
 Each cycle: one model forward jumps all replicas k integrator steps, the state is projected
 onto the constraints (and COM/angular momentum), and the real forces correct it: corrector
-"kick" = 1 force call per k*dt, "verlet" = 2 calls per (k+1)*dt (see mdkstep/hybrid.py). A
+"kick" = 1 force call per k*dt, "verlet" = 2 calls per (k+1)*dt (see mdkstep/hybrid/integrator.py). A
 guard rejects bad jumps (non-finite, huge forces, energy jumps), retries with a shrunk jump,
 and falls back to plain physics steps. Force calls are counted by the engine itself.
 
