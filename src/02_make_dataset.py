@@ -10,19 +10,18 @@ trajectories or a time discontinuity. Samples are COM-centred when read.
 
 Splits: 'molecule' (default; whole molecules held out: generalization to unseen molecules)
 or 'time' (the last part of every trajectory is held out: same molecules). The rules are
-written to <splits-dir>/train.json, val.json, test.json.
+written to <splits-dir>/train.json, val.json, test.json. Each source trajectory is
+fingerprinted (size, frame count, dt, SHA-256) and checked whenever the dataset is read: a
+dataset never trains silently on trajectories that were rerun or changed after it was built.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mdkstep.config import run_cli  # noqa: E402
-from mdkstep.dataset import build_dataset, write_split_files  # noqa: E402
-from mdkstep.utils import MdkstepError, setup_logging  # noqa: E402
+from mdkstep.config import run_cli
+from mdkstep.dataset import build_dataset, check_writable_dir, write_split_files
+from mdkstep.utils import MdkstepError, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = sorted(args.md_root.glob(args.pattern))
     if not paths:
         raise MdkstepError(f"{args.md_root}: no trajectories match {args.pattern!r}")
+    check_writable_dir(args.out_root, "--out-root")
+    check_writable_dir(args.splits_dir, "--splits-dir")
     files = []
     last = None
     for k in args.ks:

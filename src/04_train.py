@@ -7,7 +7,8 @@ config. AdamW, warm-up + cosine schedule, gradient clipping and accumulation, bf
 CUDA, random rotation augmentation (batch / per_graph). Writes best.pt and last.pt (atomic;
 model config, normalization, optimizer and scheduler state, step), metrics.csv,
 loss_curve.png and final_metrics.json (one-jump metrics on val/test beside the trivial
-predictors "no move" and "ballistic").
+predictors "no move" and "ballistic"). A run folder that holds an earlier run is refused
+unless --resume (continue it) or --overwrite (remove its files, start over) is given.
 
 Transfer learning: --pretrained CKPT (e.g. MM -> QM) with --freeze-layers N and the config's
 pretrained_lr_scale. Multi-GPU / multi-node: torchrun --nproc_per_node=N src/04_train.py ...
@@ -16,15 +17,12 @@ pretrained_lr_scale. Multi-GPU / multi-node: torchrun --nproc_per_node=N src/04_
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mdkstep.config import load_config, run_cli  # noqa: E402
-from mdkstep.model import ModelConfig  # noqa: E402
-from mdkstep.training import TrainConfig, train  # noqa: E402
-from mdkstep.utils import MdkstepError, seed_everything, setup_logging  # noqa: E402
+from mdkstep.config import load_config, run_cli
+from mdkstep.model import ModelConfig
+from mdkstep.training import TrainConfig, train
+from mdkstep.utils import MdkstepError, seed_everything, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override epochs")
     p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
     p.add_argument("--seed", type=int, default=None, help="override seed")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt exactly where it stopped")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from <out>/last.pt exactly where it stopped")
+    again.add_argument("--overwrite", action="store_true",
+                       help="remove an earlier run's files from <out> and start over (without it, or --resume, "
+                            "an existing run is refused)")
     p.add_argument("--pretrained", type=Path, default=None, help="initialize from this checkpoint (transfer learning)")
     p.add_argument("--allow-k-change", action="store_true",
                    help="with --pretrained: accept a checkpoint trained for another k / time step (MM -> QM transfer)")
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(tcfg.seed)
     test_split = args.test_split or args.splits[0].with_name("test.json")
     summary = train(args.dataset, tuple(args.splits), mcfg, tcfg, args.out, args.device, args.resume,
-                    args.pretrained, test_split if test_split.is_file() else None, allow_k_change=args.allow_k_change)
+                    args.pretrained, test_split if test_split.is_file() else None, allow_k_change=args.allow_k_change,
+                    overwrite=args.overwrite)
     fm = summary.get("final_metrics", {})
     for split in ("val", "test"):
         m = fm.get(split, {})

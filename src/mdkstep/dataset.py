@@ -1,36 +1,75 @@
-"""k-step supervision windows (x_t, v_t[, F_t]) -> (x_{t+k}, v_{t+k}) and their splits.
+"""k-step supervision windows (x_t, v_t[, F_t]) -> (x_{t+k}, v_{t+k}), their splits, and
+their batching into graphs (collate, rotation augmentation).
 
 A dataset file stores only an index of windows (trajectory id, start frame); the arrays stay
 in the trajectory NPZs, memory-mapped, so memory does not grow with the number of windows.
 Windows never straddle two trajectories or a time discontinuity (e.g. a bad resume): the
-time stamps of both ends must differ by exactly k steps. Samples are COM-centred (positions)
-and COM-velocity-free. Units: nm, nm/ps, kJ/(mol nm).
+time stamps of both ends must differ by exactly k steps. Each source is fingerprinted (size,
+frame count, dt, save interval, SHA-256) and checked when the dataset is read, so a dataset
+never trains on trajectories that changed after it was built. Samples are COM-centred
+(positions) and COM-velocity-free. Units: nm, nm/ps, kJ/(mol nm).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
 from .trajectory import load_trajectory, memmap_npz
-from .utils import MdkstepError, atomic_path, atomic_write_json, remove_com
+from .utils import LOG, MdkstepError, atomic_path, atomic_write_json, remove_com
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import GraphBatch
 
 SPLITS = ("train", "val", "test")
+
+
+# ------------------------------------------------------------------------------- outputs
+
+def check_writable_dir(folder: Path, what: str = "output folder") -> None:
+    """Create ``folder`` if needed and prove a file can be written there (before any work)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise MdkstepError(f"{folder}: {what} is not writable ({e.strerror or e})") from None
 
 
 # ------------------------------------------------------------------------------ topology
 
 def infer_bonds(atomic_numbers: np.ndarray, positions_nm: np.ndarray, scale: float = 1.2) -> np.ndarray:
-    """Bonds from covalent radii (ASE's table) when no topology.json is available; (n, 2)."""
-    from ase.data import covalent_radii
+    """Bonds perceived from 3D positions (nm) by RDKit when no topology.json is available.
 
-    r = covalent_radii[np.asarray(atomic_numbers)] / 10.0  # Angstrom -> nm
-    d = np.linalg.norm(positions_nm[:, None] - positions_nm[None], axis=-1)
-    i, j = np.where(np.triu(d < scale * (r[:, None] + r[None]), k=1))
-    return np.stack([i, j], axis=1)
+    ``rdDetermineBonds.DetermineConnectivity`` with covalent radii x ``scale``; returns the
+    sorted (M, 2) int64 array of atom index pairs i < j.
+    """
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+
+    z = np.asarray(atomic_numbers, dtype=int)
+    rw = Chem.RWMol()
+    for zi in z:
+        rw.AddAtom(Chem.Atom(int(zi)))
+    conf = Chem.Conformer(len(z))
+    for i, p in enumerate(np.asarray(positions_nm, dtype=float) * 10.0):  # nm -> Angstrom
+        conf.SetAtomPosition(i, p.tolist())
+    mol = rw.GetMol()
+    mol.AddConformer(conf, assignId=True)
+    rdDetermineBonds.DetermineConnectivity(mol, useHueckel=False, covFactor=scale, useVdw=True)
+    pairs = sorted(tuple(sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))) for b in mol.GetBonds())
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
 def find_topology(traj_path: Path, raw_root: Path | None, molecule: str) -> Path | None:
@@ -112,6 +151,55 @@ class DatasetSpec:
     split: dict[str, Any]
     engine: str
     has_forces: bool
+    #: per source: size_bytes, n_frames, dt_fs, save_interval, sha256 (None: built before fingerprints)
+    source_fingerprints: list[dict[str, Any]] | None = None
+
+
+# --------------------------------------------------------------------- source fingerprints
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+FINGERPRINT_KEYS = ("dt_fs", "save_interval", "n_frames", "size_bytes", "sha256")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes; cached per process by path, size and mtime."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        with open(path, "rb") as fh:
+            _SHA_CACHE[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _SHA_CACHE[key]
+
+
+def source_fingerprint(path: Path, n_frames: int, meta: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a source trajectory: size (bytes), frame count, dt (fs), save interval, SHA-256."""
+    return {"size_bytes": path.stat().st_size, "n_frames": int(n_frames), "dt_fs": float(meta["dt_fs"]),
+            "save_interval": int(meta["save_interval"]), "sha256": file_sha256(path)}
+
+
+def _current_fingerprint(path: Path) -> dict[str, Any]:
+    """The fingerprint of ``path`` now, with None for what cannot be read (a damaged file)."""
+    now: dict[str, Any] = {"size_bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    try:
+        m = memmap_npz(path, ("positions", "metadata"))
+        meta = json.loads(str(m["metadata"]))
+        now.update(n_frames=int(m["positions"].shape[0]), dt_fs=float(meta["dt_fs"]),
+                   save_interval=int(meta["save_interval"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass
+    return now
+
+
+def check_source(path: Path, stored: dict[str, Any], dataset: Path) -> None:
+    """One-line error when the source trajectory ``path`` is missing or differs from ``stored``."""
+    if not path.is_file():
+        raise MdkstepError(f"{path}: source trajectory of {dataset} is missing (rebuild it with src/02_make_dataset.py)")
+    if path.stat().st_size == stored["size_bytes"] and file_sha256(path) == stored["sha256"]:
+        return
+    now = _current_fingerprint(path)
+    changed = [f"{k} {stored[k]} -> {now.get(k, 'unreadable')}" for k in FINGERPRINT_KEYS[:-1] if now.get(k) != stored[k]]
+    raise MdkstepError(f"{path}: source trajectory changed since {dataset} was built "
+                       f"({', '.join(changed) or 'content (SHA-256)'}); rebuild it with src/02_make_dataset.py")
 
 
 def build_dataset(traj_paths: Sequence[Path], k: int, out_file: Path, stride: int = 1, split: str = "molecule",
@@ -120,7 +208,7 @@ def build_dataset(traj_paths: Sequence[Path], k: int, out_file: Path, stride: in
     """Index every valid k-step window of ``traj_paths`` into ``out_file`` (NPZ); returns a summary.
 
     All trajectories must share dt_fs and save_interval, and k must be a multiple of
-    save_interval.
+    save_interval. Sources are stored relative to the dataset's folder, with fingerprints.
     """
     if not traj_paths:
         raise MdkstepError("no trajectories given")
@@ -129,6 +217,7 @@ def build_dataset(traj_paths: Sequence[Path], k: int, out_file: Path, stride: in
     topologies: dict[str, Any] = {}
     dt_fs = save_interval = None
     temps, engines, has_forces = set(), set(), True
+    fingerprints = []
     traj_mol = []
     frac_all = []
     for ti, p in enumerate(traj_paths):
@@ -154,14 +243,16 @@ def build_dataset(traj_paths: Sequence[Path], k: int, out_file: Path, stride: in
         temps.add(meta.get("temperature_K"))
         engines.add(str(meta.get("engine")))
         has_forces &= tr.forces is not None
+        fingerprints.append(source_fingerprint(Path(p), tr.n_frames, meta))
         del tr
     windows = np.stack([np.concatenate(rows_traj), np.concatenate(rows_t)], axis=1)
     codes, split_desc = assign_splits(molecules, np.concatenate(traj_mol), np.concatenate(frac_all), split, fractions, seed)
     spec = DatasetSpec(
         k=k, offset=k // save_interval, dt_fs=dt_fs, save_interval=save_interval,
-        sources=[str(Path(p).resolve()) for p in traj_paths], molecules=molecules, topologies=topologies,
+        sources=[os.path.relpath(Path(p).resolve(), Path(out_file).resolve().parent) for p in traj_paths],
+        molecules=molecules, topologies=topologies,
         temperature_K=temps.pop() if len(temps) == 1 else None, split=split_desc,
-        engine="+".join(sorted(engines)), has_forces=bool(has_forces),
+        engine="+".join(sorted(engines)), has_forces=bool(has_forces), source_fingerprints=fingerprints,
     )
     with atomic_path(out_file, suffix=".npz") as tmp:
         np.savez(tmp, windows=windows, split=codes, spec=np.array(json.dumps(spec.__dict__)))
@@ -198,37 +289,69 @@ class WindowBatch:
     topology: dict[str, list[list[int]]]
 
 
+def split_name(split: str | Path) -> str:
+    """'train' | 'val' | 'test', given as such or as a split file from stage 02."""
+    s = str(split)
+    if s in SPLITS:
+        return s
+    p = Path(s)
+    if not p.is_file():
+        raise MdkstepError(f"{p}: split file not found")
+    try:
+        info = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise MdkstepError(f"{p}: not a JSON split file (written by src/02_make_dataset.py)") from None
+    name = info.get("split") if isinstance(info, dict) else None
+    if name not in SPLITS:
+        raise MdkstepError(f"{p}: key 'split' must be one of {list(SPLITS)}")
+    return name
+
+
+def read_dataset_file(path: Path) -> tuple[np.ndarray, np.ndarray, DatasetSpec]:
+    """(windows (W,2), split codes (W,), spec) of a stage-02 file; damage is a one-line error."""
+    if not path.is_file():
+        raise MdkstepError(f"{path}: dataset file not found (run src/02_make_dataset.py)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for key in ("windows", "split", "spec"):
+                if key not in z.files:
+                    raise MdkstepError(f"{path}: missing key '{key}' (not a k-step dataset)")
+            windows, codes, spec = z["windows"], z["split"], json.loads(str(z["spec"]))
+        spec = DatasetSpec(**spec)
+    except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as e:
+        raise MdkstepError(f"{path}: not a readable k-step dataset ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                           "rebuild it with src/02_make_dataset.py") from None
+    if windows.ndim != 2 or windows.shape[1:] != (2,) or codes.shape != (len(windows),):
+        raise MdkstepError(f"{path}: keys 'windows'/'split' have shapes {windows.shape}/{codes.shape}, expected (W,2)/(W,)")
+    return windows, codes, spec
+
+
 class KStepDataset:
     """Windows of a dataset file, restricted to one split, read lazily from memory maps."""
 
     def __init__(self, dataset_file: str | Path, split: str | Path | None = None):
         self.path = Path(dataset_file)
-        if not self.path.is_file():
-            raise MdkstepError(f"{self.path}: dataset file not found (run src/02_make_dataset.py)")
-        with np.load(self.path) as z:
-            for key in ("windows", "split", "spec"):
-                if key not in z.files:
-                    raise MdkstepError(f"{self.path}: missing key '{key}' (not a k-step dataset)")
-            windows, codes = z["windows"], z["split"]
-            self.spec = DatasetSpec(**json.loads(str(z["spec"])))
+        windows, codes, self.spec = read_dataset_file(self.path)
         if split is not None:
-            name = self._split_name(split)
+            name = split_name(split)
             windows = windows[codes == SPLITS.index(name)]
         self.windows = windows
         self._maps: dict[int, dict[str, np.ndarray]] = {}
+        self._check_sources(np.unique(windows[:, 0]) if len(windows) else [])
 
-    @staticmethod
-    def _split_name(split: str | Path) -> str:
-        s = str(split)
-        if s in SPLITS:
-            return s
-        p = Path(s)
-        if not p.is_file():
-            raise MdkstepError(f"{p}: split file not found")
-        name = json.loads(p.read_text()).get("split")
-        if name not in SPLITS:
-            raise MdkstepError(f"{p}: key 'split' must be one of {list(SPLITS)}")
-        return name
+    def source_path(self, ti: int) -> Path:
+        """Trajectory ``ti``'s file (stored relative to the dataset's folder, or absolute)."""
+        p = Path(self.spec.sources[ti])
+        return p if p.is_absolute() else self.path.resolve().parent / p
+
+    def _check_sources(self, used: Sequence[int]) -> None:
+        fps = self.spec.source_fingerprints
+        if fps is None:
+            LOG.warning("%s: built without source fingerprints (an older stage 02); rebuild it to have its "
+                        "trajectories checked", self.path)
+            return
+        for ti in used:
+            check_source(self.source_path(int(ti)), fps[int(ti)], self.path)
 
     @property
     def k(self) -> int:
@@ -239,8 +362,8 @@ class KStepDataset:
 
     def _traj(self, ti: int) -> dict[str, np.ndarray]:
         if ti not in self._maps:
-            src = self.spec.sources[ti]
-            if not Path(src).is_file():
+            src = self.source_path(ti)
+            if not src.is_file():
                 raise MdkstepError(f"{self.path}: source trajectory {src} is missing")
             self._maps[ti] = memmap_npz(src, ("positions", "velocities", "forces", "atom_types", "masses"))
         return self._maps[ti]
@@ -277,3 +400,99 @@ class KStepDataset:
             if drop_last and len(chunk) < batch_size:
                 break
             yield self.batches(chunk)
+
+
+# ------------------------------------------------------------------------------ batching
+
+@dataclass
+class Targets:
+    """Supervision of one batch (flattened over atoms, like GraphBatch)."""
+
+    dx: torch.Tensor  #: (N,3) nm
+    dv: torch.Tensor  #: (N,3) nm/ps
+    x1: torch.Tensor  #: (N,3) nm
+    f1: torch.Tensor | None  #: (N,3) kJ/(mol nm) at t+k
+    bonds: torch.Tensor  #: (M,2) global atom indices
+    angles: torch.Tensor  #: (M,3)
+    dihedrals: torch.Tensor  #: (M,4)
+
+
+def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
+    """n uniformly random proper rotation matrices (n,3,3) via QR of Gaussian matrices."""
+    q, r = np.linalg.qr(rng.normal(size=(n, 3, 3)))
+    q = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
+    det = np.linalg.det(q)
+    q[det < 0, :, 0] *= -1
+    return q
+
+
+def rotate_windows(wb: WindowBatch, rot: np.ndarray) -> WindowBatch:
+    """Apply rotations rot (B,3,3) (or (3,3)) to every vector quantity of the windows."""
+    r = np.broadcast_to(rot, (wb.x0.shape[0], 3, 3))
+    f = lambda a: None if a is None else np.einsum("bij,bnj->bni", r, a)  # noqa: E731
+    return WindowBatch(wb.molecule, wb.z, wb.masses, f(wb.x0), f(wb.v0), f(wb.x1), f(wb.v1), f(wb.f0), f(wb.f1),
+                       wb.topology)
+
+
+def _topology_arrays(topo: dict[str, list[list[int]]]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(topo[k], dtype=np.int64).reshape(-1, {"bonds": 2, "angles": 3, "dihedrals": 4}[k])
+            for k in ("bonds", "angles", "dihedrals")}
+
+
+def collate(wbs: list[WindowBatch], use_forces: bool, dtype: torch.dtype | None = None,
+            aug: str = "none", rng: np.random.Generator | None = None) -> tuple[GraphBatch, Targets]:
+    """Turn per-molecule window blocks into one GraphBatch (one graph per window) + targets.
+
+    ``aug``: none | batch (one random rotation for all) | per_graph (one per window);
+    ``dtype`` defaults to torch.float32.
+    """
+    import torch
+
+    from .model import make_graph_batch
+
+    dtype = torch.float32 if dtype is None else dtype
+    if aug == "batch":
+        rot = random_rotations(1, rng)[0]
+        wbs = [rotate_windows(w, rot) for w in wbs]
+    elif aug == "per_graph":
+        wbs = [rotate_windows(w, random_rotations(w.x0.shape[0], rng)) for w in wbs]
+    z_l, m_l, x_l, v_l, f_l, b_l = [], [], [], [], [], []
+    dx_l, dv_l, x1_l, f1_l = [], [], [], []
+    idx = {"bonds": [], "angles": [], "dihedrals": []}
+    offset = 0
+    for w in wbs:
+        topo = _topology_arrays(w.topology)
+        n = len(w.z)
+        for b in range(w.x0.shape[0]):
+            z_l.append(w.z)
+            m_l.append(w.masses)
+            x_l.append(w.x0[b])
+            v_l.append(w.v0[b])
+            b_l.append(topo["bonds"])
+            if use_forces:
+                if w.f0 is None:
+                    raise MdkstepError(f"model uses forces as input but trajectory of {w.molecule} has none "
+                                       "(run stage 01 with save_forces: true)")
+                f_l.append(w.f0[b])
+            for key in idx:
+                idx[key].append(topo[key] + offset)
+            offset += n
+        dx_l.append((w.x1 - w.x0).reshape(-1, 3))
+        dv_l.append((w.v1 - w.v0).reshape(-1, 3))
+        x1_l.append(w.x1.reshape(-1, 3))
+        f1_l.append(None if w.f1 is None else w.f1.reshape(-1, 3))
+    gb = make_graph_batch(z_l, m_l, x_l, v_l, f_l if use_forces else None, b_l, dtype=dtype)
+    t = lambda arrs: torch.as_tensor(np.concatenate(arrs), dtype=dtype)  # noqa: E731
+    tg = Targets(
+        dx=t(dx_l), dv=t(dv_l), x1=t(x1_l),
+        f1=None if any(f is None for f in f1_l) else t(f1_l),
+        bonds=torch.as_tensor(np.concatenate(idx["bonds"])),
+        angles=torch.as_tensor(np.concatenate(idx["angles"])),
+        dihedrals=torch.as_tensor(np.concatenate(idx["dihedrals"])),
+    )
+    return gb, tg
+
+
+def targets_to(tg: Targets, device: torch.device) -> Targets:
+    """The same targets on ``device``."""
+    return Targets(*(None if v is None else v.to(device) for v in (tg.dx, tg.dv, tg.x1, tg.f1, tg.bonds, tg.angles, tg.dihedrals)))

@@ -148,3 +148,26 @@ def pareto_grid(panels: dict[str, Sequence[dict[str, Any]]], path: Path, ratio_o
         ax.set_visible(False)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def loss_curve(csv_path: Path, png: Path) -> Path | None:
+    """Train and validation loss (normalized units) vs optimizer step, log scale, from a
+    stage-04 metrics.csv; None when it has no rows."""
+    import csv
+
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return None
+    plt = _plt()
+    step = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(step, [float(r["train_loss"]) for r in rows], label="train")
+    ax.plot(step, [float(r["val_loss"]) for r in rows], label="val")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (normalized units)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title(f"{csv_path.parent.name}")
+    fig.tight_layout()
+    return _save(fig, png)
