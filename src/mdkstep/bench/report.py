@@ -66,7 +66,7 @@ def cost_table(records: list[dict[str, Any]]) -> list[str]:
 
 def fidelity_table(records: list[dict[str, Any]]) -> list[str]:
     head = ("| molecule | method | bond W1 Å | mean bond err Å | angle W1 ° | dihedral W1 ° | RDF L1 | VACF L2 "
-            "| max structure ratio | faithful | T mean ± std K | T per element K | NVE drift kJ/mol/ps/atom |")
+            "| max structure ratio | faithful | T mean ± std K | T per element K | max element T dev | NVE drift kJ/mol/ps/atom |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
         drift = fmt(r["nve_drift_kj_mol_ps_per_atom"], 2) + ("" if r["nve_stable"] else " (blew up)")
@@ -74,8 +74,14 @@ def fidelity_table(records: list[dict[str, Any]]) -> list[str]:
                      f"| {_dist(r, 'angle_w1_deg')} | {_dist(r, 'dihedral_w1_deg')} | {_dist(r, 'rdf_l1')} "
                      f"| {_dist(r, 'vacf_l2')} | {fmt(r['max_structure_ratio'], 3)} | {'yes' if r['faithful'] else 'no'} "
                      f"| {fmt(r['temperature_mean_K'], 4)} ± {fmt(r['temperature_std_K'], 3)} "
-                     f"| {_per_element(r.get('temperature_per_element_K'))} | {drift} |")
+                     f"| {_per_element(r.get('temperature_per_element_K'))} "
+                     f"| {_pct(r.get('element_T_max_dev'))} ({_pct(r.get('element_T_max_dev_replica'))}) "
+                     f"| {drift} |")
     return lines
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -89,7 +95,9 @@ def markdown(result: dict[str, Any]) -> str:
            f"ratio to the largest distance between the {meta['config'].get('ref_replicas', 2)} reference replicas "
            f"(the floor) in brackets. *Faithful* = bond "
            f"W1, mean bond error, angle W1, fast-dihedral W1 and RDF L1 all within {meta['fidelity_ratio_ok']:g}x "
-           "the floor; the VACF is shown but does not decide (HMR changes the dynamics on purpose). The reference "
+           "the floor, and every element's mean temperature within ±10 % of reference replica 0's (equipartition; "
+           "or within that factor of the replicas' own largest deviation, in brackets, where it is larger); "
+           "the VACF is shown but does not decide (HMR changes the dynamics on purpose). The reference "
            "row compares replica 1 with replica 0 (with two replicas: the floor itself). \"Best plain\" = the faithful plain "
            "method with the fewest force calls per ps. NVE drift: a separate NVE segment from the same start "
            "(hybrid: energy filter off, so the drift is the integrator's own).", ""]

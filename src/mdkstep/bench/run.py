@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..trajectory import load_trajectory
-from ..utils import LOG
+from ..utils import LOG, MdkstepError
 from .config import BenchConfig
 from .core import (FloorCache, Method, Mode, ensure_model, fidelity, hybrid_config, hybrid_nve, hybrid_timer,
                    interleaved_timing, load_jumper, one_jump_summary, run_hybrid_production, trajectory_summary)
@@ -38,18 +38,23 @@ RECORD_KEYS = (
     "max_structure_ratio", "faithful", "temperature_mean_K", "temperature_std_K", "temperature_per_element_K",
     "nve_ps", "nve_stable", "nve_drift_kj_mol_ps", "nve_drift_kj_mol_ps_per_atom", "etot_std_kj_mol",
     "etot_over_ekin_fluct", "nan_frames", "jumps_attempted", "jumps_accepted", "retries", "fallbacks",
-    "fallback_fraction",
+    "fallback_fraction", "element_T_max_dev", "element_T_max_dev_replica",
 )
+
+#: faithful also needs every element's mean temperature within this fraction of reference
+#: replica 0's -- or within fidelity_ratio_ok x the replicas' own spread, where short
+#: references are noisier than that (the same rule as every other distance)
+ELEMENT_T_TOLERANCE = 0.10
 
 
 def set_threads(n: int) -> None:
     """The same thread count for every method: torch, OpenMP (xTB) and OpenMM's CPU platform."""
     import torch
 
-    from ..qm_md import set_openmp_threads
+    from ..qm_md import limit_threads
 
     torch.set_num_threads(n)
-    set_openmp_threads(n)
+    limit_threads(n)
     os.environ["OPENMM_CPU_THREADS"] = str(n)
 
 
@@ -160,6 +165,10 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
     LOG.info("%s %s: fidelity vs the reference replicas", mode.name, mol)
     floors = FloorCache([load_trajectory(runs[f"r{i}"]) for i in range(cfg.ref_replicas)], topo)
     records = []
+    ref_elements = trajectory_summary(floors.replicas[0], bonds)["temperature_per_element_K"]
+    element_floor = max((element_temperature_deviation(trajectory_summary(r, bonds)["temperature_per_element_K"],
+                                                       ref_elements) or 0.0) for r in floors.replicas[1:])
+    element_tol = max(ELEMENT_T_TOLERANCE, cfg.fidelity_ratio_ok * element_floor)
     for m in methods:
         run = floors.replicas[1] if m.reference else load_trajectory(trajs[m.name])
         rec: dict[str, Any] = {"mode": mode.name, "molecule": mol, "method": m.name, "kind": m.kind, "dt_fs": m.dt_fs,
@@ -181,9 +190,13 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
                         "nan_frames": st["nan_frames"] + rec["nan_frames"],
                         "temperature_per_element_K": st.get("temperature_per_element_K") or rec["temperature_per_element_K"]})
         else:
-            rec.update(plain_calls(trajs[m.name], m, run.n_frames))
+            rec.update(plain_calls(trajs[m.name], m))
             rec.update({"model_ms_per_jump": None, "jumps_attempted": None, "jumps_accepted": None, "retries": None,
                         "fallbacks": None, "fallback_fraction": None})
+        rec["element_T_max_dev"] = element_temperature_deviation(rec["temperature_per_element_K"], ref_elements)
+        rec["element_T_max_dev_replica"] = element_floor
+        rec["faithful"] = bool(rec["faithful"]) and rec["element_T_max_dev"] is not None \
+            and rec["element_T_max_dev"] <= element_tol
         seg = nve[m.name]
         rec.update({"nve_ps": seg.simulated_ps, "nve_stable": seg.stable, **seg.drift(run.n_atoms)})
         records.append(rec)
@@ -192,17 +205,30 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
     return [{key: r.get(key) for key in RECORD_KEYS} for r in records]
 
 
-def plain_calls(traj: Path, m: Method, n_frames: int) -> dict[str, Any]:
-    """Force calls of a plain production run (one frame per step): the engine's count where
-    the runner kept it (QM stats), else OpenMM's integrator steps (one force evaluation per
-    step; OpenMM keeps the forces between steps)."""
-    stats = traj.with_suffix(".stats.json")
-    if stats.is_file():
-        st = json.loads(stats.read_text())
-        calls, ps = st.get("force_calls_production"), st["n_frames"] * m.dt_fs / 1000.0
-        if calls:
-            return {"force_calls": calls, "force_calls_per_ps": calls / ps, "force_calls_source": "engine_counter"}
-    return {"force_calls": n_frames, "force_calls_per_ps": 1000.0 / m.dt_fs, "force_calls_source": "openmm_steps"}
+def element_temperature_deviation(per_element: dict[str, float] | None, ref: dict[str, float]) -> float | None:
+    """Largest |T_element / T_element(reference replica 0) - 1| over the elements (equipartition
+    vs the reference); None when either side has no per-element temperatures."""
+    if not per_element or not ref:
+        return None
+    devs = [abs(per_element[s] / ref[s] - 1.0) for s in ref if s in per_element and ref[s] > 0]
+    return max(devs) if devs else None
+
+
+def plain_calls(traj: Path, m: Method) -> dict[str, Any]:
+    """Force calls of a plain production run as its runner recorded them in <traj>.stats.json,
+    with their source: the engine's counter (QM: ``force_calls_production``) or OpenMM's
+    integrator steps (MM: ``force_calls``, ``force_calls_source: integrator_steps``), per ps of
+    the steps they cover. Nothing is inferred: a missing count is an error."""
+    path = traj.with_suffix(".stats.json")
+    if not path.is_file():
+        raise MdkstepError(f"{path}: missing (the force-call count of {traj.name}); delete {traj} to rerun it")
+    st = json.loads(path.read_text())
+    calls = st.get("force_calls", st.get("force_calls_production"))
+    source = st.get("force_calls_source") or ("engine_counter" if "force_calls_production" in st else None)
+    steps = st.get("steps_this_session")
+    if not calls or not steps or source is None:
+        raise MdkstepError(f"{path}: no force-call count with its source and steps; delete {traj} to rerun it")
+    return {"force_calls": calls, "force_calls_per_ps": calls / (steps * m.dt_fs / 1000.0), "force_calls_source": source}
 
 
 def add_ratios(records: list[dict[str, Any]]) -> None:
