@@ -1,0 +1,320 @@
+"""Exact mode (mdkstep.model.shear, mdkstep.exact, mdkstep.exact_training) on analytic engines:
+volume preservation, reversibility, momentum, exact Boltzmann sampling with a poor model, and
+training that lowers |dH|. Units: nm, ps, kJ/mol, amu, K."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from mdkstep.engines.base import ForceEngine
+from mdkstep.exact import ExactConfig, ShearJumper, engine_forces, init_chain, kinetic_energy, nve_config, run_exact
+from mdkstep.exact_training import ExactTrainConfig, ExactWindows, fit_scales, teacher_forced_abs_dH, train_exact
+from mdkstep.model import ModelConfig
+from mdkstep.model.shear import (ShearKicks, graph_template, n_forwards_per_stride, outer_kick,
+                                 randomize_kick_heads_, shear_map, stride)
+from mdkstep.utils import KB_KJ_PER_MOL_K
+
+torch.set_num_threads(1)
+T_K = 300.0
+KT = KB_KJ_PER_MOL_K * T_K
+
+
+# ------------------------------------------------------------------ analytic engines
+
+class MorseCluster(ForceEngine):
+    """Four atoms, U = sum_{i<j} D (1 - exp(-alpha (r_ij - r0)))^2: anharmonic, pairwise
+    (forces sum to zero), rotation and translation invariant. torch inside, so the same
+    function gives differentiable forces (:meth:`torch_forces`) for Jacobians."""
+
+    name = "morse4"
+    D, ALPHA, R0 = 40.0, 18.0, 0.15  # kJ/mol, 1/nm, nm
+    MASSES = np.array([12.0, 14.0, 16.0, 12.0])
+    Z = np.array([6, 7, 8, 6])
+    BONDS = np.array([[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]])
+
+    def __init__(self):
+        super().__init__(self.MASSES, self.Z)
+
+    @classmethod
+    def x_eq(cls) -> np.ndarray:
+        """Regular tetrahedron of edge R0 (nm), centred."""
+        t = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=float)
+        return t * cls.R0 / (2 * np.sqrt(2))
+
+    @classmethod
+    def energy(cls, x: torch.Tensor) -> torch.Tensor:
+        """U (...) kJ/mol of x (..., 4, 3) nm."""
+        i, j = torch.triu_indices(4, 4, 1)
+        r = torch.linalg.vector_norm(x[..., i, :] - x[..., j, :], dim=-1)
+        return (cls.D * (1 - torch.exp(-cls.ALPHA * (r - cls.R0))) ** 2).sum(-1)
+
+    @classmethod
+    def torch_forces(cls, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U (G,), F (G*4,3)) of flattened x (G*4,3); differentiable."""
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.requires_grad_(True)
+            u = cls.energy(x.view(-1, 4, 3))
+            (g,) = torch.autograd.grad(u.sum(), x, create_graph=create_graph)
+        return u, -g
+
+    def _compute(self, x):
+        with torch.enable_grad():  # the jumper calls engines under no_grad
+            xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+            u = self.energy(xt)
+            u.backward()
+        return float(u.detach()), -xt.grad.numpy()
+
+
+class DoubleWellDimer(ForceEngine):
+    """Two atoms bound by a double-well bond U(r) = h ((r - r0)^2/s^2 - 1)^2 (wells at r0 +- s).
+    The Boltzmann marginal of r is p(r) ~ r^2 exp(-U(r)/kT) (:meth:`r_cdf`)."""
+
+    name = "double_well"
+    H, R0, S = 1.5 * KT, 0.2, 0.03  # kJ/mol, nm, nm
+    MASSES = np.array([12.0, 16.0])
+    Z = np.array([6, 8])
+    BONDS = np.array([[0, 1]])
+
+    def __init__(self):
+        super().__init__(self.MASSES, self.Z)
+
+    @classmethod
+    def u_of_r(cls, r):
+        q = (r - cls.R0) ** 2 / cls.S**2 - 1.0
+        return cls.H * q * q
+
+    def _compute(self, x):
+        d = x[0] - x[1]
+        r = np.linalg.norm(d)
+        q = (r - self.R0) ** 2 / self.S**2 - 1.0
+        du = self.H * 2.0 * q * 2.0 * (r - self.R0) / self.S**2
+        f0 = -du * d / r
+        return self.H * q * q, np.stack([f0, -f0])
+
+    @classmethod
+    def r_grid(cls):
+        r = np.linspace(0.05, 0.40, 20001)
+        p = r**2 * np.exp(-cls.u_of_r(r) / KT)
+        cdf = np.concatenate([[0.0], np.cumsum(0.5 * (p[1:] + p[:-1]) * np.diff(r))])
+        return r, cdf / cdf[-1]
+
+    @classmethod
+    def r_cdf(cls, r):
+        grid, cdf = cls.r_grid()
+        return np.interp(r, grid, cdf)
+
+    @classmethod
+    def boltzmann_states(cls, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """n exact Boltzmann samples (x, v) (n,2,3): r by inverse CDF, random direction, COM at 0."""
+        grid, cdf = cls.r_grid()
+        r = np.interp(rng.uniform(size=n), cdf, grid)
+        u = rng.normal(size=(n, 3))
+        d = u / np.linalg.norm(u, axis=1, keepdims=True) * r[:, None]
+        m = cls.MASSES
+        x = np.stack([d * m[1] / m.sum(), -d * m[0] / m.sum()], axis=1)
+        v = rng.normal(size=(n, 2, 3)) * np.sqrt(KT / m)[None, :, None]
+        return x, v
+
+
+# ------------------------------------------------------------------------- helpers
+
+def tiny_config(**kw) -> ModelConfig:
+    base = dict(hidden=16, n_layers=2, n_rbf=8, cutoff_nm=None, rbf_max_nm=0.5, max_hops=3,
+                max_dvel_nm_per_ps=50.0)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def random_kicks(tau: float, f_scale: float, gain: float, n_inner: int = 1, seed: int = 0, **kw) -> ShearKicks:
+    """A float64 ShearKicks with deliberately non-zero random corrections of size ~gain x the
+    Verlet half kick."""
+    torch.manual_seed(seed)
+    kicks = ShearKicks(tiny_config(**kw), n_inner=n_inner).double()
+    kicks.set_scales(f_scale=f_scale, kick_scale=0.5 * tau * f_scale / 12.0)
+    randomize_kick_heads_(kicks, gain=gain, generator=torch.Generator().manual_seed(seed + 1))
+    return kicks
+
+
+def morse_states(n: int, rng: np.random.Generator, sigma_nm: float = 0.008) -> tuple[np.ndarray, np.ndarray]:
+    """Thermal-like states of the Morse cluster: jittered tetrahedron, Maxwell-Boltzmann v, no COM motion."""
+    m = MorseCluster.MASSES
+    x = MorseCluster.x_eq() + rng.normal(scale=sigma_nm, size=(n, 4, 3))
+    v = rng.normal(size=(n, 4, 3)) * np.sqrt(KT / m)[None, :, None]
+    v -= (np.einsum("rij,i->rj", v, m) / m.sum())[:, None]
+    return x, v
+
+
+def morse_jumper(kicks: ShearKicks, tau: float) -> ShearJumper:
+    return ShearJumper(kicks, MorseCluster.Z, MorseCluster.MASSES, MorseCluster.BONDS, tau)
+
+
+# -------------------------------------------------------------------------- the map
+
+def test_zero_correction_is_velocity_verlet():
+    eng, tau = MorseCluster(), 0.004
+    kicks = ShearKicks(tiny_config()).double()
+    j = morse_jumper(kicks, tau)
+    x, v = morse_states(3, np.random.default_rng(0))
+    st = init_chain(j, eng, x, v)
+    x1, v1, u1, f1, _ = j.propose(eng, st.x, st.v, st.a)
+    m = MorseCluster.MASSES[None, :, None]
+    vh = v + 0.5 * tau * st.f / m
+    xr = x + tau * vh
+    ur, fr = engine_forces(eng, xr)
+    assert np.abs(x1 - xr).max() < 1e-14 and np.abs(v1 - (vh + 0.5 * tau * fr / m)).max() < 1e-12
+    assert np.allclose(u1, ur) and np.allclose(f1, fr)
+    assert n_forwards_per_stride(kicks) == 2 and n_forwards_per_stride(ShearKicks(tiny_config(), 2)) == 4
+
+
+@pytest.mark.parametrize("n_inner", [1, 2])
+def test_volume_preserving_for_random_corrections(n_inner):
+    tau = 0.004
+    kicks = random_kicks(tau, f_scale=100.0, gain=1.0, n_inner=n_inner)
+    tmpl = graph_template(MorseCluster.Z, MorseCluster.MASSES, MorseCluster.BONDS)
+    rng = np.random.default_rng(1)
+    x, v = (torch.tensor(a[0]) for a in morse_states(1, rng))
+
+    def phi(z: torch.Tensor) -> torch.Tensor:
+        xz, vz = z[:12].view(4, 3), z[12:].view(4, 3)
+        x1, v1 = shear_map(kicks, tmpl, xz, vz, tau, MorseCluster.torch_forces)
+        return torch.cat([x1.reshape(-1), v1.reshape(-1)])
+
+    z0 = torch.cat([x.reshape(-1), v.reshape(-1)])
+    jac = torch.autograd.functional.jacobian(phi, z0)
+    # the corrections are really there (else this would only test Verlet)
+    delta = kicks.delta_outer(tmpl, x, MorseCluster.torch_forces(x.clone())[1]).detach()
+    assert delta.abs().max() > 0.05 * kicks.outer.dv_scale
+    assert abs(float(torch.linalg.det(jac)) - 1.0) < 1e-9
+    # and the Jacobian is far from the identity: a real map
+    assert (jac - torch.eye(24, dtype=jac.dtype)).abs().max() > 1e-2
+
+
+def test_reversible_and_momentum_conserving():
+    eng, tau = MorseCluster(), 0.004
+    kicks = random_kicks(tau, f_scale=100.0, gain=1.0, n_inner=2, conserve_angular_momentum=True)
+    j = morse_jumper(kicks, tau)
+    x, v = morse_states(4, np.random.default_rng(2))
+    v += np.array([0.3, -0.2, 0.1])  # a non-zero total momentum, to be kept
+    st = init_chain(j, eng, x, v)
+    x1, v1, u1, f1, a1 = j.propose(eng, st.x, st.v, st.a)
+    assert np.abs(x1 - x).max() > 1e-3  # it moved
+    x2, v2, u2, _, _ = j.propose(eng, x1, -v1, a1)
+    assert np.abs(x2 - x).max() < 1e-10 and np.abs(v2 + v).max() < 1e-10
+    assert np.allclose(u2, st.u, rtol=0, atol=1e-9)
+    m = MorseCluster.MASSES
+    p0, p1 = np.einsum("i,rij->rj", m, v), np.einsum("i,rij->rj", m, v1)
+    assert np.abs(p1 - p0).max() < 1e-11
+    # zero torque from the corrections: L changes only through the (torque-free) real forces
+    xc = x1 - np.einsum("i,rij->rj", m, x1)[:, None] / m.sum()
+    ang = lambda xx, vv: np.einsum("i,rij->rj", m, np.cross(xx, vv))  # noqa: E731
+    dv_kick = a1 - 0.5 * tau * f1 / m[None, :, None]
+    assert np.abs(ang(xc, dv_kick)).max() < 1e-10
+
+
+def test_torch_stride_matches_numpy_jumper_and_counts_one_call():
+    eng, tau = MorseCluster(), 0.004
+    kicks = random_kicks(tau, f_scale=100.0, gain=0.5)
+    j = morse_jumper(kicks, tau)
+    x, v = morse_states(2, np.random.default_rng(3))
+    st = init_chain(j, eng, x, v)
+    calls = eng.counters.calls
+    x1, v1, _, _, _ = j.propose(eng, st.x, st.v, st.a)
+    assert eng.counters.calls - calls == 2  # one call per replica
+    tmpl = graph_template(MorseCluster.Z, MorseCluster.MASSES, MorseCluster.BONDS, 2)
+    xt, vt = torch.tensor(x.reshape(-1, 3)), torch.tensor(v.reshape(-1, 3))
+    force = lambda xx: MorseCluster.torch_forces(xx.detach().clone(), create_graph=False)  # noqa: E731
+    a0 = outer_kick(kicks, tmpl, xt, force(xt)[1], tau)
+    xs, vs, _, _, _ = stride(kicks, tmpl, xt, vt, a0, tau, force)
+    assert np.abs(xs.detach().numpy().reshape(2, 4, 3) - x1).max() < 1e-12
+    assert np.abs(vs.detach().numpy().reshape(2, 4, 3) - v1).max() < 1e-10
+
+
+# ---------------------------------------------------------------------- exactness
+
+def test_metropolis_makes_a_poor_model_sample_boltzmann_exactly():
+    """Start 1000 independent chains from the exact Boltzmann distribution of the double-well
+    dimer; after 80 strides of a poor model (a large tau and random corrections) the final
+    bond lengths follow the exact marginal with the test (KS), and do not without it.
+    (Over 16 seeds of this setting the KS p-values with the test were uniform, pooled p = 0.64.)"""
+    eng, tau = DoubleWellDimer(), 0.008
+    # max_dvel bounds the random kicks, so the chain without the test is biased but finite
+    kicks = random_kicks(tau, f_scale=300.0, gain=1.0, seed=3, max_dvel_nm_per_ps=0.3)
+    j = ShearJumper(kicks, DoubleWellDimer.Z, DoubleWellDimer.MASSES, DoubleWellDimer.BONDS, tau)
+    x0, v0 = DoubleWellDimer.boltzmann_states(1000, np.random.default_rng(4))
+    r0 = np.linalg.norm(x0[:, 0] - x0[:, 1], axis=1)
+    results = {}
+    for metropolis in (True, False):
+        cfg = ExactConfig(temperature_K=T_K, friction_per_ps=5.0, metropolis=metropolis)
+        run = run_exact(j, eng, x0, v0, 80, cfg, np.random.default_rng(5), record_every=80)
+        r = np.linalg.norm(run.positions[-1][:, 0] - run.positions[-1][:, 1], axis=1)
+        results[metropolis] = (run, r, stats.kstest(r, DoubleWellDimer.r_cdf).pvalue)
+    run, r, p_exact = results[True]
+    assert 0.5 < run.acceptance < 0.9, run.acceptance  # a poor model
+    assert run.force_calls == 1000 * 81 and run.summary()["median_abs_dH_kJ_mol"] > 0.2 * KT
+    assert np.mean(np.abs(r - r0) > DoubleWellDimer.S / 3) > 0.4  # the chains moved
+    assert p_exact > 0.05, p_exact
+    _, r_plain, p_plain = results[False]
+    assert np.isfinite(r_plain).all() and r_plain.max() < 0.3  # biased, not blown up
+    assert p_plain < 1e-6, p_plain
+
+
+def test_nve_mode_runs_without_test_or_thermostat():
+    eng, tau = MorseCluster(), 0.002
+    kicks = ShearKicks(tiny_config()).double()
+    x, v = morse_states(2, np.random.default_rng(6))
+    run = run_exact(morse_jumper(kicks, tau), eng, x, v, 50, nve_config(T_K), np.random.default_rng(0))
+    assert run.acceptance == 1.0 and run.force_calls == 2 * 51
+    h0 = MorseCluster.energy(torch.tensor(x)).numpy() + kinetic_energy(v, MorseCluster.MASSES)
+    h1 = run.potential[-1] + kinetic_energy(run.velocities[-1], MorseCluster.MASSES)
+    assert np.abs(h1 - h0).max() < 0.5  # Verlet at a small step: bounded energy error
+
+
+# ------------------------------------------------------------------------ training
+
+def morse_windows(n: int, tau: float, rng: np.random.Generator, n_sub: int = 40) -> ExactWindows:
+    """Reference windows: velocity Verlet at tau/n_sub from thermal-like states (uncounted calls)."""
+    eng = MorseCluster()
+    x, v = morse_states(n, rng)
+    m = MorseCluster.MASSES[None, :, None]
+    force = lambda xx: MorseCluster.torch_forces(torch.tensor(xx), create_graph=False)  # noqa: E731
+    u0, f0 = (t.detach().numpy().reshape(s) for t, s in zip(force(x.reshape(-1, 3)), [(n,), (n, 4, 3)]))
+    xs, vs, f = x.copy(), v.copy(), f0.copy()
+    h = tau / n_sub
+    for _ in range(n_sub):
+        vs = vs + 0.5 * h * f / m
+        xs = xs + h * vs
+        u1, f = (t.detach().numpy().reshape(s) for t, s in zip(force(xs.reshape(-1, 3)), [(n,), (n, 4, 3)]))
+        vs = vs + 0.5 * h * f / m
+    del eng
+    return ExactWindows(MorseCluster.Z, MorseCluster.MASSES, MorseCluster.BONDS, x, v, f0, u0, xs, vs, f, u1)
+
+
+def test_short_training_lowers_the_true_energy_error():
+    tau = 0.006
+    rng = np.random.default_rng(7)
+    train = morse_windows(512, tau, rng)
+    torch.manual_seed(0)
+    kicks = ShearKicks(tiny_config(hidden=24), n_inner=1).double()
+    fit_scales(kicks, [train], tau)
+    eng = MorseCluster()
+    x, v = morse_states(200, np.random.default_rng(8))
+
+    def true_abs_dH() -> np.ndarray:
+        j = morse_jumper(kicks, tau)
+        st = init_chain(j, eng, x, v)
+        _, v1, u1, _, _ = j.propose(eng, st.x, st.v, st.a)
+        m = MorseCluster.MASSES
+        return np.abs(u1 + kinetic_energy(v1, m) - st.u - kinetic_energy(v, m))
+
+    before = true_abs_dH()
+    tf_before = teacher_forced_abs_dH(kicks, train, tau)
+    cfg = ExactTrainConfig(steps=150, batch_size=64, lr=3e-3, lambda_x=0.1, lambda_v=0.1, lambda_energy=1.0,
+                           temperature_K=T_K, log_every=50)
+    hist = train_exact(kicks, [train], tau, cfg)
+    after = true_abs_dH()
+    assert hist[-1]["step"] == 150 and all(np.isfinite(h["loss"]) for h in hist)
+    assert teacher_forced_abs_dH(kicks, train, tau).mean() < 0.7 * tf_before.mean()
+    assert np.median(after) < 0.7 * np.median(before), (np.median(before), np.median(after))
