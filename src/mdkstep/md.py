@@ -5,7 +5,6 @@ Units: nm, ps, kJ/mol, amu, K; ``dt_fs`` in femtoseconds.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from .system import System
 from .mm import apply_constraints_and_hmr, choose_platform, make_integrator
 from .dynamics import kinetic_energy, n_dof
-from .trajectory import ChunkedTrajectoryWriter
-from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_write_bytes, atomic_write_json, remove_com
+from .system import System
+from .runner import content_hash, lock_path_for, run_chunked
+from .trajectory import ChunkedTrajectoryWriter, make_metadata
+from .utils import KB_KJ_PER_MOL_K, MdkstepError, remove_com
 
 
 @dataclass
@@ -70,26 +70,91 @@ def build_system(mol: System, cfg: MDConfig):
 
 
 def _metadata(mol: System, cfg: MDConfig, spec: RunSpec, platform: str, n_constraints: int) -> dict[str, Any]:
-    return {
-        "dt_fs": cfg.dt_fs,
-        "save_interval": cfg.save_interval,
-        "engine": "openmm",
-        "platform": platform,
-        "method": "langevin_baoab" if spec.friction_per_ps > 0 else "velocity_verlet",
-        "ensemble": "nvt" if spec.friction_per_ps > 0 else "nve",
-        "temperature_K": cfg.temperature_K,
-        "friction": spec.friction_per_ps,
-        "seed": spec.seed,
-        "molecule": mol.name,
-        "smiles": mol.smiles,
-        "constraints": cfg.constraints,
-        "n_constraints": n_constraints,
-        "hydrogen_mass_amu": cfg.hydrogen_mass_amu,
-        "forcefield": mol.forcefield,
-        "equilibration_ps": spec.equilibration_ps,
-        "label": spec.label,
-        "config": asdict(cfg),
-    }
+    nvt = spec.friction_per_ps > 0
+    return make_metadata(
+        dt_fs=cfg.dt_fs, save_interval=cfg.save_interval, engine="openmm",
+        method="langevin_baoab" if nvt else "velocity_verlet", temperature_K=cfg.temperature_K,
+        friction=spec.friction_per_ps, seed=spec.seed, molecule=mol.name, smiles=mol.smiles,
+        constraints=cfg.constraints, platform=platform, ensemble="nvt" if nvt else "nve",
+        n_constraints=n_constraints, hydrogen_mass_amu=cfg.hydrogen_mass_amu, forcefield=mol.forcefield,
+        equilibration_ps=spec.equilibration_ps, label=spec.label, config=asdict(cfg))
+
+
+def _fingerprint(system, mol: System, cfg: MDConfig, spec: RunSpec, platform: str,
+                 start_state: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+    """Everything that defines an MM run: config, run spec, platform and the content hashes of
+    the OpenMM system (force field, constraints, HMR), the start structure and start state."""
+    import openmm
+
+    return {"config": asdict(cfg), "seed": spec.seed, "friction_per_ps": spec.friction_per_ps,
+            "production_ps": spec.production_ps, "equilibration_ps": spec.equilibration_ps, "label": spec.label,
+            "platform": platform, "system_sha": content_hash(openmm.XmlSerializer.serialize(system)),
+            "structure_sha": content_hash(np.asarray(mol.positions_nm, dtype=float)),
+            "start_state_sha": None if start_state is None else content_hash(*map(np.asarray, start_state))}
+
+
+class OpenMMStepper:
+    """The :class:`~mdkstep.runner.Stepper` of an OpenMM Context: frames every
+    ``save_interval`` steps, state = OpenMM's own checkpoint (positions, velocities, RNG)."""
+
+    def __init__(self, ctx, integ, mol: System, cfg: MDConfig, spec: RunSpec, masses: np.ndarray, dof: int,
+                 start_state: tuple[np.ndarray, np.ndarray] | None):
+        self.ctx, self.integ, self.mol, self.cfg, self.spec = ctx, integ, mol, cfg, spec
+        self.masses, self.dof, self.start_state = masses, dof, start_state
+        self.steps = 0  #: production steps run in this session
+        self.seconds = 0.0  #: wall time of those steps (and their frame copies), s
+
+    def start(self) -> None:
+        """Start structure (or ``start_state``), velocities, constraints, equilibration."""
+        cfg, ctx = self.cfg, self.ctx
+        ctx.setPositions(self.start_state[0] if self.start_state else self.mol.positions_nm)
+        ctx.applyConstraints(cfg.constraint_tolerance)
+        if self.start_state is not None:
+            ctx.setVelocities(self.start_state[1])
+        else:
+            ctx.setVelocitiesToTemperature(cfg.temperature_K, self.spec.seed)
+        ctx.applyVelocityConstraints(cfg.constraint_tolerance)
+        n_eq = int(round(self.spec.equilibration_ps * 1000.0 / cfg.dt_fs))
+        if n_eq:
+            self.integ.step(n_eq)
+
+    def advance(self, first_frame: int, n_frames: int) -> list[dict[str, np.ndarray]]:
+        """Frames ``first_frame ..`` (per frame only a state copy; derived arrays per block)."""
+        cfg, n = self.cfg, len(self.masses)
+        t0 = time.perf_counter()
+        xs, vs = np.empty((n_frames, n, 3)), np.empty((n_frames, n, 3))
+        pes = np.empty(n_frames)
+        fs = np.empty((n_frames, n, 3)) if cfg.save_forces else None
+        for t in range(n_frames):
+            self.integ.step(cfg.save_interval)
+            st = self.ctx.getState(getPositions=True, getVelocities=True)
+            xs[t] = st.getPositions(asNumpy=True)._value
+            vs[t] = st.getVelocities(asNumpy=True)._value
+            pes[t] = self.integ.getGlobalVariableByName("pe")
+            if fs is not None:
+                fs[t] = self.integ.getPerDofVariableByName("fsave")
+        self.steps += n_frames * cfg.save_interval
+        self.seconds += time.perf_counter() - t0
+        if not np.all(np.isfinite(xs)):
+            raise MdkstepError(f"{self.spec.out_path}: MD blew up (non-finite positions at frames {first_frame}.."
+                               f"{first_frame + n_frames - 1}); check dt_fs and constraints")
+        ke = kinetic_energy(remove_com(vs, self.masses), self.masses)
+        rec = dict(positions=xs, velocities=vs, energies=pes, kinetic=ke,
+                   temperature=2.0 * ke / (self.dof * KB_KJ_PER_MOL_K),
+                   time_ps=(np.arange(first_frame, first_frame + n_frames) + 1) * cfg.save_interval * cfg.dt_fs / 1000.0)
+        if fs is not None:
+            rec["forces"] = fs
+        return [rec]
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return {"openmm_checkpoint": np.frombuffer(self.ctx.createCheckpoint(), dtype=np.uint8)}
+
+    def set_state(self, state) -> None:
+        self.ctx.loadCheckpoint(np.asarray(state["openmm_checkpoint"], dtype=np.uint8).tobytes())
+
+    def end_state(self) -> tuple[np.ndarray, np.ndarray]:
+        st = self.ctx.getState(getPositions=True, getVelocities=True)
+        return np.asarray(st.getPositions(asNumpy=True)._value), np.asarray(st.getVelocities(asNumpy=True)._value)
 
 
 def run_trajectory(mol: System, cfg: MDConfig, spec: RunSpec, start_state: tuple[np.ndarray, np.ndarray] | None = None,
@@ -97,11 +162,12 @@ def run_trajectory(mol: System, cfg: MDConfig, spec: RunSpec, start_state: tuple
     """Run (or resume) one trajectory and write ``spec.out_path`` in the NPZ schema.
 
     ``start_state`` = (positions nm, velocities nm/ps) to start from instead of the prepared
-    structure with Maxwell-Boltzmann velocities. Returns run statistics.
+    structure with Maxwell-Boltzmann velocities. Resume state: ``<out>.parts/checkpoint.npz``
+    (one atomic file, see :mod:`mdkstep.runner`); a resume with other settings is refused.
+    Returns run statistics.
     """
     import openmm
     from openmm import unit
-    from tqdm import tqdm
 
     system = build_system(mol, cfg)
     masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
@@ -112,84 +178,25 @@ def run_trajectory(mol: System, cfg: MDConfig, spec: RunSpec, start_state: tuple
     dof = n_dof(len(masses), system.getNumConstraints(), com_removed=True)
     meta = _metadata(mol, cfg, spec, platform.getName(), system.getNumConstraints())
     writer = ChunkedTrajectoryWriter(spec.out_path, {"atom_types": mol.atomic_numbers, "masses": masses}, meta)
-    ckpt = writer.parts / "checkpoint.chk"
-    progress_file = writer.parts / "progress.json"
-
     n_frames = int(round(spec.production_ps * 1000.0 / cfg.dt_fs / cfg.save_interval))
     if n_frames < 1:
         raise MdkstepError(f"production of {spec.production_ps} ps at {cfg.dt_fs} fs gives no frames")
-    n_chunks = -(-n_frames // cfg.chunk_frames)
-    done_chunks = 0
-    if ckpt.is_file() and progress_file.is_file():
-        prog = json.loads(progress_file.read_text())
-        if prog.get("n_frames") != n_frames or prog.get("chunk_frames") != cfg.chunk_frames:
-            raise MdkstepError(f"{writer.parts}: a partial run with other settings exists; delete it to restart")
-        ctx.loadCheckpoint(ckpt.read_bytes())
-        done_chunks = int(prog["done_chunks"])
-        writer.discard_chunks_from(done_chunks)
-        LOG.info("%s: resuming at chunk %d/%d", spec.out_path.name, done_chunks, n_chunks)
-    else:
-        writer.discard_chunks_from(0)
-        ctx.setPositions(start_state[0] if start_state else mol.positions_nm)
-        ctx.applyConstraints(cfg.constraint_tolerance)
-        if start_state is not None:
-            ctx.setVelocities(start_state[1])
-        else:
-            ctx.setVelocitiesToTemperature(cfg.temperature_K, spec.seed)
-        ctx.applyVelocityConstraints(cfg.constraint_tolerance)
-        n_eq = int(round(spec.equilibration_ps * 1000.0 / cfg.dt_fs))
-        if n_eq:
-            integ.step(n_eq)
-
-    dt_ps = cfg.dt_fs / 1000.0
-    t_start = time.perf_counter()
-    steps_done = 0
-    bar = tqdm(total=n_frames, initial=done_chunks * cfg.chunk_frames, desc=f"{mol.name}:{spec.label}",
-               unit="frame", disable=not progress or None, leave=False)
-    for chunk in range(done_chunks, n_chunks):
-        first = chunk * cfg.chunk_frames
-        last = min(n_frames, first + cfg.chunk_frames)
-        m = last - first
-        xs = np.empty((m, len(masses), 3))
-        vs = np.empty((m, len(masses), 3))
-        pes = np.empty(m)
-        fs = np.empty((m, len(masses), 3)) if cfg.save_forces else None
-        # Per frame only copy state out (the hot loop); derived quantities are vectorized per chunk.
-        for t in range(m):
-            integ.step(cfg.save_interval)
-            st = ctx.getState(getPositions=True, getVelocities=True)
-            xs[t] = st.getPositions(asNumpy=True)._value
-            vs[t] = st.getVelocities(asNumpy=True)._value
-            pes[t] = integ.getGlobalVariableByName("pe")
-            if fs is not None:
-                fs[t] = integ.getPerDofVariableByName("fsave")
-        steps_done += m * cfg.save_interval
-        if not np.all(np.isfinite(xs)):
-            raise MdkstepError(f"{spec.out_path}: MD blew up (non-finite positions in chunk {chunk}); "
-                               "check dt_fs and constraints")
-        ke = kinetic_energy(remove_com(vs, masses), masses)
-        rec = dict(positions=xs, velocities=vs, energies=pes, kinetic=ke,
-                   temperature=2.0 * ke / (dof * KB_KJ_PER_MOL_K),
-                   time_ps=(np.arange(first, last) + 1) * cfg.save_interval * dt_ps)
-        if fs is not None:
-            rec["forces"] = fs
-        writer.append_block(**rec)
-        bar.update(last - first)
-        writer.flush(chunk)
-        atomic_write_bytes(ckpt, ctx.createCheckpoint())
-        atomic_write_json(progress_file, {"done_chunks": chunk + 1, "n_frames": n_frames, "chunk_frames": cfg.chunk_frames})
-    bar.close()
-    elapsed = time.perf_counter() - t_start
-    final = ctx.getState(getPositions=True, getVelocities=True)
-    end_state = (np.asarray(final.getPositions(asNumpy=True)._value), np.asarray(final.getVelocities(asNumpy=True)._value))
-    writer.finalize()
+    stepper = OpenMMStepper(ctx, integ, mol, cfg, spec, masses, dof, start_state)
+    run_chunked(stepper, [writer], n_frames=n_frames, chunk_frames=cfg.chunk_frames,
+                state_path=writer.parts / "checkpoint.npz", lock_path=lock_path_for(spec.out_path),
+                fingerprint=_fingerprint(system, mol, cfg, spec, platform.getName(), start_state),
+                restart_hint=f"delete {writer.parts} to start over", label=f"{mol.name}:{spec.label}",
+                progress=progress)
+    steps_done, elapsed = stepper.steps, stepper.seconds
     return {
         "out": str(spec.out_path),
         "n_frames": n_frames,
         "steps_this_session": steps_done,
         "steps_per_s": steps_done / elapsed if elapsed > 0 and steps_done else None,
+        "force_calls": steps_done,  # this session's production steps: OpenMM caches forces, one call per step
+        "force_calls_source": "integrator_steps",
         "platform": platform.getName(),
-        "end_state": end_state,
+        "end_state": stepper.end_state(),
     }
 
 

@@ -6,6 +6,7 @@ energies/kinetic kJ/mol, temperature K, masses amu, time ps. ``metadata`` is a J
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -35,6 +36,30 @@ METADATA_KEYS = (
     "dt_fs", "save_interval", "engine", "method", "temperature_K", "friction",
     "seed", "molecule", "smiles", "constraints",
 )
+def make_metadata(*, dt_fs: float, save_interval: int, engine: str, method: str, temperature_K: float | None,
+                  friction: float, seed: int | None, molecule: str, smiles: str | None, constraints: str,
+                  **extra: Any) -> dict[str, Any]:
+    """The metadata dict of a trajectory: every key of :data:`METADATA_KEYS` (keyword-only,
+    so none can be forgotten) plus ``extra``, as plain JSON types. ``dt_fs`` in fs,
+    ``save_interval`` in integrator steps, ``temperature_K`` in K, ``friction`` in 1/ps."""
+    meta = dict(dt_fs=dt_fs, save_interval=save_interval, engine=engine, method=method,
+                temperature_K=temperature_K, friction=friction, seed=seed, molecule=molecule, smiles=smiles,
+                constraints=constraints, **extra)
+    if not (isinstance(dt_fs, (int, float, np.number)) and float(dt_fs) > 0):
+        raise MdkstepError(f"trajectory metadata: key 'dt_fs' must be a positive number of fs, got {dt_fs!r}")
+    if int(save_interval) < 1:
+        raise MdkstepError(f"trajectory metadata: key 'save_interval' must be >= 1, got {save_interval!r}")
+    return json.loads(json.dumps(meta, default=_json_plain))
+
+
+def _json_plain(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
 FRAME_KEYS = ("positions", "velocities", "forces", "energies", "kinetic", "temperature", "time_ps")
 
 
@@ -189,11 +214,19 @@ class ChunkedTrajectoryWriter:
             if int(p.stem.split("_")[1]) >= first:
                 p.unlink()
 
-    def finalize(self) -> Path:
-        """Assemble all chunks into the final NPZ (validated, atomic); remove the parts folder."""
+    def finalize(self, n_frames: int | None = None) -> Path:
+        """Assemble all chunks into the final NPZ (validated, atomic); remove the parts folder.
+
+        The file is assembled inside the parts folder and renamed onto ``out_path`` last, so a
+        kill leaves nothing beside the outputs. Chunks must be numbered 0, 1, ... without a gap
+        and hold ``n_frames`` frames in all when given (the frame index proves continuity)."""
         files = self.chunk_files()
         if not files:
             raise MdkstepError(f"{self.out_path}: no frames were produced")
+        indices = [int(p.stem.split("_")[1]) for p in files]
+        if indices != list(range(len(files))):
+            missing = sorted(set(range(max(indices) + 1)) - set(indices))
+            raise MdkstepError(f"{self.parts}: chunk {missing[0]} is missing; the trajectory would have a gap")
         with np.load(files[0]) as z0:
             keys = list(z0.files)
             shapes = {k: z0[k].shape[1:] for k in keys}
@@ -203,28 +236,32 @@ class ChunkedTrajectoryWriter:
             with np.load(f) as z:
                 counts.append(z["positions"].shape[0])
         total = int(sum(counts))
+        if n_frames is not None and total != n_frames:
+            raise MdkstepError(f"{self.parts}: the chunks hold {total} frames, expected {n_frames}")
         tmpdir = self.parts / "assemble"
-        tmpdir.mkdir(exist_ok=True)
-        with atomic_path(self.out_path, suffix=".npz") as tmp:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for k in keys:
-                    npy = tmpdir / f"{k}.npy"
-                    mm = np.lib.format.open_memmap(npy, mode="w+", dtype=dtypes[k], shape=(total, *shapes[k]))
-                    pos = 0
-                    for f, n in zip(files, counts):
-                        with np.load(f) as z:
-                            mm[pos:pos + n] = z[k]
-                        pos += n
-                    mm.flush()
-                    del mm
-                    zf.write(npy, arcname=f"{k}.npy")
-                    npy.unlink()
-                for k, v in self.static.items():
-                    np.save(tmpdir / f"{k}.npy", v)
-                    zf.write(tmpdir / f"{k}.npy", arcname=f"{k}.npy")
-                np.save(tmpdir / "metadata.npy", np.array(json.dumps(self.metadata)))
-                zf.write(tmpdir / "metadata.npy", arcname="metadata.npy")
-            load_trajectory(tmp)  # validate what we are about to publish
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        tmpdir.mkdir()
+        tmp = tmpdir / "final.npz"  # inside the parts folder: a kill leaves nothing beside the outputs
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for k in keys:
+                npy = tmpdir / f"{k}.npy"
+                mm = np.lib.format.open_memmap(npy, mode="w+", dtype=dtypes[k], shape=(total, *shapes[k]))
+                pos = 0
+                for f, n in zip(files, counts):
+                    with np.load(f) as z:
+                        mm[pos:pos + n] = z[k]
+                    pos += n
+                mm.flush()
+                del mm
+                zf.write(npy, arcname=f"{k}.npy")
+                npy.unlink()
+            for k, v in self.static.items():
+                np.save(tmpdir / f"{k}.npy", v)
+                zf.write(tmpdir / f"{k}.npy", arcname=f"{k}.npy")
+            np.save(tmpdir / "metadata.npy", np.array(json.dumps(self.metadata)))
+            zf.write(tmpdir / "metadata.npy", arcname="metadata.npy")
+        load_trajectory(tmp)  # validate what we are about to publish
+        os.replace(tmp, self.out_path)
         shutil.rmtree(self.parts)
         return self.out_path
 
