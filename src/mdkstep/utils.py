@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -93,15 +94,26 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp(path, suffix or path.suffix)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _new_temp(path: Path, suffix: str) -> Path:
+    """Create an empty hidden ``.<name>.<random><suffix>`` beside ``path``, mode 0666 less the
+    umask (like any new file; ``tempfile.mkstemp`` would force 0600)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: no free temporary name")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
