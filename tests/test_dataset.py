@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import load_script
-from mdkstep.dataset import KStepDataset, build_dataset, valid_starts
+from mdkstep.dataset import KStepDataset, build_dataset, infer_bonds, valid_starts
 from mdkstep.trajectory import Trajectory, save_trajectory
 from mdkstep.utils import MdkstepError
 
@@ -15,8 +15,9 @@ META = {"dt_fs": 2.0, "save_interval": 1, "engine": "test", "method": "synthetic
         "friction": 0.0, "seed": 0, "smiles": "O", "constraints": "none"}
 
 
-def _synthetic(path, molecule: str, n_frames: int, base: float, time_ps=None):
-    """Water-like 3-atom trajectory whose frame t has positions encoding (base + t)."""
+def _synthetic(path, molecule: str, n_frames: int, base: float, time_ps=None, **meta):
+    """Water-like 3-atom trajectory whose frame t has positions encoding (base + t); ``meta``
+    overrides metadata keys (e.g. dt_fs)."""
     t = np.arange(n_frames, dtype=float)
     pos = np.zeros((n_frames, 3, 3))
     pos[:, 1, 0] = 0.1
@@ -28,7 +29,7 @@ def _synthetic(path, molecule: str, n_frames: int, base: float, time_ps=None):
     tr = Trajectory(positions=pos, velocities=vel, energies=t.copy(), temperature=np.full(n_frames, 300.0),
                     atom_types=np.array([8, 1, 1]), masses=np.array([16.0, 1.0, 1.0]),
                     time_ps=time_ps if time_ps is not None else (t + 1) * 0.002,
-                    metadata={**META, "molecule": molecule}, forces=-pos.copy())
+                    metadata={**META, "molecule": molecule, **meta}, forces=-pos.copy())
     save_trajectory(path, tr)
     return path
 
@@ -85,3 +86,81 @@ def test_k_not_multiple_of_save_interval(tmp_path):
     np.savez(p, **arrays)
     with pytest.raises(MdkstepError, match="k=3 is not a multiple of save_interval=2"):
         build_dataset([p], k=3, out_file=tmp_path / "d.npz", split="time")
+
+
+# ----------------------------------------------------------------- stale or damaged inputs
+
+def _one_source_dataset(tmp_path):
+    a = _synthetic(tmp_path / "md" / "a.npz", "molA", 50, 0.0)
+    build_dataset([a], k=4, out_file=tmp_path / "d.npz", split="time", fractions=(1.0, 0.0, 0.0))
+    return a
+
+
+def test_sources_are_fingerprinted(tmp_path):
+    a = _one_source_dataset(tmp_path)
+    fp = KStepDataset(tmp_path / "d.npz").spec.source_fingerprints[0]
+    assert fp["n_frames"] == 50 and fp["dt_fs"] == 2.0 and fp["save_interval"] == 1
+    assert fp["size_bytes"] == a.stat().st_size and len(fp["sha256"]) == 64
+
+
+def test_rerun_of_stage01_at_another_dt_is_refused(tmp_path):
+    a = _one_source_dataset(tmp_path)
+    _synthetic(a, "molA", 100, 0.0, time_ps=np.arange(1, 101) * 0.001, dt_fs=1.0)  # 01 rerun at 1 fs
+    with pytest.raises(MdkstepError, match=r"a.npz: source trajectory changed since .*d.npz was built "
+                                           r"\(dt_fs 2.0 -> 1.0, n_frames 50 -> 100, size_bytes \d+ -> \d+\); rebuild"):
+        KStepDataset(tmp_path / "d.npz")
+
+
+def test_same_size_content_change_is_refused(tmp_path):
+    a = _one_source_dataset(tmp_path)
+    _synthetic(a, "molA", 50, 7.0)  # same shapes and size, other numbers
+    with pytest.raises(MdkstepError, match=r"a.npz: source trajectory changed .*\(content \(SHA-256\)\)"):
+        KStepDataset(tmp_path / "d.npz", "train")
+
+
+def test_truncated_source_is_a_one_line_error(tmp_path):
+    a = _one_source_dataset(tmp_path)
+    a.write_bytes(a.read_bytes()[:1000])
+    with pytest.raises(MdkstepError, match=r"a.npz: source trajectory changed .*\(now not a readable NPZ, size_bytes \d+ -> 1000\)"):
+        KStepDataset(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.98])
+def test_truncated_dataset_file_is_a_one_line_error(tmp_path, keep):
+    _one_source_dataset(tmp_path)
+    d = tmp_path / "d.npz"
+    d.write_bytes(d.read_bytes()[:int(d.stat().st_size * keep)])
+    with pytest.raises(MdkstepError, match=r"d.npz: not a readable k-step dataset \(.+\); rebuild it"):
+        KStepDataset(d)
+
+
+def test_data_tree_can_move(tmp_path):
+    _one_source_dataset(tmp_path / "old")
+    (tmp_path / "old").rename(tmp_path / "new")
+    ds = KStepDataset(tmp_path / "new" / "d.npz")
+    assert len(ds.batches(np.arange(3))[0].x0) == 3
+
+
+def test_output_folder_checked_before_any_work(tmp_path, monkeypatch):
+    _synthetic(tmp_path / "m0.npz", "mol0", 20, 0.0)
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    mod = load_script("02_make_dataset")
+    monkeypatch.setattr(mod, "build_dataset", lambda *a, **k: pytest.fail("built before the output check"))
+    with pytest.raises(MdkstepError, match=r"blocker/ds: --out-root is not writable \(Not a directory\)"):
+        mod.main(["--md-root", str(tmp_path), "--pattern", "m*.npz", "--out-root", str(tmp_path / "blocker" / "ds"),
+                  "--splits-dir", str(tmp_path / "sp"), "--ks", "2", "--split", "time"])
+
+
+def test_infer_bonds_on_aspirin():
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("CC(=O)Oc1ccccc1C(=O)O"))
+    AllChem.EmbedMolecule(mol, randomSeed=7)
+    AllChem.MMFFOptimizeMolecule(mol)
+    z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    known = sorted(sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx())) for b in mol.GetBonds())
+    bonds = infer_bonds(z, mol.GetConformer().GetPositions() / 10.0)  # Angstrom -> nm
+    assert bonds.dtype == np.int64 and bonds.shape == (21, 2)
+    assert bonds.tolist() == known  # sorted pairs i < j, exactly the SMILES graph
+    assert infer_bonds(np.array([8]), np.zeros((1, 3))).shape == (0, 2)

@@ -1,32 +1,56 @@
-"""Stage 04: checkpoints, exact resume, transfer-learning guards, torchrun DDP on CPU."""
+"""Stage 04: checkpoints, exact resume, transfer-learning guards, run-folder guards, torchrun DDP on CPU."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import ROOT, load_script
-from mdkstep.chem import load_molecule
 from mdkstep.checkpoint import model_from_checkpoint, read_checkpoint
 from mdkstep.dataset import build_dataset, write_split_files
-from mdkstep.md import MDConfig, RunSpec, run_trajectory
-from mdkstep.model import ModelConfig
+from mdkstep.model import ModelConfig, build_model
+from mdkstep.model.common import freeze_first_layers
 from mdkstep.training import TrainConfig, train
+from mdkstep.trajectory import Trajectory, save_trajectory
 from mdkstep.utils import MdkstepError
 
 MODEL = ModelConfig(arch="egnn", hidden=16, n_layers=2, cutoff_nm=None)
 
 
+def _ethanol_trajectory(path, n_frames: int = 1000, dt_fs: float = 2.0) -> None:
+    """A smooth, synthetic ethanol trajectory (RDKit conformer + per-atom harmonic motion), with
+    forces: training tests need the shapes and time stamps of stage-01 output, not its physics."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    AllChem.EmbedMolecule(mol, randomSeed=3)
+    x0 = mol.GetConformer().GetPositions() / 10.0  # nm
+    z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    m = np.array([a.GetMass() for a in mol.GetAtoms()])
+    rng = np.random.default_rng(0)
+    amp, omega, phase = rng.uniform(0.002, 0.006, x0.shape), rng.uniform(20, 60, x0.shape), rng.uniform(0, 6.3, x0.shape)
+    t = np.arange(n_frames)[:, None, None] * dt_fs / 1000.0  # ps
+    pos = x0 + amp * np.sin(omega * t + phase)
+    vel = amp * omega * np.cos(omega * t + phase)
+    forces = -(m[:, None] * omega**2) * (pos - x0)
+    meta = {"dt_fs": dt_fs, "save_interval": 1, "engine": "openmm", "method": "synthetic", "temperature_K": 300.0,
+            "friction": 1.0, "seed": 0, "smiles": "CCO", "constraints": "none", "molecule": "ethanol"}
+    save_trajectory(path, Trajectory(positions=pos, velocities=vel, energies=np.zeros(n_frames),
+                                     temperature=np.full(n_frames, 300.0), atom_types=z, masses=m,
+                                     time_ps=t.ravel() + dt_fs / 1000.0, metadata=meta, forces=forces))
+
+
 @pytest.fixture(scope="module")
-def data(prepared, tmp_path_factory):
+def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    cfg = MDConfig(production_ps=2.0, equilibration_ps=0.2, friction_per_ps=1.0, save_forces=True)
     traj = root / "md" / "ethanol" / "replica_0.npz"
-    run_trajectory(load_molecule(prepared / "ethanol"), cfg, RunSpec(traj, 1, 1.0, 2.0, 0.2), progress=False)
-    summary = build_dataset([traj], k=4, out_file=root / "dataset_k4.npz", split="time", raw_root=prepared)
+    _ethanol_trajectory(traj)
+    summary = build_dataset([traj], k=4, out_file=root / "dataset_k4.npz", split="time")  # bonds by infer_bonds
     write_split_files(root / "splits", summary, [str(root / "dataset_k4.npz")])
     return root
 
@@ -88,10 +112,20 @@ def test_mismatches_are_one_line_errors(data, tmp_path):
 
 
 def test_transfer_with_frozen_layers(data, tmp_path):
-    train(data / "dataset_k4.npz", _splits(data), MODEL, _tcfg(max_steps=2), tmp_path / "pre", "cpu", progress=False)
-    s = train(data / "dataset_k4.npz", _splits(data), MODEL, _tcfg(max_steps=2, freeze_layers=1, pretrained_lr_scale=0.5),
+    train(data / "dataset_k4.npz", _splits(data), MODEL, _tcfg(max_steps=4), tmp_path / "pre", "cpu", progress=False)
+    s = train(data / "dataset_k4.npz", _splits(data), MODEL, _tcfg(max_steps=3, freeze_layers=1, pretrained_lr_scale=0.5),
               tmp_path / "ft", "cpu", pretrained=tmp_path / "pre" / "best.pt", progress=False)
-    assert s["n_frozen_parameters"] > 0
+    torch.manual_seed(0)  # train() seeds like this before it builds the model: the weights without --pretrained
+    fresh = build_model(MODEL)
+    freeze_first_layers(fresh, 1)
+    frozen = {n for n, p in fresh.named_parameters() if not p.requires_grad}
+    trainable = {n for n, p in fresh.named_parameters() if p.requires_grad}
+    pre = read_checkpoint(tmp_path / "pre" / "best.pt")["model_state"]
+    ft = read_checkpoint(tmp_path / "ft" / "last.pt")["model_state"]
+    assert frozen and s["n_frozen_parameters"] == sum(pre[n].numel() for n in frozen)
+    assert all(torch.equal(ft[n], pre[n]) for n in frozen)  # frozen weights bitwise unchanged by fine-tuning
+    assert all(not torch.equal(pre[n], fresh.state_dict()[n]) for n in frozen if pre[n].abs().sum() > 0)  # pretrained, not init
+    assert any(not torch.equal(ft[n], pre[n]) for n in trainable)  # the rest did train
 
 
 def test_torchrun_two_cpu_processes(data, tmp_path):
@@ -118,3 +152,81 @@ def test_cli_bad_config_key(data, tmp_path):
     with pytest.raises(MdkstepError, match="t.yaml: unknown key 'learning_rate'"):
         mod.main(["--dataset", str(data / "dataset_k4.npz"), "--model-config", str(tmp_path / "none.yaml"),
                   "--train-config", str(cfg), "--splits", *map(str, _splits(data))])
+
+
+# ---------------------------------------------------------------- run-folder and input guards
+
+def _cli(data, tmp_path, *extra):
+    (tmp_path / "t.yaml").write_text("k: 4\nmax_steps: 2\nbatch_size: 32\nwarmup_steps: 1\nval_max_windows: 32\n"
+                                      "metrics_max_windows: 32\nnorm_max_windows: 64\n")
+    (tmp_path / "m.yaml").write_text("arch: egnn\nhidden: 16\nn_layers: 2\ncutoff_nm: null\n")
+    args = ["--dataset", str(data / "dataset_k4.npz"), "--model-config", str(tmp_path / "m.yaml"),
+            "--train-config", str(tmp_path / "t.yaml"), "--splits", *map(str, _splits(data)), "--device", "cpu",
+            "--log-level", "WARNING", *extra]
+    if "--out" not in extra:
+        args += ["--out", str(tmp_path / "run")]
+    return load_script("04_train").main(args)
+
+
+def test_rerun_into_an_earlier_run_is_refused(data, tmp_path):
+    run = tmp_path / "run"
+    train(data / "dataset_k4.npz", _splits(data), MODEL, _tcfg(max_steps=5), run, "cpu", progress=False)
+    before = {f: (run / f).read_bytes() for f in ("best.pt", "last.pt", "metrics.csv")}
+    with pytest.raises(MdkstepError, match=r"run: holds an earlier run \(best.pt, last.pt, metrics.csv, loss_curve.png, "
+                                           r"final_metrics.json\); pass --resume to continue it or --overwrite to start over"):
+        _cli(data, tmp_path)
+    assert {f: (run / f).read_bytes() for f in before} == before  # nothing of the earlier run touched
+    assert _cli(data, tmp_path, "--overwrite") == 0
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("2,")  # header + the new run's one row: the old rows are gone
+    assert read_checkpoint(run / "last.pt")["step"] == 2
+    with pytest.raises(SystemExit):  # argparse: not allowed with argument --resume
+        _cli(data, tmp_path, "--resume", "--overwrite")
+
+
+def test_output_folder_checked_before_any_work(data, tmp_path, monkeypatch):
+    import mdkstep.training as tr
+
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    monkeypatch.setattr(tr, "load_datasets", lambda *a, **k: pytest.fail("data loaded before the output check"))
+    with pytest.raises(MdkstepError, match=r"blocker/run: run folder \(--out\) is not writable \(Not a directory\)"):
+        _cli(data, tmp_path, "--out", str(tmp_path / "blocker" / "run"))
+
+
+def test_negative_max_steps_is_an_error(data, tmp_path):
+    with pytest.raises(MdkstepError, match=r"t.yaml: key 'max_steps' \(--max-steps\): -5 must be >= 0 \(0 = no limit\)"):
+        _cli(data, tmp_path, "--max-steps", "-5")
+    with pytest.raises(MdkstepError, match=r"train config: key 'max_steps' \(--max-steps\): -5 must be >= 0"):
+        train(data / "dataset_k4.npz", _splits(data), MODEL, _tcfg(max_steps=-5), tmp_path / "a", "cpu", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_split_equal_to_val_split_is_an_error(data, tmp_path):
+    tr_json = str(data / "splits" / "train.json")
+    with pytest.raises(MdkstepError, match=r"train.json: train and val are the same split 'train' \(pass train.json and val.json\)"):
+        load_script("04_train").main(["--dataset", str(data / "dataset_k4.npz"), "--model-config", str(ROOT / "configs/model_quick.yaml"),
+                                      "--train-config", str(ROOT / "configs/train_quick.yaml"), "--splits", tr_json, tr_json,
+                                      "--out", str(tmp_path / "run"), "--device", "cpu"])
+
+
+def _copy_data(data, dst):
+    import shutil
+
+    shutil.copytree(data, dst)
+    return dst
+
+
+def test_changed_source_trajectory_is_a_one_line_error(data, tmp_path):
+    d = _copy_data(data, tmp_path / "data")
+    _ethanol_trajectory(d / "md" / "ethanol" / "replica_0.npz", n_frames=2000, dt_fs=1.0)  # stage 01 rerun at 1 fs
+    with pytest.raises(MdkstepError, match=r"replica_0.npz: source trajectory changed since .*dataset_k4.npz was built "
+                                           r"\(dt_fs 2.0 -> 1.0, n_frames 1000 -> 2000, size_bytes \d+ -> \d+\)"):
+        _cli(d, tmp_path)
+
+
+def test_truncated_dataset_file_is_a_one_line_error(data, tmp_path):
+    d = _copy_data(data, tmp_path / "data")
+    f = d / "dataset_k4.npz"
+    f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+    with pytest.raises(MdkstepError, match=r"dataset_k4.npz: not a readable k-step dataset \(.+\); rebuild it"):
+        _cli(d, tmp_path)
