@@ -23,9 +23,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .system import System, from_molecule_dir, from_smi_file
-from .trajectory import ChunkedTrajectoryWriter
 from .dynamics import kinetic_energy, n_dof
-from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path, remove_com
+from .runner import content_hash, lock_path_for, pack_json, run_chunked, unpack_json
+from .trajectory import ChunkedTrajectoryWriter, make_metadata
+from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, remove_com
 
 #: a run whose mean temperature is further than this fraction from the target is flagged
 TEMPERATURE_TOLERANCE = 0.10
@@ -110,33 +111,23 @@ class QMRunSpec:
 def _metadata(system: System, cfg: QMConfig, spec: QMRunSpec, engine) -> dict[str, Any]:
     info = engine.describe()
     nvt = cfg.thermostat == "langevin"
-    return {
-        "dt_fs": cfg.dt_fs,
-        "save_interval": cfg.save_interval,
-        "engine": cfg.engine,
-        "method": info.get("method", cfg.method),
-        "backend": info.get("backend"),
-        "integrator": "ase_langevin" if nvt else "ase_velocity_verlet",
-        "ensemble": "nvt" if nvt else "nve",
-        "temperature_K": cfg.temperature_K,
-        "friction": cfg.friction_per_ps if nvt else 0.0,
-        "friction_unit": "1/ps",
-        "seed": spec.seed,
-        "molecule": system.name,
-        "smiles": system.smiles,
-        "constraints": "none",
-        "com_fixed": True,
-        "n_dof": n_dof(system.n_atoms),
-        "charge": system.charge,
-        "multiplicity": cfg.multiplicity,
-        "source": system.source,
-        "equilibration_ps": cfg.equilibration_ps,
-        "equilibration_friction": cfg.equilibration_friction,
-        "label": spec.label,
-        "replica": spec.replica,
-        "engine_info": info,
-        "config": asdict(cfg),
-    }
+    return make_metadata(
+        dt_fs=cfg.dt_fs, save_interval=cfg.save_interval, engine=cfg.engine, method=info.get("method", cfg.method),
+        temperature_K=cfg.temperature_K, friction=cfg.friction_per_ps if nvt else 0.0, seed=spec.seed,
+        molecule=system.name, smiles=system.smiles, constraints="none", backend=info.get("backend"),
+        integrator="ase_langevin" if nvt else "ase_velocity_verlet", ensemble="nvt" if nvt else "nve",
+        friction_unit="1/ps", com_fixed=True, n_dof=n_dof(system.n_atoms), charge=system.charge,
+        multiplicity=cfg.multiplicity, source=system.source, equilibration_ps=cfg.equilibration_ps,
+        equilibration_friction=cfg.equilibration_friction, label=spec.label, replica=spec.replica,
+        engine_info=info, config=asdict(cfg))
+
+
+def _fingerprint(system: System, cfg: QMConfig, spec: QMRunSpec) -> dict[str, Any]:
+    """Everything that defines a QM run: config, seed, replica and the molecule's content hash."""
+    return {"config": asdict(cfg), "seed": spec.seed, "label": spec.label, "replica": spec.replica,
+            "system_sha": content_hash(np.asarray(system.atomic_numbers), np.asarray(system.positions_nm, dtype=float),
+                                       np.asarray(system.masses, dtype=float),
+                                       {"charge": system.charge, "multiplicity": system.multiplicity})}
 
 
 def _make_atoms(system: System, engine):
@@ -184,34 +175,6 @@ def _minimize(atoms, cfg: QMConfig) -> None:
     opt.run(fmax=cfg.minimize_fmax_kj_mol_nm / EV_PER_ANGSTROM_TO_KJ_MOL_NM, steps=cfg.minimize_steps)
 
 
-def _save_checkpoint(path: Path, atoms, step: int, done_chunks: int, rng, cfg: QMConfig) -> None:
-    """Positions (nm and native Å), velocities (nm/ps and native momenta), step count, RNG state."""
-    from .engines.units import ANGSTROM_TO_NM, ASE_VELOCITY_TO_NM_PS
-
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, positions_nm=atoms.positions * ANGSTROM_TO_NM,
-                 velocities_nm_ps=atoms.get_velocities() * ASE_VELOCITY_TO_NM_PS,
-                 positions_A=atoms.positions, momenta_ase=atoms.get_momenta(),
-                 step=np.int64(step), done_chunks=np.int64(done_chunks),
-                 n_frames=np.int64(cfg.n_frames), chunk_frames=np.int64(cfg.chunk_frames),
-                 rng_state=np.array(json.dumps(rng.bit_generator.state)))
-
-
-def _load_checkpoint(path: Path, atoms, rng, cfg: QMConfig, parts: Path) -> tuple[int, int]:
-    """Restore atoms and RNG from ``path``; returns (step, done_chunks)."""
-    try:
-        with np.load(path) as z:
-            ck = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise MdkstepError(f"{path}: unreadable checkpoint ({e}); delete {parts} to restart") from None
-    if int(ck["n_frames"]) != cfg.n_frames or int(ck["chunk_frames"]) != cfg.chunk_frames:
-        raise MdkstepError(f"{parts}: a partial run with other settings exists; delete it to restart")
-    atoms.set_positions(ck["positions_A"], apply_constraint=False)
-    atoms.set_momenta(ck["momenta_ase"], apply_constraint=False)
-    rng.bit_generator.state = json.loads(str(ck["rng_state"]))
-    return int(ck["step"]), int(ck["done_chunks"])
-
-
 def _current_results(atoms) -> tuple[float, np.ndarray]:
     """Engine energy (kJ/mol) and forces (kJ/(mol nm)) at the atoms' current positions."""
     calc = atoms.calc
@@ -234,88 +197,120 @@ def temperature_warning(mean_T: float, target_K: float, label: str, n_dof: int |
     return msg + " !!!"
 
 
+class ASEStepper:
+    """The :class:`~mdkstep.runner.Stepper` of an ASE dynamics over a QM engine. State: positions
+    (Å) and momenta (ASE units) exactly as ASE holds them, the step count and the RNG state.
+    Not in the state: the engine's SCF restart guess, so a resumed run agrees with an
+    uninterrupted one to the SCF tolerance (~1e-7 nm), not bit for bit."""
+
+    def __init__(self, atoms, engine, system: System, cfg: QMConfig, spec: QMRunSpec, rng: np.random.Generator):
+        self.atoms, self.engine, self.system, self.cfg, self.spec, self.rng = atoms, engine, system, cfg, spec, rng
+        self.dof = n_dof(system.n_atoms)
+        self.dyn = None
+        self.step = 0  #: production steps in all sessions
+        self.steps_session = 0
+        self.setup_s = 0.0  #: minimisation + thermalisation + equilibration (or state restore), s
+        self.seconds = 0.0  #: wall time of this session's production, s
+        self.calls = 0  #: engine calls of this session's production
+        self.call_seconds = 0.0
+        self.calls_source = engine.counters.source
+
+    def start(self) -> None:
+        """Minimise (optional), Maxwell-Boltzmann momenta without COM motion, Langevin equilibration."""
+        from ase.md.velocitydistribution import Stationary, thermalize_momenta
+
+        t0, cfg = time.perf_counter(), self.cfg
+        if cfg.minimize:
+            _minimize(self.atoms, cfg)
+        thermalize_momenta(self.atoms, cfg.temperature_K, rng=self.rng)
+        Stationary(self.atoms)
+        n_eq = int(round(cfg.equilibration_ps * 1000.0 / cfg.dt_fs))
+        if n_eq:
+            eq = _langevin(self.atoms, cfg, self.rng, cfg.equilibration_friction)
+            for _ in range(n_eq):
+                eq.step()
+        self.setup_s = time.perf_counter() - t0
+
+    def advance(self, first_frame: int, n_frames: int) -> list[dict[str, np.ndarray]]:
+        from .engines.units import ANGSTROM_TO_NM, ASE_VELOCITY_TO_NM_PS
+
+        if self.dyn is None:
+            self.dyn = _production_dynamics(self.atoms, self.cfg, self.rng)
+        span = self.engine.counters.span()  # this chunk's production calls, counted by the engine
+        n, cfg = self.system.n_atoms, self.cfg
+        xs, vs, fs = np.empty((n_frames, n, 3)), np.empty((n_frames, n, 3)), np.empty((n_frames, n, 3))
+        pes = np.empty(n_frames)
+        for t in range(n_frames):
+            for _ in range(cfg.save_interval):
+                self.dyn.step()
+            xs[t] = self.atoms.positions * ANGSTROM_TO_NM
+            vs[t] = self.atoms.get_velocities() * ASE_VELOCITY_TO_NM_PS
+            pes[t], fs[t] = _current_results(self.atoms)
+        self.step += n_frames * cfg.save_interval
+        self.steps_session += n_frames * cfg.save_interval
+        span.close()
+        self.seconds += span.wall_s
+        self.calls += span.calls
+        self.call_seconds += span.seconds
+        self.calls_source = span.source
+        if not np.all(np.isfinite(xs)):
+            raise MdkstepError(f"{self.spec.out_path}: MD blew up (non-finite positions at frames {first_frame}.."
+                               f"{first_frame + n_frames - 1}); check dt_fs")
+        masses = self.system.masses
+        ke = kinetic_energy(remove_com(vs, masses), masses)
+        return [dict(positions=xs, velocities=vs, forces=fs, energies=pes, kinetic=ke,
+                     temperature=2.0 * ke / (self.dof * KB_KJ_PER_MOL_K),
+                     time_ps=(np.arange(first_frame, first_frame + n_frames) + 1) * cfg.save_interval
+                     * cfg.dt_fs / 1000.0)]
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Positions (native Å and nm), momenta (native) and velocities (nm/ps), step, RNG."""
+        from .engines.units import ANGSTROM_TO_NM, ASE_VELOCITY_TO_NM_PS
+
+        return {"positions_A": self.atoms.positions.copy(), "momenta_ase": self.atoms.get_momenta(),
+                "positions_nm": self.atoms.positions * ANGSTROM_TO_NM,
+                "velocities_nm_ps": self.atoms.get_velocities() * ASE_VELOCITY_TO_NM_PS,
+                "step": np.int64(self.step), "rng_state": pack_json(self.rng.bit_generator.state)}
+
+    def set_state(self, state) -> None:
+        t0 = time.perf_counter()
+        self.atoms.set_positions(state["positions_A"], apply_constraint=False)
+        self.atoms.set_momenta(state["momenta_ase"], apply_constraint=False)
+        self.rng.bit_generator.state = unpack_json(state["rng_state"])
+        self.step = int(state["step"])
+        self.setup_s = time.perf_counter() - t0
+
+
 def run_qm_trajectory(system: System, cfg: QMConfig, spec: QMRunSpec, progress: bool = True,
                       engine=None) -> dict[str, Any]:
     """Run (or resume) one QM trajectory and write ``spec.out_path`` in the NPZ schema.
 
     ``engine`` defaults to :func:`mdkstep.engines.factory.make_engine` for ``cfg.engine``.
-    Returns statistics (frames, steps/s, force calls and ms/call, mean temperature).
+    Resume state: ``<out>.parts/checkpoint.npz`` (:mod:`mdkstep.runner`; a resume with other
+    settings is refused). Returns statistics (frames, steps/s, force calls and ms/call, mean
+    temperature).
     """
-    from ase.md.velocitydistribution import Stationary, thermalize_momenta
-    from tqdm import tqdm
-
     from .engines.factory import make_engine
-    from .engines.units import ANGSTROM_TO_NM, ASE_VELOCITY_TO_NM_PS
 
     if system.multiplicity != cfg.multiplicity:
         LOG.warning("%s: the molecule's multiplicity is %d (RDKit radical electrons + 1) but the config's is %d",
                     system.name, system.multiplicity, cfg.multiplicity)
+    if cfg.n_frames < 1:
+        raise MdkstepError(f"production of {cfg.production_ps} ps at {cfg.dt_fs} fs gives no frames")
     if engine is None:
         engine = make_engine(cfg.engine, system, cfg)
     meta = _metadata(system, cfg, spec, engine)
     writer = ChunkedTrajectoryWriter(spec.out_path, {"atom_types": system.atomic_numbers, "masses": system.masses},
                                      meta)
-    ckpt = writer.parts / "checkpoint.npz"
-    n_frames, chunk_frames = cfg.n_frames, cfg.chunk_frames
-    if n_frames < 1:
-        raise MdkstepError(f"production of {cfg.production_ps} ps at {cfg.dt_fs} fs gives no frames")
-    n_chunks = -(-n_frames // chunk_frames)
-    atoms = _make_atoms(system, engine)
-    rng = np.random.default_rng(spec.seed)
-    t_setup = time.perf_counter()
-    if ckpt.is_file():
-        step, done_chunks = _load_checkpoint(ckpt, atoms, rng, cfg, writer.parts)
-        writer.discard_chunks_from(done_chunks)
-        LOG.info("%s: resuming at chunk %d/%d (step %d)", spec.out_path.name, done_chunks, n_chunks, step)
-    else:
-        step, done_chunks = 0, 0
-        writer.discard_chunks_from(0)
-        if cfg.minimize:
-            _minimize(atoms, cfg)
-        thermalize_momenta(atoms, cfg.temperature_K, rng=rng)
-        Stationary(atoms)
-        n_eq = int(round(cfg.equilibration_ps * 1000.0 / cfg.dt_fs))
-        if n_eq:
-            eq = _langevin(atoms, cfg, rng, cfg.equilibration_friction)
-            for _ in range(n_eq):
-                eq.step()
-    setup_s = time.perf_counter() - t_setup
-    dyn = _production_dynamics(atoms, cfg, rng)
-    masses = system.masses
-    dof = n_dof(system.n_atoms)
-    dt_ps = cfg.dt_fs / 1000.0
-    calls0, secs0 = engine.counters.calls, engine.counters.seconds
-    t0 = time.perf_counter()
-    steps_session = 0
-    bar = tqdm(total=n_frames, initial=done_chunks * chunk_frames, desc=f"{system.name}:{spec.label}",
-               unit="frame", disable=not progress or None, leave=False)
-    n = system.n_atoms
-    for chunk in range(done_chunks, n_chunks):
-        first, last = chunk * chunk_frames, min(n_frames, (chunk + 1) * chunk_frames)
-        m = last - first
-        xs, vs, fs = np.empty((m, n, 3)), np.empty((m, n, 3)), np.empty((m, n, 3))
-        pes = np.empty(m)
-        for t in range(m):
-            for _ in range(cfg.save_interval):
-                dyn.step()
-            xs[t] = atoms.positions * ANGSTROM_TO_NM
-            vs[t] = atoms.get_velocities() * ASE_VELOCITY_TO_NM_PS
-            pes[t], fs[t] = _current_results(atoms)
-            bar.update(1)
-        step += m * cfg.save_interval
-        steps_session += m * cfg.save_interval
-        if not np.all(np.isfinite(xs)):
-            raise MdkstepError(f"{spec.out_path}: MD blew up (non-finite positions in chunk {chunk}); check dt_fs")
-        ke = kinetic_energy(remove_com(vs, masses), masses)
-        writer.append_block(positions=xs, velocities=vs, forces=fs, energies=pes, kinetic=ke,
-                            temperature=2.0 * ke / (dof * KB_KJ_PER_MOL_K),
-                            time_ps=(np.arange(first, last) + 1) * cfg.save_interval * dt_ps)
-        writer.flush(chunk)
-        _save_checkpoint(ckpt, atoms, step, chunk + 1, rng, cfg)
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    calls = engine.counters.calls - calls0
-    writer.finalize()
+    stepper = ASEStepper(_make_atoms(system, engine), engine, system, cfg, spec, np.random.default_rng(spec.seed))
+    run_chunked(stepper, [writer], n_frames=cfg.n_frames, chunk_frames=cfg.chunk_frames,
+                state_path=writer.parts / "checkpoint.npz", lock_path=lock_path_for(spec.out_path),
+                fingerprint=_fingerprint(system, cfg, spec), restart_hint=f"delete {writer.parts} to start over",
+                label=f"{system.name}:{spec.label}", progress=progress)
+    return _qm_stats(system, cfg, spec, engine, stepper)
+
+
+def _qm_stats(system: System, cfg: QMConfig, spec: QMRunSpec, engine, st: ASEStepper) -> dict[str, Any]:
     with np.load(spec.out_path) as z:
         temps = np.asarray(z["temperature"])
     stats = {
@@ -323,20 +318,21 @@ def run_qm_trajectory(system: System, cfg: QMConfig, spec: QMRunSpec, progress: 
         "molecule": system.name,
         "label": spec.label,
         "n_atoms": system.n_atoms,
-        "n_frames": n_frames,
-        "steps_this_session": steps_session,
-        "steps_per_s": steps_session / elapsed if elapsed > 0 and steps_session else None,
-        "force_calls_production": calls,
-        "force_ms_per_call": 1000.0 * (engine.counters.seconds - secs0) / calls if calls else None,
+        "n_frames": cfg.n_frames,
+        "steps_this_session": st.steps_session,
+        "steps_per_s": st.steps_session / st.seconds if st.seconds > 0 and st.steps_session else None,
+        "force_calls_production": st.calls,
+        "force_calls_source": st.calls_source,
+        "force_ms_per_call": 1000.0 * st.call_seconds / st.calls if st.calls else None,
         "force_calls_total": engine.counters.calls,
-        "setup_s": setup_s,
+        "setup_s": st.setup_s,
         "mean_temperature_K": float(temps.mean()),
         "std_temperature_K": float(temps.std()),
         "target_temperature_K": cfg.temperature_K,
         "engine": engine.describe(),
     }
     stats["temperature_warning"] = temperature_warning(stats["mean_temperature_K"], cfg.temperature_K,
-                                                       f"{system.name}:{spec.label}", dof)
+                                                       f"{system.name}:{spec.label}", st.dof)
     return stats
 
 
