@@ -203,10 +203,12 @@ def test_negative_max_steps_is_an_error(data, tmp_path):
 
 def test_train_split_equal_to_val_split_is_an_error(data, tmp_path):
     tr_json = str(data / "splits" / "train.json")
-    with pytest.raises(MdkstepError, match=r"train.json: train and val are the same split 'train' \(pass train.json and val.json\)"):
-        load_script("04_train").main(["--dataset", str(data / "dataset_k4.npz"), "--model-config", str(ROOT / "configs/model_quick.yaml"),
-                                      "--train-config", str(ROOT / "configs/train_quick.yaml"), "--splits", tr_json, tr_json,
-                                      "--out", str(tmp_path / "run"), "--device", "cpu"])
+    with pytest.raises(MdkstepError, match=r"train.json: train and val are the same split 'train' "
+                                           r"\(pass train.json and val.json\)"):
+        load_script("04_train").main(["--dataset", str(data / "dataset_k4.npz"),
+                                      "--model-config", str(ROOT / "configs/model_quick.yaml"),
+                                      "--train-config", str(ROOT / "configs/train_quick.yaml"),
+                                      "--splits", tr_json, tr_json, "--out", str(tmp_path / "run"), "--device", "cpu"])
 
 
 def _copy_data(data, dst):

@@ -158,6 +158,7 @@ class DatasetSpec:
 # --------------------------------------------------------------------- source fingerprints
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
+_WARNED_UNFINGERPRINTED: set[Path] = set()
 FINGERPRINT_KEYS = ("dt_fs", "save_interval", "n_frames", "size_bytes", "sha256")
 
 
@@ -197,7 +198,8 @@ def check_source(path: Path, stored: dict[str, Any], dataset: Path) -> None:
     if path.stat().st_size == stored["size_bytes"] and file_sha256(path) == stored["sha256"]:
         return
     now = _current_fingerprint(path)
-    changed = [f"{k} {stored[k]} -> {now.get(k, 'unreadable')}" for k in FINGERPRINT_KEYS[:-1] if now.get(k) != stored[k]]
+    changed = [] if "n_frames" in now else ["now not a readable NPZ"]
+    changed += [f"{k} {stored[k]} -> {now[k]}" for k in FINGERPRINT_KEYS[:-1] if k in now and now[k] != stored[k]]
     raise MdkstepError(f"{path}: source trajectory changed since {dataset} was built "
                        f"({', '.join(changed) or 'content (SHA-256)'}); rebuild it with src/02_make_dataset.py")
 
@@ -319,10 +321,11 @@ def read_dataset_file(path: Path) -> tuple[np.ndarray, np.ndarray, DatasetSpec]:
             windows, codes, spec = z["windows"], z["split"], json.loads(str(z["spec"]))
         spec = DatasetSpec(**spec)
     except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as e:
-        raise MdkstepError(f"{path}: not a readable k-step dataset ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                           "rebuild it with src/02_make_dataset.py") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MdkstepError(f"{path}: not a readable k-step dataset ({why}); rebuild it with src/02_make_dataset.py") from None
     if windows.ndim != 2 or windows.shape[1:] != (2,) or codes.shape != (len(windows),):
-        raise MdkstepError(f"{path}: keys 'windows'/'split' have shapes {windows.shape}/{codes.shape}, expected (W,2)/(W,)")
+        raise MdkstepError(f"{path}: keys 'windows'/'split' have shapes {windows.shape}/{codes.shape}, "
+                           "expected (W,2)/(W,)")
     return windows, codes, spec
 
 
@@ -347,8 +350,10 @@ class KStepDataset:
     def _check_sources(self, used: Sequence[int]) -> None:
         fps = self.spec.source_fingerprints
         if fps is None:
-            LOG.warning("%s: built without source fingerprints (an older stage 02); rebuild it to have its "
-                        "trajectories checked", self.path)
+            if self.path not in _WARNED_UNFINGERPRINTED:
+                _WARNED_UNFINGERPRINTED.add(self.path)
+                LOG.warning("%s: built without source fingerprints (an older stage 02); rebuild it to have its "
+                            "trajectories checked", self.path)
             return
         for ti in used:
             check_source(self.source_path(int(ti)), fps[int(ti)], self.path)
@@ -495,4 +500,5 @@ def collate(wbs: list[WindowBatch], use_forces: bool, dtype: torch.dtype | None 
 
 def targets_to(tg: Targets, device: torch.device) -> Targets:
     """The same targets on ``device``."""
-    return Targets(*(None if v is None else v.to(device) for v in (tg.dx, tg.dv, tg.x1, tg.f1, tg.bonds, tg.angles, tg.dihedrals)))
+    fields = (tg.dx, tg.dv, tg.x1, tg.f1, tg.bonds, tg.angles, tg.dihedrals)
+    return Targets(*(None if v is None else v.to(device) for v in fields))
