@@ -206,15 +206,16 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
         if key not in templates:
             templates[key] = graph_template(w.z, w.masses, w.bonds, len(idx), kicks.config.max_hops, dtype, device)
         loss, info = exact_loss(kicks, templates[key], to_tensors(w.subset(idx), dtype, device), tau_ps, cfg, scales)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"train_exact: non-finite loss at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(kicks.parameters(), cfg.grad_clip)
         opt.step()
-        if not math.isfinite(float(loss)):
-            raise FloatingPointError(f"train_exact: non-finite loss at step {step}")
         if step % cfg.log_every == 0 or step == cfg.steps:
-            row = {"step": step, "loss": float(loss), **info, "seconds": time.perf_counter() - t0}
+            row = {"step": step, "loss": loss_value, **info, "seconds": time.perf_counter() - t0}
             history.append(row)
             LOG.info("exact step %d loss %.4g |dH| %.3g kJ/mol", step, row["loss"], row["abs_dH"])
     kicks.eval()
