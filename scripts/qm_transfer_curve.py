@@ -35,9 +35,8 @@ from pathlib import Path
 for _k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_k] = "1"
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
-import numpy as np  # noqa: E402
+import numpy as np  # noqa: E402  (after the thread limits above)
 
 DEFAULT_SMI = "CCO ethanol\nCO methanol\nCC=O acetaldehyde\n"
 

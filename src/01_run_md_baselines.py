@@ -14,15 +14,13 @@ run_stats.json. Platform: CUDA when present, else Reference for small molecules.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mdkstep.chem import find_molecules, load_molecule  # noqa: E402
-from mdkstep.config import load_config, run_cli, to_dict  # noqa: E402
-from mdkstep.md import MDConfig, RunSpec, raw_steps_per_s, run_trajectory  # noqa: E402
-from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, parse_shard, setup_logging  # noqa: E402
+from mdkstep.chem import find_molecules
+from mdkstep.config import load_config, run_cli, to_dict
+from mdkstep.md import MDConfig, RunSpec, raw_steps_per_s, run_trajectory
+from mdkstep.system import from_molecule_dir
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, parse_shard, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     i, n = parse_shard(args.shard)
     dirs = dirs[i::n]
     for d in dirs:
-        mol = load_molecule(d)
+        mol = from_molecule_dir(d)
         out_dir = args.out / mol.name
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "topology.json", (d / "topology.json").read_text())  # for stage 02

@@ -21,13 +21,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mdkstep.config import run_cli  # noqa: E402
-from mdkstep.qm_md import add_cli_arguments, main_from_args  # noqa: E402
+from mdkstep.config import run_cli
+from mdkstep.qm_md import add_cli_arguments, main_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from mdkstep.config import load_config, run_cli  # noqa: E402
-from mdkstep.model import ModelConfig, build_model, make_graph_batch  # noqa: E402
-from mdkstep.utils import MdkstepError, seed_everything  # noqa: E402
+from mdkstep.config import load_config, run_cli
+from mdkstep.model import ModelConfig, build_model, make_graph_batch
+from mdkstep.utils import MdkstepError, seed_everything
 
 MASSES = {1: 1.008, 6: 12.011, 7: 14.007, 8: 15.999}
 

@@ -51,14 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plain_md_wall_s_per_ps(raw_dir: Path, meta: dict[str, Any]) -> float | None:
     """Wall seconds per simulated ps of plain OpenMM MD (no saving), timed now, same settings."""
-    from mdkstep.chem import load_molecule
     from mdkstep.config import from_dict
     from mdkstep.md import MDConfig, raw_steps_per_s
+    from mdkstep.system import from_molecule_dir
 
     if not (raw_dir / "topology.json").is_file() or meta.get("engine") != "openmm":
         return None
     cfg = from_dict(MDConfig, meta["config"], "baseline metadata") if "config" in meta else MDConfig()
-    sps = raw_steps_per_s(load_molecule(raw_dir), cfg, n_steps=10000)["custom_baoab"]
+    sps = raw_steps_per_s(from_molecule_dir(raw_dir), cfg, n_steps=10000)["custom_baoab"]
     return 1.0 / (sps * cfg.dt_fs / 1000.0)
 
 

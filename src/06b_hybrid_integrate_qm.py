@@ -22,17 +22,14 @@ Example:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from mdkstep.config import load_config, run_cli, to_dict  # noqa: E402
-from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model,  # noqa: E402
+from mdkstep.config import load_config, run_cli, to_dict
+from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model,
                                 prepare_outputs, resolve_hybrid_config, run_and_report, start_frames)
-from mdkstep.utils import LOG, MdkstepError, setup_logging  # noqa: E402
+from mdkstep.utils import LOG, MdkstepError, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,36 +47,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def qm_molecule(args, traj) -> dict:
-    """name, atomic numbers, masses, charge, smiles and bonds of the system to run."""
-    from mdkstep.dataset import molecule_topology
+def qm_system(args, traj):
+    """The system to run (:class:`mdkstep.system.System`): the --molecule folder (its atoms must
+    match the trajectory's; masses are the trajectory's), else the atoms of the --start-from NPZ."""
+    from dataclasses import replace
 
-    z = np.asarray(traj.atom_types, dtype=int)
-    meta = traj.metadata
-    if args.molecule is not None:
-        from mdkstep.chem import load_molecule
+    from mdkstep.system import from_molecule_dir, from_trajectory
 
-        mol = load_molecule(args.molecule)
-        if list(map(int, mol.atomic_numbers)) != list(map(int, z)):
-            raise MdkstepError(f"{args.start_from}: atoms do not match molecule {mol.name}")
-        return {"name": mol.name, "z": z, "masses": np.asarray(traj.masses, dtype=float),
-                "charge": int(mol.info.net_charge), "smiles": mol.info.smiles, "bonds": np.asarray(mol.info.bonds),
-                "bonds_from": str(args.molecule / "topology.json")}
-    name = str(meta.get("molecule") or args.start_from.parent.name)
-    topo = molecule_topology(args.start_from, None, name, z, traj.positions[-1])
-    beside = args.start_from.parent / "topology.json"
-    return {"name": name, "z": z, "masses": np.asarray(traj.masses, dtype=float),
-            "charge": int(meta.get("charge", 0) or 0), "smiles": meta.get("smiles"), "bonds": np.asarray(topo["bonds"]),
-            "bonds_from": str(beside) if beside.is_file() else "inferred (covalent radii)"}
+    if args.molecule is None:
+        return from_trajectory(args.start_from, traj)
+    mol = from_molecule_dir(args.molecule)
+    if list(map(int, mol.atomic_numbers)) != list(map(int, traj.atom_types)):
+        raise MdkstepError(f"{args.start_from}: atoms do not match molecule {mol.name}")
+    return replace(mol, masses=np.asarray(traj.masses, dtype=float))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     from mdkstep.checkpoint import check_compatible, read_checkpoint
-    from mdkstep.engines.factory import make_qm_engine
+    from mdkstep.engines.factory import make_engine
     from mdkstep.model.jumper import ModelJumper
-    from mdkstep.qm_md import QMConfig, set_openmp_threads
+    from mdkstep.qm_md import QMConfig, limit_threads
     from mdkstep.trajectory import load_trajectory
 
     check_run_args(args)
@@ -91,27 +80,27 @@ def main(argv: list[str] | None = None) -> int:
     base_engine = traj.metadata.get("engine")
     if base_engine not in (None, qcfg.engine):
         LOG.warning("%s was run with engine %s; the hybrid uses %s", args.start_from, base_engine, qcfg.engine)
-    mol = qm_molecule(args, traj)
+    mol = qm_system(args, traj)
     ck = read_checkpoint(args.checkpoint)
-    check_compatible(ck, str(args.checkpoint), atom_types=set(map(int, mol["z"])))
+    check_compatible(ck, str(args.checkpoint), atom_types=set(map(int, mol.atomic_numbers)))
     hcfg = resolve_hybrid_config(args, ck, qcfg.dt_fs, qcfg.temperature_K, args.qm_config)
     if ck.get("engine") not in (None, qcfg.engine):
         LOG.warning("%s was trained on %s data; running it with %s forces", args.checkpoint, ck.get("engine"), qcfg.engine)
     prepare_outputs(args)
-    set_openmp_threads(qcfg.omp_num_threads or 1)  # oversubscribed OpenMP costs up to 100x (qm_md)
+    limit_threads(qcfg.omp_num_threads or 1)  # oversubscribed OpenMP costs up to 100x (qm_md)
     model, device = load_model(args, args.checkpoint)
-    engine = make_qm_engine(qcfg, mol["z"], mol["masses"], charge=mol["charge"])
+    engine = make_engine(qcfg.engine, mol, qcfg)
     if is_resuming(args):  # the state comes from the hybrid checkpoint
-        x0 = v0 = np.zeros((args.replicas, len(mol["z"]), 3))
+        x0 = v0 = np.zeros((args.replicas, mol.n_atoms, 3))
         start = "resumed (start state: see the trajectory metadata)"
     else:
         x0, v0, idx = start_frames(traj, args.replicas)
         start = f"{args.start_from} frames {idx}"
-    jumper = ModelJumper(model, mol["z"], engine.masses, mol["bonds"], device=device)
-    meta = {"molecule": mol["name"], "smiles": mol["smiles"], "constraints": "none", "charge": mol["charge"],
+    jumper = ModelJumper(model, mol.atomic_numbers, engine.masses, mol.bonds, device=device)
+    meta = {"molecule": mol.name, "smiles": mol.smiles, "constraints": "none", "charge": mol.charge,
             "multiplicity": qcfg.multiplicity, "seed": args.seed, "checkpoint": str(args.checkpoint),
-            "start": start, "bonds_from": mol["bonds_from"], "qm_method": qcfg.method}
-    run_and_report(args, engine, jumper, hcfg, x0, v0, mol["name"], meta,
+            "start": start, "bonds_from": mol.bonds_from, "qm_method": qcfg.method}
+    run_and_report(args, engine, jumper, hcfg, x0, v0, mol.name, meta,
                    {"qm_config": to_dict(qcfg), "start": start}, device)
     return 0
 

@@ -13,16 +13,12 @@ Run ``python src/pyscf_gpu_calculator.py`` for a demo (RHF/STO-3G water energy).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+from ase.calculators.calculator import all_changes
 
-import numpy as np  # noqa: E402
-from ase.calculators.calculator import all_changes  # noqa: E402
-
-from mdkstep.engines.ase_engine import EngineCalculator  # noqa: E402
-from mdkstep.engines.pyscf_engine import PySCFEngine  # noqa: E402
+from mdkstep.engines.ase_engine import EngineCalculator
+from mdkstep.engines.pyscf_engine import PySCFEngine
 
 
 class PySCFCalculator(EngineCalculator):

@@ -16,12 +16,8 @@ Units printed: kJ/mol, K, fs (ASE works in eV, Å internally).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def water_cluster(n_side: int = 3, spacing_A: float = 3.1, seed: int = 0):

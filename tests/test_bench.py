@@ -83,6 +83,7 @@ def test_bench_end_to_end_every_key(bench_run):
         assert (out / mode / "runs" / ("ethanol" if mode == "mm" else "water") / "ref_r2.npz").is_file()
     mm_ref = next(r for r in recs if r["mode"] == "mm" and r["reference"])
     assert mm_ref["force_calls_per_ps"] == pytest.approx(500.0)
+    assert all(r["force_calls_source"] == "integrator_steps" for r in recs if r["mode"] == "mm" and r["kind"] == "plain")
     qm_ref = next(r for r in recs if r["mode"] == "qm" and r["reference"])
     assert qm_ref["force_calls_source"] == "engine_counter" and qm_ref["force_calls_per_ps"] >= 4000.0
     assert result["meta"]["modes"]["mm"]["verlet_scan"]["ethanol"]["largest_stable_dt_fs"] == 3.0
@@ -166,14 +167,15 @@ def test_bad_config_key_names_the_file(tmp_path, capsys):
 def test_engine_vv_segment_conserves_energy():
     """The plain-MD timer's velocity Verlet on an analytic harmonic pair: the force calls are
     the engine's own count, and U + K is conserved to O(dt^2)."""
+    from mdkstep.engines.base import EngineCounters
     from mdkstep.plain import engine_vv_segment
 
     class Harmonic:
         masses = np.array([1.0, 1.0])
         atomic_numbers = np.array([1, 1])
 
-        class counters:
-            calls, seconds = 0, 0.0
+        def __init__(self):
+            self.counters = EngineCounters()
 
         def compute(self, x):
             self.counters.calls += 1
@@ -186,6 +188,7 @@ def test_engine_vv_segment_conserves_energy():
     x0 = np.array([[0.0, 0.0, 0.0], [0.11, 0.0, 0.0]])
     seg, x, v, f = engine_vv_segment(eng, x0, np.zeros((2, 3)), 0.5, 400)
     assert seg.steps == 400 and seg.force_calls == 401 and seg.simulated_ps == pytest.approx(0.2)
+    assert seg.force_calls_source == "engine_counter"
     e = np.array(seg.energies)
     assert np.ptp(e) < 1e-3 * e[0]  # (omega dt)^2 / 8 ~ 6e-5 relative
     seg2 = engine_vv_segment(eng, x, v, 0.5, 10, f0=f)[0]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import load_script
-from mdkstep.chem import load_molecule
+from mdkstep.system import from_molecule_dir as load_molecule
 from mdkstep.md import MDConfig, RunSpec, run_trajectory
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import KB_KJ_PER_MOL_K, center_of_mass

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from conftest import load_script
-from mdkstep.chem import PrepConfig, SmiEntry, load_molecule, prepare_from_files, prepare_from_smiles, read_smi
+from mdkstep.chem import PrepConfig, SmiEntry, prepare_from_files, prepare_from_smiles, read_smi
+from mdkstep.system import from_molecule_dir as load_molecule
 from mdkstep.utils import MdkstepError
 
 
@@ -51,7 +52,7 @@ def test_energy_matches_openmmforcefields(prepared):
         ctx.setPositions(mol.positions_nm)
         return ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
 
-    assert energy(mol.system()) == pytest.approx(energy(ref_system), abs=1e-3)
+    assert energy(mol.openmm_system()) == pytest.approx(energy(ref_system), abs=1e-3)
 
 
 def test_charged_molecule_records_charge(tmp_path):
@@ -100,7 +101,7 @@ def test_amber_prmtop_input(prepared, tmp_path):
     src = prepared / "ethanol"
     mol = load_molecule(src)
     top = app.PDBFile(str(src / "molecule.pdb")).topology
-    struct = parmed.openmm.load_topology(top, mol.system(), xyz=mol.positions_nm * 10.0)
+    struct = parmed.openmm.load_topology(top, mol.openmm_system(), xyz=mol.positions_nm * 10.0)
     struct.save(str(tmp_path / "eth.prmtop"))
     struct.save(str(tmp_path / "eth.inpcrd"))
     out = prepare_from_files("eth_amber", tmp_path / "raw", prmtop=tmp_path / "eth.prmtop", inpcrd=tmp_path / "eth.inpcrd")

@@ -12,8 +12,8 @@ import pytest
 from conftest import load_script
 from mdkstep.engines.units import (ASE_VELOCITY_TO_NM_PS, BOHR_TO_NM, EV_PER_ANGSTROM_TO_KJ_MOL_NM, EV_TO_KJ_MOL,
                                    HARTREE_PER_BOHR_TO_KJ_MOL_NM, HARTREE_TO_KJ_MOL, PS_IN_ASE_TIME)
-from mdkstep.qm_md import (QMConfig, QMRunSpec, restore_openmp_threads, run_qm_trajectory, set_openmp_threads,
-                           system_from_smiles, temperature_warning)
+from mdkstep.qm_md import QMConfig, QMRunSpec, limit_threads, run_qm_trajectory, temperature_warning
+from mdkstep.system import from_smiles as system_from_smiles
 from mdkstep.trajectory import METADATA_KEYS, load_trajectory
 from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, center_of_mass
 
@@ -33,9 +33,8 @@ WATER_MASSES = np.array([15.999, 1.008, 1.008])
 @pytest.fixture(autouse=True, scope="module")
 def _one_openmp_thread():
     """One OpenMP thread for the tiny QM systems here (oversubscription costs 100x); restored after."""
-    prev = set_openmp_threads(1)
-    yield
-    restore_openmp_threads(prev)
+    with limit_threads(1):
+        yield
 
 
 def _fd_forces(engine, x_nm: np.ndarray, h_nm: float, coords: list[tuple[int, int]]) -> np.ndarray:
@@ -71,7 +70,7 @@ def test_unit_conversions_match_known_constants():
 def test_shipped_qm_configs_and_smiles_files_load():
     from conftest import ROOT
     from mdkstep.config import load_config
-    from mdkstep.qm_md import systems_from_smiles_file
+    from mdkstep.system import from_smi_file as systems_from_smiles_file
 
     cfgs = {p.name: load_config(QMConfig, p) for p in sorted((ROOT / "configs").glob("qm*.yaml"))}
     assert {"qm.yaml", "qm_quick.yaml", "qm_pyscf.yaml", "qm_pyscf_quick.yaml"} <= set(cfgs)
@@ -187,15 +186,14 @@ def test_engine_calculator_counts_one_call_per_ase_calculation():
 
 
 def test_factory_chooses_engine_by_config():
-    from mdkstep.engines import make_qm_engine
+    from mdkstep.engines import make_engine
 
     s = system_from_smiles("O", "water")
-    assert make_qm_engine(QMConfig(), s.atomic_numbers, s.masses, 0).name == "xtb"
-    eng = make_qm_engine({"engine": "pyscf", "method": "RHF", "basis": "sto-3g", "use_gpu": False},
-                         s.atomic_numbers, s.masses, 0)
+    assert make_engine(QMConfig().engine, s, QMConfig()).name == "xtb"
+    eng = make_engine("pyscf", s, {"method": "RHF", "basis": "sto-3g", "use_gpu": False})
     assert eng.name == "pyscf" and eng.method == "RHF/sto-3g"
-    with pytest.raises(MdkstepError, match="unknown QM engine 'orca'"):
-        make_qm_engine({"engine": "orca"}, s.atomic_numbers, s.masses, 0)
+    with pytest.raises(MdkstepError, match="unknown engine 'orca'"):
+        make_engine("orca", s, {})
 
 
 # ------------------------------------------------------------- optional backends / GPU

@@ -23,7 +23,8 @@ def qm_water(tmp_path_factory):
     from mdkstep.checkpoint import save_checkpoint
     from mdkstep.config import load_config
     from mdkstep.model import ModelConfig, build_model
-    from mdkstep.qm_md import QMConfig, QMRunSpec, run_qm_trajectory, system_from_smiles
+    from mdkstep.qm_md import QMConfig, QMRunSpec, run_qm_trajectory
+    from mdkstep.system import from_smiles as system_from_smiles
 
     root = tmp_path_factory.mktemp("qm")
     cfg = load_config(QMConfig, ROOT / "configs/qm_quick.yaml",
@@ -47,13 +48,13 @@ def _run06b(argv, monkeypatch):
     from mdkstep.config import run_cli
 
     built = []
-    orig = factory.make_qm_engine
+    orig = factory.make_engine
 
     def spy(*a, **kw):
         built.append(orig(*a, **kw))
         return built[-1]
 
-    monkeypatch.setattr(factory, "make_qm_engine", spy)
+    monkeypatch.setattr(factory, "make_engine", spy)
     mod = load_script("06b_hybrid_integrate_qm")
     with pytest.raises(SystemExit) as e:
         run_cli(mod.main, argv)
@@ -89,29 +90,37 @@ def test_06b_and_05b_on_water(qm_water, tmp_path, monkeypatch):
                      "--plain-steps", "10", "--log-level", "WARNING"]) == 0
     m = json.loads((ev_dir / "metrics.json").read_text())["molecules"]["water"]
     assert set(m["plain_md"]) == {"0.25fs", "0.5fs", "1fs"}
-    assert m["plain_md"]["0.5fs"]["force_calls"] == 11 and m["plain_md"]["0.5fs"]["stable"]
+    # 10 steps, one counted call each: the warm-up call's forces start every segment
+    seg = m["plain_md"]["0.5fs"]
+    assert seg["force_calls"] == 10 and seg["force_calls_source"] == "engine_counter" and seg["stable"]
+    assert seg["force_calls_per_ps"] == pytest.approx(10 / 0.005)
     for ev in m["runs"].values():
         for key in ("0.25fs", "0.5fs", "1fs"):
             eff = ev["efficiency_vs_plain"][key]
             for k in ("hybrid_force_calls_per_ps", "force_call_reduction", "wall_speedup", "hybrid_wall_s_per_ps",
                       "baseline_wall_s_per_ps"):
                 assert np.isfinite(eff[k])
+            assert eff["baseline_force_calls_source"] == "engine_counter"
         assert ev["efficiency"]["hybrid_force_calls_per_ps"] == pytest.approx(
             stats["force_calls"] / stats["simulated_ps_total"])
         assert "bond_w1_A" in ev["distances"] and "bond_w1_A" in ev["floor"]
     assert (ev_dir / "report.md").is_file()
 
 
-def test_06b_rejects_wrong_time_step(qm_water, tmp_path):
+def test_06b_rejects_wrong_time_step(qm_water, tmp_path, capsys):
     from mdkstep.config import run_cli
 
     root, ck = qm_water
+    start = root / "md/water/replica_0.npz"
     mod = load_script("06b_hybrid_integrate_qm")
     with pytest.raises(SystemExit) as e:
-        run_cli(mod.main, ["--checkpoint", str(ck), "--start-from", str(root / "md/water/replica_0.npz"),
+        run_cli(mod.main, ["--checkpoint", str(ck), "--start-from", str(start),
                            "--qm-config", str(ROOT / "configs/qm_quick.yaml"), "--qm-set", "dt_fs=0.5",
                            "--out", str(tmp_path / "x.npz"), "--log-level", "WARNING"])
-    assert e.value.code != 0
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {start}: baseline dt_fs=0.25, but {ROOT / 'configs/qm_quick.yaml'} has dt_fs=0.5"
+    assert not (tmp_path / "x.npz").exists()
 
 
 @pytest.mark.parametrize("script", BATCH_SCRIPTS)

@@ -10,7 +10,6 @@ add HBonds constraints or hydrogen mass repartitioning from their own config.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -226,7 +225,7 @@ def minimize(system, topology, positions_nm: np.ndarray, cfg: PrepConfig) -> np.
     return np.asarray(pos)
 
 
-def system_from_smiles(smiles: str, cfg: PrepConfig):
+def parametrize_smiles(smiles: str, cfg: PrepConfig):
     """SMILES -> (rdkit mol with conformer, openff Molecule, OpenMM System).
 
     Errors (bad SMILES, an element or chemistry the force field lacks) are MdkstepError.
@@ -288,7 +287,7 @@ def prepare_from_smiles(entry: SmiEntry, out_root: Path, cfg: PrepConfig) -> Pat
     from openmm import unit
 
     t0 = time.perf_counter()
-    rd, off, system = system_from_smiles(entry.smiles, cfg)
+    rd, off, system = parametrize_smiles(entry.smiles, cfg)
     omm_top = off.to_topology().to_openmm()
     pos = np.asarray(rd.GetConformer().GetPositions()) / 10.0  # Angstrom -> nm
     if cfg.minimize:
@@ -382,55 +381,7 @@ def prepare_from_files(
     return write_molecule_dir(out_root / name, info, system, omm_top, pos)
 
 
-# -------------------------------------------------------------------- reading a molecule dir
-
-@dataclass
-class Molecule:
-    """A prepared molecule folder loaded for the MD stages."""
-
-    path: Path
-    info: TopologyInfo
-    system_xml: str
-    positions_nm: np.ndarray
-
-    @property
-    def name(self) -> str:
-        return self.info.name
-
-    @property
-    def masses(self) -> np.ndarray:
-        return np.asarray(self.info.masses, dtype=float)
-
-    @property
-    def atomic_numbers(self) -> np.ndarray:
-        return np.asarray(self.info.atomic_numbers, dtype=int)
-
-    def system(self):
-        """A fresh OpenMM System (deserialized each call, so callers may modify it)."""
-        import openmm
-
-        return openmm.XmlSerializer.deserialize(self.system_xml)
-
-
-def load_molecule(path: str | Path) -> Molecule:
-    """Load ``<dir>/topology.json``, ``system.xml`` and ``molecule.pdb``; errors name the file."""
-    from openmm import app, unit
-
-    path = Path(path)
-    if not path.is_dir():
-        raise MdkstepError(f"{path}: molecule folder not found (run src/00_prep_mols.py first)")
-    files = {k: path / k for k in ("topology.json", "system.xml", "molecule.pdb")}
-    for f in files.values():
-        if not f.is_file():
-            raise MdkstepError(f"{f}: missing (re-run src/00_prep_mols.py for this molecule)")
-    try:
-        raw = json.loads(files["topology.json"].read_text())
-        info = TopologyInfo(**raw)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise MdkstepError(f"{files['topology.json']}: invalid topology file ({e})") from None
-    pos = app.PDBFile(str(files["molecule.pdb"])).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-    return Molecule(path, info, files["system.xml"].read_text(), np.asarray(pos))
-
+# --------------------------------- finding molecule dirs (loading one: mdkstep.system.from_molecule_dir)
 
 def find_molecules(root: str | Path) -> list[Path]:
     """Molecule folders (those with a topology.json) directly under ``root``, sorted by name."""

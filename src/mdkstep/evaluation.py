@@ -53,15 +53,22 @@ def replica_floor(replicas: list[Trajectory], topo: dict[str, Any], interval_ps:
     return out
 
 
-def efficiency(stats: dict[str, Any], baseline_dt_fs: float, baseline_wall_s_per_ps: float | None) -> dict[str, Any]:
+def efficiency(stats: dict[str, Any], baseline_dt_fs: float, baseline_wall_s_per_ps: float | None,
+               baseline_force_calls_per_ps: float | None = None,
+               baseline_force_calls_source: str = "integrator_steps") -> dict[str, Any]:
     """force_call_reduction and wall_speedup (docs/force-calls.md) from a hybrid stats dict.
 
-    The baseline makes one force call per step: 1000 / dt_fs calls per simulated ps.
+    The baseline's calls per simulated ps are the counted ``baseline_force_calls_per_ps`` when
+    given (with its ``baseline_force_calls_source``), else one call per integrator step
+    (1000 / dt_fs, source "integrator_steps").
     """
     sim_ps = float(stats.get("simulated_ps_total") or stats.get("simulated_ps") or 0.0)  # calls & wall cover all replicas
     calls = stats.get("force_calls")
     wall = stats.get("wall_seconds", stats.get("wall_s"))
-    out: dict[str, Any] = {"baseline_force_calls_per_ps": 1000.0 / baseline_dt_fs}
+    counted = baseline_force_calls_per_ps is not None
+    out: dict[str, Any] = {
+        "baseline_force_calls_per_ps": baseline_force_calls_per_ps if counted else 1000.0 / baseline_dt_fs,
+        "baseline_force_calls_source": baseline_force_calls_source if counted else "integrator_steps"}
     if sim_ps > 0 and calls:
         out["hybrid_force_calls_per_ps"] = calls / sim_ps
         out["force_call_reduction"] = out["baseline_force_calls_per_ps"] / out["hybrid_force_calls_per_ps"]

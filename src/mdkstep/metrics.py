@@ -35,22 +35,14 @@ def _neighbors(n_atoms: int, bonds: np.ndarray) -> list[set[int]]:
 
 
 def ring_bonds(n_atoms: int, bonds: np.ndarray) -> set[tuple[int, int]]:
-    """Bonds in a ring: those whose removal leaves their atoms connected (no RDKit needed)."""
-    nb = _neighbors(n_atoms, bonds)
-    out = set()
-    for a, b in bonds:
-        a, b = int(a), int(b)
-        seen, stack = {a}, [a]
-        while stack:
-            u = stack.pop()
-            for w in nb[u]:
-                if (u, w) in ((a, b), (b, a)) or w in seen:
-                    continue
-                seen.add(w)
-                stack.append(w)
-        if b in seen:
-            out.add((min(a, b), max(a, b)))
-    return out
+    """Bonds in a ring, as sorted index pairs: the bond graph's edges that are not bridges (networkx)."""
+    import networkx as nx
+
+    g = nx.Graph()
+    g.add_nodes_from(range(n_atoms))
+    g.add_edges_from((int(a), int(b)) for a, b in np.asarray(bonds, dtype=int).reshape(-1, 2))
+    bridges = {frozenset(e) for e in nx.bridges(g)}
+    return {(min(a, b), max(a, b)) for a, b in g.edges() if frozenset((a, b)) not in bridges}
 
 
 @dataclass

@@ -165,3 +165,24 @@ def stable_by_drift(seg: Segment, n_atoms: int, max_drift_per_atom: float) -> bo
     most ``max_drift_per_atom`` kJ/mol/ps."""
     d = seg.drift(n_atoms)["nve_drift_kj_mol_ps_per_atom"]
     return bool(seg.stable and np.isfinite(d) and abs(d) <= max_drift_per_atom)
+
+
+def time_plain_md(engine, x0: np.ndarray, v0: np.ndarray, dts_fs, n_steps: int) -> dict[str, dict[str, Any]]:
+    """Velocity-Verlet segments of ``n_steps`` with ``engine`` at each step of ``dts_fs`` (fs),
+    all from (x0 nm, v0 nm/ps). One untimed warm-up call first (library set-up); its forces start
+    every segment, so a segment makes exactly one counted call per step. Per step "<dt>fs": the
+    segment summary (force_calls, force_calls_source, force_calls_per_ps, wall_s_per_ps, ...), the
+    NVE drift, ms per call (inside the engine) and the largest |E_tot - E_tot(0)|, kJ/mol."""
+    f0 = engine.compute(x0)[1]
+    out = {}
+    for dt in dts_fs:
+        seg = engine_vv_segment(engine, x0, v0, dt, n_steps, f0=f0)[0]
+        e = np.asarray(seg.energies)
+        out[f"{dt:g}fs"] = {**seg.summary(), **seg.drift(engine.n_atoms),
+                            "wall_s_per_ps": seg.wall_s_per_ps if seg.simulated_ps else None,
+                            "force_ms_per_call": 1000.0 * seg.force_seconds / seg.force_calls if seg.force_calls else None,
+                            "etot_max_dev_kj_mol": float(np.max(np.abs(e - e[0]))) if len(e) else float("nan")}
+        LOG.info("plain MD %g fs: %.3g s/ps, %s calls (%s), NVE drift %.3g kJ/mol/ps", dt,
+                 out[f"{dt:g}fs"]["wall_s_per_ps"] or float("nan"), seg.force_calls, seg.force_calls_source,
+                 out[f"{dt:g}fs"]["nve_drift_kj_mol_ps"])
+    return out

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -164,8 +163,8 @@ def hybrid_nve(engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, time_ps: fl
     integ = HybridIntegrator(engine, jumper, hcfg, np.random.default_rng(0))
     integ.initialize(x0, v0)
     n = max(3, int(round(time_ps / hcfg.cycle_ps)))
-    seg = Segment(hcfg.dt_fs, 0, 0.0, 0, 0.0)
-    c0, t0 = engine.counters.calls, time.perf_counter()
+    span = engine.counters.span()
+    seg = Segment(hcfg.dt_fs, 0, 0.0, 0, 0.0, force_calls_source=span.source)
     ke = lambda: float(0.5 * np.sum(integ.m3 * integ.v[0] ** 2))  # noqa: E731
     for i in range(n):
         integ.cycle()
@@ -177,8 +176,8 @@ def hybrid_nve(engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, time_ps: fl
         seg.kinetic.append(ke())
         seg.times_ps.append((i + 1) * hcfg.cycle_ps)
         seg.steps += hcfg.steps_per_cycle
-    seg.wall_s = time.perf_counter() - t0
-    seg.force_calls = engine.counters.calls - c0
+    span.close()
+    seg.wall_s, seg.force_calls, seg.force_seconds = span.wall_s, span.calls, span.seconds
     seg.simulated_ps = seg.steps * hcfg.dt_fs / 1000.0
     return seg
 
@@ -194,13 +193,12 @@ def hybrid_timer(engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, time_ps: 
     n = max(1, int(round(time_ps / hcfg.cycle_ps)))
 
     def segment() -> Segment:
-        c0, s0, t0 = engine.counters.calls, engine.counters.seconds, time.perf_counter()
-        for _ in range(n):
-            integ.cycle()
-        wall = time.perf_counter() - t0
+        with engine.counters.span() as span:
+            for _ in range(n):
+                integ.cycle()
         steps = n * hcfg.steps_per_cycle
-        return Segment(hcfg.dt_fs, steps, steps * hcfg.dt_fs / 1000.0, engine.counters.calls - c0, wall,
-                       force_seconds=engine.counters.seconds - s0)
+        return Segment(hcfg.dt_fs, steps, steps * hcfg.dt_fs / 1000.0, span.calls, span.wall_s,
+                       force_seconds=span.seconds, force_calls_source=span.source)
 
     return segment
 
@@ -221,7 +219,9 @@ def interleaved_timing(timers: dict[str, Callable[[], Segment]], repeats: int) -
     for name, segs in per.items():
         w = np.array([s.wall_s_per_ps for s in segs])
         calls = sum(s.force_calls for s in segs)
-        walls = sum(s.force_seconds for s in segs) or sum(s.wall_s for s in segs)  # plain OpenMM: whole steps
+        # OpenMM's own integrator (integrator_steps) cannot time its force calls: whole steps then
+        stepped = all(s.force_calls_source == "integrator_steps" for s in segs)
+        walls = sum(s.wall_s if stepped else s.force_seconds for s in segs)
         out[name] = {"wall_s_per_ps_repeats": w.tolist(), "wall_s_per_ps": float(np.median(w)),
                      "wall_s_per_ps_min": float(np.min(w)),
                      "timing_spread": float((w.max() - w.min()) / np.median(w)) if len(w) > 1 else 0.0}

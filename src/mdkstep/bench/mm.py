@@ -12,8 +12,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..chem import Molecule
+from ..system import System
 from ..plain import OpenMMRunner, Segment, stable_by_drift
+from ..trajectory import load_trajectory
 from ..utils import LOG, atomic_write_json
 from .config import BenchConfig
 from .core import Method
@@ -28,13 +29,14 @@ class MMMode:
         self.cfg = cfg
         self.root = out_dir / "mm"
         self.raw = self.root / "raw"
-        self._mols: dict[str, Molecule] = {}
+        self._mols: dict[str, System] = {}
 
     # -- molecules -------------------------------------------------------------------
     def molecules(self) -> list[str]:
         """Prepare (stage 00, skipped when present) every molecule of ``mm_smiles``."""
-        from ..chem import PrepConfig, load_molecule, prepare_from_smiles, read_smi_strict
+        from ..chem import PrepConfig, prepare_from_smiles, read_smi_strict
         from ..config import load_config
+        from ..system import from_molecule_dir
 
         entries = read_smi_strict(self.cfg.mm_smiles)
         prep = load_config(PrepConfig, self.cfg.mm_prep_config)
@@ -42,10 +44,10 @@ class MMMode:
             folder = self.raw / e.name
             if not (folder / "topology.json").is_file():
                 prepare_from_smiles(e, self.raw, prep)
-            self._mols[e.name] = load_molecule(folder)
+            self._mols[e.name] = from_molecule_dir(folder)
         return [e.name for e in entries]
 
-    def mol(self, name: str) -> Molecule:
+    def mol(self, name: str) -> System:
         return self._mols[name]
 
     def topology(self, mol: str) -> dict[str, Any]:
@@ -116,14 +118,20 @@ class MMMode:
 
     # -- runs ------------------------------------------------------------------------
     def run_plain(self, mol: str, method: Method, seed: int, out: Path, time_ps: float, training: bool = False) -> Path:
-        """Plain NVT trajectory (stage-01 runner: equilibration, chunked, resumable); skipped when done."""
+        """Plain NVT trajectory (stage-01 runner: equilibration, chunked, resumable); skipped when done.
+        Writes <out>.stats.json with its force calls: OpenMM's production integrator steps
+        (one force evaluation per step; ``force_calls_source: integrator_steps``)."""
         from ..md import RunSpec, run_trajectory
 
-        if out.is_file():
-            return out
         cfg = self.md_config(method.dt_fs, method.hmr, time_ps, save_forces=training)
-        spec = RunSpec(out, seed, cfg.friction_per_ps, time_ps, cfg.equilibration_ps, label=out.stem)
-        run_trajectory(self.mol(mol), cfg, spec)
+        if not out.is_file():
+            spec = RunSpec(out, seed, cfg.friction_per_ps, time_ps, cfg.equilibration_ps, label=out.stem)
+            run_trajectory(self.mol(mol), cfg, spec)
+        stats = out.with_suffix(".stats.json")
+        if not stats.is_file():
+            steps = load_trajectory(out).n_frames * cfg.save_interval  # every production step, over all sessions
+            atomic_write_json(stats, {"force_calls": steps, "force_calls_source": "integrator_steps",
+                                      "steps_this_session": steps})
         topo = out.parent / "topology.json"
         if not topo.is_file():
             topo.write_text((self.raw / mol / "topology.json").read_text())
@@ -144,10 +152,10 @@ class MMMode:
 
     def engine(self, mol: str):
         """OpenMM force engine with the reference system (HBonds, no HMR)."""
-        from ..engines.openmm_engine import OpenMMEngine
+        from ..engines.factory import make_engine
 
-        return OpenMMEngine(self.system(mol, self.cfg.mm_ref_dt_fs, False), self.mol(mol).atomic_numbers)
+        return make_engine("openmm", self.mol(mol), self.md_config(self.cfg.mm_ref_dt_fs, False, 1.0))
 
     def run_meta(self, mol: str) -> dict[str, Any]:
         m = self.mol(mol)
-        return {"molecule": mol, "smiles": m.info.smiles, "constraints": "hbonds", "forcefield": m.info.forcefield}
+        return {"molecule": mol, "smiles": m.smiles, "constraints": "hbonds", "forcefield": m.forcefield}

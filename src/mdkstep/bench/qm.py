@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..plain import Segment, engine_vv_segment
-from ..utils import LOG, MdkstepError, atomic_write_json
+from ..utils import LOG, atomic_write_json
 from .config import BenchConfig
 from .core import Method
 
@@ -26,35 +26,27 @@ class QMMode:
 
     def __init__(self, cfg: BenchConfig, out_dir: Path):
         from ..config import load_config
-        from ..qm_md import QMConfig, set_openmp_threads
+        from ..qm_md import QMConfig, limit_threads
 
         self.cfg = cfg
         self.root = out_dir / "qm"
         self.qcfg: QMConfig = load_config(QMConfig, cfg.qm_config, cfg.qm_overrides)
         self._systems: dict[str, Any] = {}
-        set_openmp_threads(cfg.threads)
+        limit_threads(cfg.threads)
 
     # -- molecules -------------------------------------------------------------------
     def molecules(self) -> list[str]:
         """Every molecule of ``qm_smiles`` (RDKit conformer); writes runs/<mol>/topology.json."""
-        from ..chem import rdkit_conformer, read_smi_strict, topology_lists
-        from ..qm_md import system_from_smiles
+        from ..system import from_smi_file
 
-        entries = read_smi_strict(self.cfg.qm_smiles)
-        for e in entries:
-            try:
-                sysm = system_from_smiles(e.smiles, e.name, self.cfg.seed)
-            except MdkstepError as err:
-                raise MdkstepError(f"{self.cfg.qm_smiles}:{e.line_no}: {err}") from None
-            self._systems[e.name] = sysm
-            topo_path = self.root / "runs" / e.name / "topology.json"
+        systems = from_smi_file(self.cfg.qm_smiles, self.cfg.seed)
+        for sysm in systems:
+            self._systems[sysm.name] = sysm
+            topo_path = self.root / "runs" / sysm.name / "topology.json"
             if not topo_path.is_file():
-                rd = rdkit_conformer(e.smiles, self.cfg.seed)
-                bonds = np.array([[b.GetBeginAtomIdx(), b.GetEndAtomIdx()] for b in rd.GetBonds()], dtype=int)
-                atomic_write_json(topo_path, {"name": e.name, "smiles": e.smiles,
-                                              "atomic_numbers": sysm.atomic_numbers.tolist(),
-                                              **topology_lists(sysm.n_atoms, bonds)})
-        return [e.name for e in entries]
+                atomic_write_json(topo_path, {"name": sysm.name, "smiles": sysm.smiles,
+                                              "atomic_numbers": sysm.atomic_numbers.tolist(), **sysm.topology()})
+        return [s.name for s in systems]
 
     def topology(self, mol: str) -> dict[str, Any]:
         return json.loads((self.root / "runs" / mol / "topology.json").read_text())
@@ -112,10 +104,9 @@ class QMMode:
         return engine_vv_segment(self.engine(mol), x0, v0, method.dt_fs, n)[0]
 
     def engine(self, mol: str):
-        from ..engines.factory import make_qm_engine
+        from ..engines.factory import make_engine
 
-        s = self._systems[mol]
-        return make_qm_engine(self.qcfg, s.atomic_numbers, s.masses, s.charge)
+        return make_engine(self.qcfg.engine, self._systems[mol], self.qcfg)
 
     def run_meta(self, mol: str) -> dict[str, Any]:
         s = self._systems[mol]

@@ -1,8 +1,8 @@
 """Force engines behind one interface (:class:`ForceEngine`). Heavy backends import lazily."""
-from .base import EngineCounters, ForceEngine
+from .base import CountedSpan, EngineCounters, ForceEngine
 
-__all__ = ["EngineCounters", "ForceEngine", "XTBEngine", "PySCFEngine", "ASEEngine", "EngineCalculator",
-           "make_qm_engine"]
+__all__ = ["CountedSpan", "EngineCounters", "ForceEngine", "OpenMMEngine", "XTBEngine", "PySCFEngine", "ASEEngine",
+           "EngineCalculator", "make_engine"]
 
 #: name -> submodule, imported on first attribute access (keeps ``import mdkstep.engines`` light)
 _LAZY = {
@@ -10,7 +10,8 @@ _LAZY = {
     "PySCFEngine": "pyscf_engine",
     "ASEEngine": "ase_engine",
     "EngineCalculator": "ase_engine",
-    "make_qm_engine": "factory",
+    "OpenMMEngine": "openmm_engine",
+    "make_engine": "factory",
 }
 
 

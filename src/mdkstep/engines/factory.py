@@ -1,46 +1,84 @@
-"""Choose and build a QM force engine from a config (``engine: xtb | pyscf``); imports lazily."""
+"""The one engine factory: :func:`make_engine` (``openmm | xtb | pyscf | ase``) for a
+:class:`mdkstep.system.System`; heavy backends import lazily."""
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ..utils import MdkstepError
 from .base import ForceEngine
 
+ENGINE_KINDS = ("openmm", "xtb", "pyscf", "ase")
 QM_ENGINES = ("xtb", "pyscf")
 
 
 def _get(cfg: Any, key: str, default: Any) -> Any:
-    """Attribute or mapping access, so both QMConfig and plain dicts work."""
+    """Attribute or mapping access, so config dataclasses, plain dicts and None all work."""
+    if cfg is None:
+        return default
     if isinstance(cfg, dict):
         return cfg.get(key, default)
     return getattr(cfg, key, default)
 
 
-def make_qm_engine(cfg: Any, atomic_numbers: np.ndarray, masses: np.ndarray, charge: int = 0) -> ForceEngine:
-    """Build the engine named by ``cfg.engine`` for one molecule.
+def _openmm(system, cfg: Any) -> ForceEngine:
+    """OpenMM engine on the system's XML with the MD config's constraints and HMR
+    (keys: constraints [hbonds], hydrogen_mass_amu [None], platform [auto], constraint_tolerance [1e-8])."""
+    from ..mm import apply_constraints_and_hmr
+    from .openmm_engine import OpenMMEngine
 
-    Keys read (defaults in brackets): engine [xtb]; method [GFN2-xTB | RHF]; multiplicity [1];
-    xtb: backend [tblite], accuracy [1.0], electronic_temperature_K [300];
-    pyscf: basis [sto-3g], xc [None], omp_num_threads, max_memory_mb, use_gpu [auto],
-    conv_tol [1e-9 Hartree]. ``charge`` is the molecule's net charge (e).
+    omm = apply_constraints_and_hmr(system.openmm_system(), system.atomic_numbers, _get(cfg, "constraints", "hbonds"),
+                                    _get(cfg, "hydrogen_mass_amu", None))
+    return OpenMMEngine(omm, system.atomic_numbers, _get(cfg, "platform", "auto"),
+                        float(_get(cfg, "constraint_tolerance", 1e-8)))
+
+
+def _xtb(system, cfg: Any) -> ForceEngine:
+    """GFN-xTB (keys: method [GFN2-xTB], multiplicity [the system's], backend [tblite],
+    accuracy [1.0], electronic_temperature_K [300])."""
+    from .xtb_engine import XTBEngine
+
+    return XTBEngine(system.atomic_numbers, system.masses, method=_get(cfg, "method", "GFN2-xTB"),
+                     charge=system.charge, multiplicity=int(_get(cfg, "multiplicity", system.multiplicity)),
+                     backend=_get(cfg, "backend", "tblite"), accuracy=float(_get(cfg, "accuracy", 1.0)),
+                     electronic_temperature=float(_get(cfg, "electronic_temperature_K", 300.0)))
+
+
+def _pyscf(system, cfg: Any) -> ForceEngine:
+    """PySCF (keys: method [RHF], basis [sto-3g], xc, multiplicity [the system's], omp_num_threads,
+    max_memory_mb, use_gpu [auto], conv_tol [1e-9 Hartree])."""
+    from .pyscf_engine import PySCFEngine
+
+    multiplicity = int(_get(cfg, "multiplicity", system.multiplicity))
+    return PySCFEngine(system.atomic_numbers, system.masses, method=_get(cfg, "method", "RHF"),
+                       basis=_get(cfg, "basis", "sto-3g"), charge=system.charge, spin=multiplicity - 1,
+                       xc=_get(cfg, "xc", None), omp_num_threads=_get(cfg, "omp_num_threads", None),
+                       max_memory_mb=_get(cfg, "max_memory_mb", None), use_gpu=_get(cfg, "use_gpu", "auto"),
+                       conv_tol=float(_get(cfg, "conv_tol", 1e-9)))
+
+
+def _ase(system, cfg: Any) -> ForceEngine:
+    """Any ASE calculator (keys: calculator, an instance or a zero-argument factory; cell_nm [None]; pbc [False])."""
+    from .ase_engine import ASEEngine
+
+    calc = _get(cfg, "calculator", None)
+    if calc is None:
+        raise MdkstepError("ase engine: key 'calculator' is missing (an ASE calculator or a function returning one)")
+    if isinstance(calc, type) or (callable(calc) and not hasattr(calc, "get_potential_energy")):
+        calc = calc()  # a calculator class or factory: one fresh calculator for this engine
+    return ASEEngine(calc, system.atomic_numbers, system.masses, cell_nm=_get(cfg, "cell_nm", None),
+                     pbc=_get(cfg, "pbc", False), charge=system.charge)
+
+
+_BUILDERS = {"openmm": _openmm, "xtb": _xtb, "pyscf": _pyscf, "ase": _ase}
+
+
+def make_engine(kind: str, system, cfg: Any = None) -> ForceEngine:
+    """The force engine ``kind`` (openmm | xtb | pyscf | ase) for ``system``, set up from ``cfg``.
+
+    ``cfg`` is a config dataclass (MDConfig for openmm, QMConfig for xtb / pyscf) or a dict;
+    missing keys take the defaults named in each builder. Charge (e) comes from the system;
+    the spin multiplicity from ``cfg.multiplicity`` when given, else from the system.
     """
-    engine = _get(cfg, "engine", "xtb")
-    multiplicity = int(_get(cfg, "multiplicity", 1))
-    if engine == "xtb":
-        from .xtb_engine import XTBEngine
-
-        return XTBEngine(atomic_numbers, masses, method=_get(cfg, "method", "GFN2-xTB"), charge=charge,
-                         multiplicity=multiplicity, backend=_get(cfg, "backend", "tblite"),
-                         accuracy=float(_get(cfg, "accuracy", 1.0)),
-                         electronic_temperature=float(_get(cfg, "electronic_temperature_K", 300.0)))
-    if engine == "pyscf":
-        from .pyscf_engine import PySCFEngine
-
-        return PySCFEngine(atomic_numbers, masses, method=_get(cfg, "method", "RHF"),
-                           basis=_get(cfg, "basis", "sto-3g"), charge=charge, spin=multiplicity - 1,
-                           xc=_get(cfg, "xc", None), omp_num_threads=_get(cfg, "omp_num_threads", None),
-                           max_memory_mb=_get(cfg, "max_memory_mb", None), use_gpu=_get(cfg, "use_gpu", "auto"),
-                           conv_tol=float(_get(cfg, "conv_tol", 1e-9)))
-    raise MdkstepError(f"unknown QM engine {engine!r} (key 'engine': use one of {list(QM_ENGINES)})")
+    if kind not in _BUILDERS:
+        raise MdkstepError(f"unknown engine {kind!r} (key 'engine': use one of {list(ENGINE_KINDS)})")
+    return _BUILDERS[kind](system, cfg)

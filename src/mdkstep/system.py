@@ -1,0 +1,175 @@
+"""One molecular system type for every stage and engine: :class:`System`.
+
+Atoms (atomic numbers, masses in amu), a structure (positions in nm), the electronic state
+(net charge in e, spin multiplicity 2S+1), the bond graph with its angles and proper
+dihedrals (0-based atom indices), and where it came from (name, SMILES, source). A system
+prepared by stage 00 also carries its OpenMM System XML (no constraints; the MD stages add
+them), its force field and charge method.
+
+Loaders: :func:`from_molecule_dir` (a stage-00 folder), :func:`from_smiles` (RDKit ETKDG
+conformer), :func:`from_smi_file` (every line of a ``SMILES name`` file) and
+:func:`from_trajectory` (the atoms of a trajectory NPZ and the topology beside it).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .utils import MdkstepError
+
+MOLECULE_FILES = ("topology.json", "system.xml", "molecule.pdb")
+
+
+def _index_array(values: Any, width: int) -> np.ndarray:
+    """An (n, width) int array from a list of index tuples (empty -> shape (0, width))."""
+    return np.asarray(values if values is not None else [], dtype=int).reshape(-1, width)
+
+
+@dataclass
+class System:
+    """A molecule: atoms, structure, electronic state, topology and provenance.
+
+    Units: positions nm, masses amu, charge e. Index lists are 0-based atom indices.
+    """
+
+    name: str
+    atomic_numbers: np.ndarray  #: (n_atoms,) int
+    masses: np.ndarray  #: (n_atoms,) amu
+    positions_nm: np.ndarray  #: (n_atoms, 3) nm
+    charge: int = 0  #: net charge, e
+    multiplicity: int = 1  #: spin multiplicity 2S+1
+    bonds: np.ndarray = field(default_factory=lambda: _index_array(None, 2))  #: (n_bonds, 2)
+    angles: np.ndarray = field(default_factory=lambda: _index_array(None, 3))  #: (n_angles, 3) i-j-k
+    dihedrals: np.ndarray = field(default_factory=lambda: _index_array(None, 4))  #: (n, 4) proper i-j-k-l
+    smiles: str | None = None
+    source: str = "smiles"  #: where this system was loaded from: smiles | dir:<name> | trajectory:<file>
+    system_xml: str | None = None  #: serialized OpenMM System (stage-00 folders), no constraints
+    forcefield: str | None = None
+    charge_method: str | None = None
+    bonds_from: str = ""  #: where the bond list came from (a file, rdkit, or inferred)
+    path: Path | None = None  #: the stage-00 folder, when loaded from one
+
+    def __post_init__(self) -> None:
+        self.atomic_numbers = np.asarray(self.atomic_numbers, dtype=int).reshape(-1)
+        self.masses = np.asarray(self.masses, dtype=float).reshape(-1)
+        self.positions_nm = np.asarray(self.positions_nm, dtype=float)
+        self.bonds, self.angles = _index_array(self.bonds, 2), _index_array(self.angles, 3)
+        self.dihedrals = _index_array(self.dihedrals, 4)
+        self.charge, self.multiplicity = int(self.charge), int(self.multiplicity)
+        n = len(self.atomic_numbers)
+        if self.masses.shape != (n,) or self.positions_nm.shape != (n, 3):
+            raise MdkstepError(f"system {self.name}: {n} atoms but masses {self.masses.shape} and positions "
+                               f"{self.positions_nm.shape}")
+        if self.multiplicity < 1:
+            raise MdkstepError(f"system {self.name}: multiplicity must be >= 1, got {self.multiplicity}")
+
+    @property
+    def n_atoms(self) -> int:
+        return int(len(self.atomic_numbers))
+
+    def topology(self) -> dict[str, list[list[int]]]:
+        """Bond, angle and proper-dihedral index lists (the topology.json keys)."""
+        return {"bonds": self.bonds.tolist(), "angles": self.angles.tolist(), "dihedrals": self.dihedrals.tolist()}
+
+    def openmm_system(self):
+        """A fresh OpenMM System from :attr:`system_xml` (deserialized per call, so callers may modify it)."""
+        import openmm
+
+        if self.system_xml is None:
+            raise MdkstepError(f"system {self.name} ({self.source}) has no OpenMM system.xml: prepare it with "
+                               "src/00_prep_mols.py")
+        return openmm.XmlSerializer.deserialize(self.system_xml)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+def _read_topology_json(path: Path):
+    """``topology.json`` as a :class:`mdkstep.chem.TopologyInfo`; errors name the file."""
+    from .chem import TopologyInfo
+
+    try:
+        return TopologyInfo(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise MdkstepError(f"{path}: invalid topology file ({e})") from None
+
+
+def from_molecule_dir(path: str | Path) -> System:
+    """A stage-00 folder: ``topology.json``, ``system.xml`` and ``molecule.pdb``; errors name the file."""
+    from openmm import app, unit
+
+    path = Path(path)
+    if not path.is_dir():
+        raise MdkstepError(f"{path}: molecule folder not found (run src/00_prep_mols.py first)")
+    files = {k: path / k for k in MOLECULE_FILES}
+    for f in files.values():
+        if not f.is_file():
+            raise MdkstepError(f"{f}: missing (re-run src/00_prep_mols.py for this molecule)")
+    info = _read_topology_json(files["topology.json"])
+    pos = app.PDBFile(str(files["molecule.pdb"])).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    return System(name=info.name, atomic_numbers=info.atomic_numbers, masses=info.masses, positions_nm=np.asarray(pos),
+                  charge=info.net_charge, bonds=info.bonds, angles=info.angles, dihedrals=info.dihedrals,
+                  smiles=info.smiles, source=f"dir:{path.name}", system_xml=files["system.xml"].read_text(),
+                  forcefield=info.forcefield, charge_method=info.charge_method,
+                  bonds_from=str(files["topology.json"]), path=path)
+
+
+def from_smiles(smiles: str, name: str, seed: int = 0) -> System:
+    """RDKit ETKDG conformer (seeded); charge is RDKit's formal charge, multiplicity its
+    radical electrons + 1, bonds RDKit's (angles and dihedrals from them)."""
+    from rdkit import Chem
+    from rdkit.Chem import Descriptors
+
+    from .chem import rdkit_conformer, topology_lists
+
+    mol = rdkit_conformer(smiles, seed)
+    bonds = np.array([[b.GetBeginAtomIdx(), b.GetEndAtomIdx()] for b in mol.GetBonds()], dtype=int).reshape(-1, 2)
+    return System(
+        name=name,
+        atomic_numbers=[a.GetAtomicNum() for a in mol.GetAtoms()],
+        masses=[a.GetMass() for a in mol.GetAtoms()],
+        positions_nm=np.asarray(mol.GetConformer().GetPositions(), dtype=float) / 10.0,  # Å -> nm
+        charge=Chem.GetFormalCharge(mol),
+        multiplicity=int(Descriptors.NumRadicalElectrons(mol)) + 1,
+        smiles=smiles, source="smiles", bonds_from="rdkit",
+        **topology_lists(mol.GetNumAtoms(), bonds),
+    )
+
+
+def from_smi_file(path: str | Path, seed: int = 0) -> list[System]:
+    """Every molecule of a ``SMILES name`` file; the first bad line is a one-line error naming it."""
+    from .chem import read_smi_strict
+
+    out = []
+    for e in read_smi_strict(path):
+        try:
+            out.append(from_smiles(e.smiles, e.name, seed))
+        except MdkstepError as err:
+            raise MdkstepError(f"{path}:{e.line_no}: {err}") from None
+    return out
+
+
+def from_trajectory(traj_path: str | Path, traj=None) -> System:
+    """The atoms of a trajectory NPZ (types, masses; last frame as positions; charge,
+    multiplicity and SMILES from its metadata); bonds from the ``topology.json`` beside it,
+    else inferred from covalent radii."""
+    from .dataset import molecule_topology
+    from .trajectory import load_trajectory
+
+    traj_path = Path(traj_path)
+    traj = load_trajectory(traj_path) if traj is None else traj
+    meta = traj.metadata
+    z = np.asarray(traj.atom_types, dtype=int)
+    name = str(meta.get("molecule") or traj_path.parent.name)
+    beside = traj_path.parent / "topology.json"
+    topo = molecule_topology(traj_path, None, name, z, traj.positions[-1])
+    return System(name=name, atomic_numbers=z, masses=traj.masses, positions_nm=traj.positions[-1],
+                  charge=int(meta.get("charge", 0) or 0), multiplicity=int(meta.get("multiplicity", 1) or 1),
+                  smiles=meta.get("smiles"), source=f"trajectory:{traj_path.name}",
+                  bonds_from=str(beside) if beside.is_file() else "inferred (covalent radii)", **topo)
+
+
+__all__ = ["System", "from_molecule_dir", "from_smiles", "from_smi_file", "from_trajectory"]
