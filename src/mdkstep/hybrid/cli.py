@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..config import load_config, to_dict
-from ..utils import LOG, MdkstepError, atomic_write_json, seed_everything
+from ..utils import LOG, MdkstepError, atomic_write_json, check_writable_file, seed_everything
 
 
 def add_hybrid_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,6 +86,7 @@ def check_run_args(args) -> None:
         raise MdkstepError("--time-ps must be > 0")
     if args.threads < 1:
         raise MdkstepError("--threads must be >= 1")
+    check_writable_file(args.out, "--out")  # before the model, the engine or any cycle
 
 
 def prepare_outputs(args) -> tuple[list[Path], Path]:
@@ -117,6 +118,21 @@ def is_resuming(args) -> bool:
     return checkpoint_path(args.out).is_file() and not args.overwrite
 
 
+def guard_warning(stats: dict[str, Any]) -> str | None:
+    """One loud line when more than FALLBACK_WARN_FRACTION of the replica-cycles fell back to
+    plain physics (the model is not doing the work), naming the reject reasons seen."""
+    from .config import FALLBACK_WARN_FRACTION
+
+    attempted = stats.get("jumps_attempted") or 0
+    frac = stats.get("fallbacks", 0) / attempted if attempted else 0.0
+    if frac <= FALLBACK_WARN_FRACTION:
+        return None
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted((stats.get("reject_reasons") or {}).items(),
+                                                       key=lambda kv: -kv[1]) if v)
+    return (f"WARNING: {100 * frac:.0f}% of replica-cycles fell back to plain physics (threshold "
+            f"{100 * FALLBACK_WARN_FRACTION:.0f}%): the model is not doing the work; rejects: {reasons or 'none'}")
+
+
 def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, name: str,
                    meta: dict[str, Any], extra_stats: dict[str, Any], device: str) -> dict[str, Any]:
     """n_cycles from --time-ps, :func:`mdkstep.hybrid.run_hybrid`, the stats JSON beside
@@ -132,11 +148,16 @@ def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, n
                        resume=not args.overwrite, metadata=meta, progress=not args.no_progress)
     stats.update({"molecule": name, "checkpoint": str(args.checkpoint), **extra_stats,
                   "hybrid_config": to_dict(hcfg), "device": device})
+    warning = guard_warning(stats)
+    stats["fallback_fraction"] = stats["fallbacks"] / stats["jumps_attempted"] if stats["jumps_attempted"] else None
+    stats["warnings"] = [warning] if warning else []
     atomic_write_json(stats_path, stats)
+    if warning:
+        LOG.warning("%s: %s", name, warning)
     print(f"{name}: {stats['simulated_ps']:.3g} ps x {args.replicas} replica(s), "
           f"{stats['force_calls_per_ps']:.1f} force calls/ps (k={hcfg.k}, {hcfg.corrector}), "
           f"accepted {stats['jumps_accepted']}/{stats['jumps_attempted']}, retries {stats['retries']}, "
           f"fallbacks {stats['fallbacks']}, NaN frames {stats['nan_frames']}, "
           f"T {stats['temperature_mean_K']:.1f} +- {stats['temperature_std_K']:.1f} K, "
-          f"model {stats['model_ms_per_jump']:.2f} ms/jump -> {stats_path}")
+          f"model {stats['model_ms_per_jump']:.2f} ms/jump -> {stats_path}" + (f"; {warning}" if warning else ""))
     return stats

@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -415,22 +416,45 @@ class HybridIntegrator:
         return {"temperature_mean_K": mean, "temperature_std_K": math.sqrt(var), "temperature_per_element_K": per}
 
     # -- checkpoint -----------------------------------------------------------------
+    def get_state(self, extra: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """x, v, F, U, E_ref as arrays and counters + RNG state (+ ``extra``) as JSON ``meta``."""
+        meta = {"counters": asdict(self.counters), "rng": self.rng.bit_generator.state, **(extra or {})}
+        return {"x": self.x, "v": self.v, "f": self.f, "u": self.u, "e_ref": self.e_ref,
+                "meta": np.array(json.dumps(meta))}
+
+    def set_state(self, state: Any, source: str = "hybrid checkpoint") -> dict[str, Any]:
+        """Restore what :meth:`get_state` returned; returns its ``extra`` entries. A damaged
+        state is a one-line error naming ``source``."""
+        try:
+            x, v, f = (np.array(state[k], dtype=float) for k in ("x", "v", "f"))
+            u, e_ref = np.array(state["u"], dtype=float), np.array(state["e_ref"], dtype=float)
+            meta = json.loads(str(state["meta"]))
+            counters = HybridCounters(**meta.pop("counters"))
+            rng_state = meta.pop("rng")
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise MdkstepError(f"{source}: damaged hybrid state ({type(e).__name__}: {str(e)[:80]}); "
+                               "delete it to restart") from None
+        if x.ndim != 3 or x.shape[1:] != (self.n_atoms, 3) or v.shape != x.shape or f.shape != x.shape:
+            raise MdkstepError(f"{source}: hybrid state has positions {x.shape}, expected (R, {self.n_atoms}, 3)")
+        self.x, self.v, self.f, self.u, self.e_ref = x, v, f, u, e_ref
+        self.counters = counters
+        try:
+            self.rng.bit_generator.state = rng_state
+        except (TypeError, ValueError, KeyError) as e:
+            raise MdkstepError(f"{source}: damaged RNG state ({e}); delete it to restart") from None
+        self._set_element_dof(self.x[0])
+        return meta
+
     def save_state(self, path: Path, extra: dict[str, Any]) -> None:
-        """Atomically write x, v, F, U, E_ref, counters and the RNG state (+ ``extra``)."""
-        meta = {"counters": asdict(self.counters), "rng": self.rng.bit_generator.state, **extra}
+        """Atomically write :meth:`get_state` (+ ``extra``) to ``path`` (NPZ)."""
         with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, x=self.x, v=self.v, f=self.f, u=self.u, e_ref=self.e_ref, meta=np.array(json.dumps(meta)))
+            np.savez(tmp, **self.get_state(extra))
 
     def load_state(self, path: Path) -> dict[str, Any]:
         """Restore what :meth:`save_state` wrote; returns its ``extra`` entries."""
         try:
             with np.load(path) as z:
-                self.x, self.v, self.f = z["x"].copy(), z["v"].copy(), z["f"].copy()
-                self.u, self.e_ref = z["u"].copy(), z["e_ref"].copy()
-                meta = json.loads(str(z["meta"]))
-        except (OSError, KeyError, ValueError) as e:
+                state = {k: z[k] for k in z.files}
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise MdkstepError(f"{path}: unreadable hybrid checkpoint ({e}); delete it to restart") from None
-        self.counters = HybridCounters(**meta.pop("counters"))
-        self.rng.bit_generator.state = meta.pop("rng")
-        self._set_element_dof(self.x[0])
-        return meta
+        return self.set_state(state, str(path))

@@ -3,12 +3,12 @@
 Output: one trajectory NPZ per replica (the schema of ``mdkstep.trajectory``): ``out_path``
 itself for one replica, ``<stem>_r<i>.npz`` for several. A frame every ``save_interval_cycles``
 cycles; ``time_ps`` = cycle * steps_per_cycle * dt exactly. The run is checkpointed after
-every chunk (``<stem>.hybrid_ckpt.npz``: x, v, F, U, cycle, counters, RNG state) and resumes
-with the same frames. Units: nm, nm/ps, kJ/mol, ps, K.
+every chunk (``<stem>.hybrid_ckpt.npz``: x, v, F, U, cycle, counters, RNG state, and the
+fingerprint of the run, in one atomic file; see :mod:`mdkstep.runner`) and resumes with the
+same frames; a resume with another config, seed or model is refused. Units: nm, nm/ps, kJ/mol, ps, K.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict
@@ -18,8 +18,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..engines.base import ForceEngine
-from ..trajectory import ChunkedTrajectoryWriter
-from ..utils import LOG, MdkstepError
+from ..runner import content_hash, lock_path_for, run_chunked
+from ..trajectory import ChunkedTrajectoryWriter, make_metadata
+from ..utils import MdkstepError
 from .config import HybridConfig
 from .integrator import HybridIntegrator, Jumper
 
@@ -38,14 +39,86 @@ def checkpoint_path(out_path: str | Path) -> Path:
     return out.with_name(f"{out.stem}.hybrid_ckpt.npz")
 
 
-def _fingerprint(cfg: HybridConfig, n_cycles: int, n_rep: int, n_atoms: int) -> dict[str, Any]:
-    return {"config": asdict(cfg), "n_cycles": n_cycles, "n_replicas": n_rep, "n_atoms": n_atoms}
+def _fingerprint(cfg: HybridConfig, n_cycles: int, n_rep: int, engine: ForceEngine, rng: np.random.Generator,
+                 extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything that defines a hybrid run: config, length, replicas, the engine's atoms,
+    the thermostat RNG's start state (the seed) and ``extra`` (e.g. the model checkpoint hash)."""
+    return {"config": asdict(cfg), "n_cycles": n_cycles, "n_replicas": n_rep, "n_atoms": len(engine.masses),
+            "engine": engine.name,
+            "atoms_sha": content_hash(np.asarray(engine.atomic_numbers), np.asarray(engine.masses, dtype=float)),
+            "rng_start_sha": content_hash(rng.bit_generator.state), **(extra or {})}
+
+
+class HybridStepper:
+    """The :class:`~mdkstep.runner.Stepper` of a :class:`HybridIntegrator`: a frame every
+    ``save_interval_cycles`` cycles for each replica; state = the integrator's state, the
+    cumulative counters and the first session's metadata. Keeps the integrator's counters
+    cumulative over sessions (force calls from the engine counter, wall seconds)."""
+
+    def __init__(self, integ: HybridIntegrator, engine: ForceEngine, writers: Sequence[ChunkedTrajectoryWriter],
+                 paths: Sequence[Path], meta_base: dict[str, Any], x0, v0, f0, u0):
+        self.integ, self.engine, self.writers, self.paths = integ, engine, writers, paths
+        self.meta_base = meta_base
+        self.start_args = (x0, v0, f0, u0)
+        self.cfg = integ.cfg
+        self.t_start = time.perf_counter()
+        self.session_calls0 = self.sec_mark = None
+        self.calls_before, self.wall_before = 0, 0.0
+        self._mark_session()
+
+    def _mark_session(self) -> None:
+        self.session_calls0, self.sec_mark = self.engine.counters.calls, self.engine.counters.seconds
+
+    def sync_counters(self) -> None:
+        """Fold this session's engine counter and wall clock into the cumulative counters."""
+        c, e = self.integ.counters, self.engine.counters
+        c.force_calls = self.calls_before + e.calls - self.session_calls0
+        c.force_seconds += e.seconds - self.sec_mark
+        self.sec_mark = e.seconds
+        c.wall_seconds = self.wall_before + time.perf_counter() - self.t_start
+
+    def start(self) -> None:
+        self.integ.initialize(*self.start_args)
+        self.sync_counters()
+
+    def advance(self, first_frame: int, n_frames: int) -> list[dict[str, np.ndarray]]:
+        integ, sic = self.integ, self.cfg.save_interval_cycles
+        n_rep = integ.x.shape[0]
+        frames: list[list[dict[str, np.ndarray]]] = [[] for _ in range(n_rep)]
+        for fr in range(first_frame, first_frame + n_frames):
+            for _ in range(sic):
+                integ.cycle()
+            cyc = (fr + 1) * sic
+            for r in range(n_rep):
+                frame = integ.frame(r)
+                if not all(np.all(np.isfinite(a)) for a in frame.values()):
+                    integ.counters.nan_frames += 1
+                    raise MdkstepError(f"{self.paths[r]}: non-finite state at cycle {cyc}; not written (guard failure)")
+                frame["time_ps"] = np.float64(cyc * self.cfg.steps_per_cycle * self.cfg.dt_ps)
+                frames[r].append(frame)
+        return [{k: np.stack([f[k] for f in fs]) for k in fs[0]} for fs in frames]
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        self.sync_counters()
+        return self.integ.get_state({"metadata": self.meta_base})
+
+    def set_state(self, state) -> None:
+        extra = self.integ.set_state(state)
+        self.calls_before = self.integ.counters.force_calls
+        self.wall_before = self.integ.counters.wall_seconds
+        self.t_start = time.perf_counter()
+        self._mark_session()
+        self.meta_base = extra.get("metadata", self.meta_base)  # the first session's description of the run
+        for r, w in enumerate(self.writers):
+            w.metadata = {**self.meta_base, "replica": r}
+        self.sync_counters()
 
 
 def run_hybrid(engine: ForceEngine, jumper: Jumper, cfg: HybridConfig, x0: np.ndarray, v0: np.ndarray,
                n_cycles: int, out_path: str | Path, rng: np.random.Generator, resume: bool = True, *,
                f0: np.ndarray | None = None, u0: np.ndarray | None = None,
-               metadata: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+               metadata: dict[str, Any] | None = None, progress: bool = True,
+               fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) a hybrid trajectory of R replicas and write one NPZ per replica.
 
     engine: the force engine (its counter is the force-call truth); jumper: see :class:`Jumper`;
@@ -53,12 +126,12 @@ def run_hybrid(engine: ForceEngine, jumper: Jumper, cfg: HybridConfig, x0: np.nd
     nm and nm/ps; n_cycles: cycles to run (rounded down to whole frames; each cycle advances
     ``cfg.cycle_ps``); out_path: trajectory NPZ (``replica_paths`` for R > 1); rng: thermostat
     noise (its state is checkpointed); resume: continue from ``<stem>.hybrid_ckpt.npz`` when it
-    exists; f0/u0: forces/energies at x0 if already known (skips the setup calls); metadata:
-    merged into every trajectory's metadata (molecule, smiles, constraints, seed, ...).
+    exists (refused when the run's fingerprint differs); f0/u0: forces/energies at x0 if already
+    known (skips the setup calls); metadata: merged into every trajectory's metadata (molecule,
+    smiles, constraints, seed, ...); fingerprint: more facts that define the run (e.g. the model
+    checkpoint's hash), compared on resume.
     Returns the run statistics (force calls, timings, guard counters, temperatures).
     """
-    from tqdm import tqdm
-
     cfg.validate()
     integ = HybridIntegrator(engine, jumper, cfg, rng)
     x0 = np.asarray(x0, dtype=float).reshape(-1, integ.n_atoms, 3)
@@ -67,102 +140,33 @@ def run_hybrid(engine: ForceEngine, jumper: Jumper, cfg: HybridConfig, x0: np.nd
     if n_frames < 1:
         raise MdkstepError(f"{n_cycles} cycles give no frame at save_interval_cycles = {cfg.save_interval_cycles}")
     n_cycles = n_frames * cfg.save_interval_cycles
-    n_chunks = -(-n_frames // cfg.chunk_frames)
     paths = replica_paths(out_path, n_rep)
     ckpt = checkpoint_path(out_path)
+    fp = _fingerprint(cfg, n_cycles, n_rep, engine, rng, fingerprint)
     meta_base = _metadata(engine, cfg, metadata or {}, n_rep)
     static = {"atom_types": np.asarray(engine.atomic_numbers), "masses": np.asarray(engine.masses, dtype=float)}
     writers = [ChunkedTrajectoryWriter(p, static, {**meta_base, "replica": r}) for r, p in enumerate(paths)]
-    fp = _fingerprint(cfg, n_cycles, n_rep, integ.n_atoms)
-
-    done_chunks = 0
-    calls_before = 0
-    session_calls0, session_sec0 = engine.counters.calls, engine.counters.seconds
-    t_start = time.perf_counter()
-    if resume and ckpt.is_file():
-        extra = integ.load_state(ckpt)
-        if extra.get("fingerprint") != json.loads(json.dumps(fp)):
-            raise MdkstepError(f"{ckpt}: a partial hybrid run with other settings exists; delete it (or do not resume)")
-        done_chunks = int(extra["done_chunks"])
-        calls_before = integ.counters.force_calls
-        meta_base = extra.get("metadata", meta_base)  # the first session's description of the run
-        for r, w in enumerate(writers):
-            w.metadata = {**meta_base, "replica": r}
-        LOG.info("%s: resuming at chunk %d/%d (cycle %d)", Path(out_path).name, done_chunks, n_chunks, integ.counters.cycles)
-    else:
-        ckpt.unlink(missing_ok=True)
-        integ.initialize(x0, v0, f0, u0)
-    for w in writers:
-        w.discard_chunks_from(done_chunks)
-
-    wall_before = integ.counters.wall_seconds
-    sic, spc, dt_ps = cfg.save_interval_cycles, cfg.steps_per_cycle, cfg.dt_ps
-
-    sec_mark = session_sec0
-
-    def sync_counters() -> None:
-        """Fold this session's engine counter and wall clock into the cumulative counters."""
-        nonlocal sec_mark
-        c = integ.counters
-        c.force_calls = calls_before + engine.counters.calls - session_calls0
-        c.force_seconds += engine.counters.seconds - sec_mark
-        sec_mark = engine.counters.seconds
-        c.wall_seconds = wall_before + time.perf_counter() - t_start
-
-    sync_counters()
-
-    bar = tqdm(total=n_cycles, initial=integ.counters.cycles, desc=f"hybrid k={cfg.k} {cfg.corrector}",
-               unit="cycle", disable=not progress or None, leave=False)
-    for chunk in range(done_chunks, n_chunks):
-        first, last = chunk * cfg.chunk_frames, min(n_frames, (chunk + 1) * cfg.chunk_frames)
-        for fr in range(first, last):
-            for _ in range(sic):
-                integ.cycle()
-            bar.update(sic)
-            cyc = (fr + 1) * sic
-            for r, w in enumerate(writers):
-                frame = integ.frame(r)
-                if not all(np.all(np.isfinite(a)) for a in frame.values()):
-                    integ.counters.nan_frames += 1
-                    raise MdkstepError(f"{paths[r]}: non-finite state at cycle {cyc}; not written (guard failure)")
-                w.append(**frame, time_ps=np.float64(cyc * spc * dt_ps))
-        for w in writers:
-            w.flush(chunk)
-        sync_counters()
-        integ.save_state(ckpt, {"done_chunks": chunk + 1, "fingerprint": fp, "metadata": meta_base})
-    bar.close()
-    sync_counters()
-    for w in writers:
-        w.finalize()
-    ckpt.unlink(missing_ok=True)
+    stepper = HybridStepper(integ, engine, writers, paths, meta_base, x0, v0, f0, u0)
+    run_chunked(stepper, writers, n_frames=n_frames, chunk_frames=cfg.chunk_frames, state_path=ckpt,
+                fingerprint=fp, lock_path=lock_path_for(out_path), resume=resume,
+                restart_hint=f"delete {ckpt} (or pass --overwrite) to start over",
+                label=f"hybrid k={cfg.k} {cfg.corrector}", progress=progress,
+                progress_unit=("cycle", cfg.save_interval_cycles))
+    stepper.sync_counters()
     return _stats(integ, engine, jumper, cfg, n_frames, n_rep, paths)
 
 
 def _metadata(engine: ForceEngine, cfg: HybridConfig, extra: dict[str, Any], n_rep: int) -> dict[str, Any]:
     desc = engine.describe()
-    meta = {
-        "dt_fs": cfg.dt_fs,
-        "save_interval": cfg.save_interval_cycles * cfg.steps_per_cycle,  # integrator steps between frames
-        "engine": desc.get("engine", engine.name),
-        "method": f"hybrid_{cfg.corrector}",
-        "ensemble": cfg.ensemble,
-        "thermostat": cfg.thermostat_active,
-        "temperature_K": cfg.temperature_K,
-        "friction": cfg.friction_per_ps if cfg.thermostat_active == "langevin" else 0.0,
-        "seed": None,
-        "molecule": "unknown",
-        "smiles": None,
-        "constraints": "hbonds" if engine.n_constraints else "none",
-        "n_constraints": engine.n_constraints,
-        "k": cfg.k,
-        "steps_per_cycle": cfg.steps_per_cycle,
-        "cycle_ps": cfg.cycle_ps,
-        "n_replicas": n_rep,
-        "hybrid": asdict(cfg),
-        "engine_info": desc,
-    }
-    meta.update(extra)
-    return json.loads(json.dumps(meta, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+    base = dict(dt_fs=cfg.dt_fs, save_interval=cfg.save_interval_cycles * cfg.steps_per_cycle,  # steps between frames
+                engine=desc.get("engine", engine.name), method=f"hybrid_{cfg.corrector}",
+                temperature_K=cfg.temperature_K,
+                friction=cfg.friction_per_ps if cfg.thermostat_active == "langevin" else 0.0, seed=None,
+                molecule="unknown", smiles=None, constraints="hbonds" if engine.n_constraints else "none",
+                ensemble=cfg.ensemble, thermostat=cfg.thermostat_active, n_constraints=engine.n_constraints,
+                k=cfg.k, steps_per_cycle=cfg.steps_per_cycle, cycle_ps=cfg.cycle_ps, n_replicas=n_rep,
+                hybrid=asdict(cfg), engine_info=desc)
+    return make_metadata(**{**base, **extra})
 
 
 def _stats(integ: HybridIntegrator, engine: ForceEngine, jumper: Jumper, cfg: HybridConfig, n_frames: int,
