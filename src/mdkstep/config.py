@@ -7,6 +7,7 @@ values from argparse) are merged on top of the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -18,6 +19,43 @@ import yaml
 from .utils import MdkstepError
 
 T = TypeVar("T")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice (plain YAML: the last one wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error_text(e: yaml.YAMLError) -> str:
+    """' line N: problem' (or ': problem') of a YAML error, on one line."""
+    mark = getattr(e, "problem_mark", None)
+    line = f" line {mark.line + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{line} {problem}"
+
+
+def safe_load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also refuses duplicate keys (raises yaml.YAMLError)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _check_float(value: float, where: str, key: str, nonfinite_ok: bool) -> float:
+    """Refuse inf/nan (unless the key allows them) and temperatures <= 0."""
+    if not math.isfinite(value) and not nonfinite_ok:
+        raise MdkstepError(f"{where}: expected a finite number, got {value!r}")
+    if key.endswith("temperature_K") and not value > 0:
+        raise MdkstepError(f"{where}: a temperature must be > 0 K, got {value!r}")
+    return value
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -57,7 +95,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise MdkstepError(f"{where}: expected true/false, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                return float("inf") if value > 0 else float("-inf")
         raise MdkstepError(f"{where}: expected a number, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -72,6 +113,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _coerce_field(cls: type, key: str, value: Any, tp: Any, where: str) -> Any:
+    """:func:`_coerce`, then :func:`_check_float` on a float result or on each float of a list
+    (non-finite allowed only for keys in ``cls.NONFINITE_OK``)."""
+    out = _coerce(value, tp, where)
+    nonfinite_ok = key in getattr(cls, "NONFINITE_OK", ())
+    if isinstance(out, float):
+        _check_float(out, where, key, nonfinite_ok)
+    elif isinstance(out, list):
+        for i, v in enumerate(out):
+            if isinstance(v, float):
+                _check_float(v, f"{where}[{i}]", key, nonfinite_ok)
+    return out
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], source: str) -> T:
     """Build dataclass ``cls`` from ``data``; ``source`` names the file in error messages."""
     if not isinstance(data, Mapping):
@@ -83,7 +138,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], source: str) -> T:
         raise MdkstepError(
             f"{source}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(names))})"
         )
-    kwargs = {k: _coerce(v, hints[k], f"{source}: key '{k}'") for k, v in data.items()}
+    kwargs = {k: _coerce_field(cls, k, v, hints[k], f"{source}: key '{k}'") for k, v in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
@@ -99,13 +154,19 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise MdkstepError(f"--set {item!r}: expected key=value")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw)
+    key = key.strip()
+    if not key:
+        raise MdkstepError(f"--set {item!r}: empty key")
+    try:
+        value = safe_load_yaml(raw)
+    except yaml.YAMLError as e:
+        raise MdkstepError(f"--set {item!r}: invalid value ({_yaml_error_text(e).strip()})") from None
     if isinstance(value, str):
         try:  # YAML 1.1 reads "1e-3" (no dot) as a string; on the command line it means a number
             value = float(value) if any(c in value.lower() for c in ".e") else int(value)
         except ValueError:
             pass
-    return key.strip(), value
+    return key, value
 
 
 def load_config(
@@ -123,11 +184,15 @@ def load_config(
         if not p.is_file():
             raise MdkstepError(f"{p}: config file not found")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = safe_load_yaml(p.read_text())
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""
-            raise MdkstepError(f"{p}:{line} invalid YAML ({getattr(e, 'problem', e)})") from None
+            raise MdkstepError(f"{p}:{line} invalid YAML ({getattr(e, 'problem', None) or e})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise MdkstepError(f"{p}: cannot read config ({e})") from None
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise MdkstepError(f"{p}: expected a mapping of keys to values at top level, found a YAML {type(loaded).__name__}")
         data = dict(loaded or {})
     for k, v in (overrides or {}).items():
         if v is not None:

@@ -143,6 +143,32 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any work.
+
+    Raises a one-line :class:`MdkstepError` naming the folder (a path component that is a
+    file, no permission, read-only filesystem, ...). Returns the folder as a Path.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise MdkstepError(f"{folder}: {what} is not writable ({e.strerror or e})") from None
+    return folder
+
+
+def check_writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """:func:`check_writable` on the folder of ``path``; ``path`` itself must not be a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise MdkstepError(f"{path}: {what} is a folder, expected a file path")
+    check_writable(path.parent if str(path.parent) else Path("."), f"folder of the {what}")
+    return path
+
+
 def parse_shard(spec: str | None) -> tuple[int, int]:
     """Parse ``"i/n"`` (0-based shard i of n) into a tuple; ``None`` means ``(0, 1)``."""
     if spec is None:

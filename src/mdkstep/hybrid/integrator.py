@@ -32,7 +32,9 @@ symmetric O/2 - jump - O/2 form is the one FlashMD and Hamiltonian flow maps use
    half), with the U already computed (no extra call);
 6. thermostat, second half (NVT).
 
-Guard (each replica on its own): non-finite values, max |F_i| above ``max_force_kj_mol_nm``,
+Guard (each replica on its own): a jump that moves nothing ("frozen": max_i |s dx_i| below
+``FROZEN_FRACTION`` of the ballistic k dt max_i |v_i| while the atoms move -- k real MD steps
+cannot leave every moving atom in place), non-finite values, max |F_i| above ``max_force_kj_mol_nm``,
 U(new) - U(before) above ``max_energy_jump_kj_mol``, (U + K)(new) - (U + K)(before) above
 ``max_total_energy_jump_kj_mol``, or an impossible energy filter reject the jump; it is
 retried with the same (dx, dv) scaled by retry_shrink (no new model forward) up to
@@ -61,6 +63,9 @@ from ..dynamics import UnstableStep, atom_dof, csvr_factor, n_dof, ou_step, velo
 from ..engines.base import ForceEngine
 from ..utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path, element_symbol
 from .config import REJECT_REASONS, HybridConfig
+
+#: a jump whose largest displacement is below this fraction of k dt max|v| (COM-free) is "frozen"
+FROZEN_FRACTION = 1e-4
 
 
 class Jumper(Protocol):
@@ -236,6 +241,14 @@ class HybridIntegrator:
         if cfg.max_energy_jump_kj_mol is not None and u - u_before > cfg.max_energy_jump_kj_mol:
             raise _Rejected("energy_jump")
 
+    def _frozen(self, s: float, dx: np.ndarray, v0: np.ndarray) -> bool:
+        """True when the scaled jump s dx moves no atom by FROZEN_FRACTION of the ballistic
+        distance k dt max_i |v_i| (COM-free v): impossible for k steps of MD with moving atoms."""
+        w = v0 - self._com_v(v0)
+        ballistic = int(self.cfg.k) * self.dt * float(np.sqrt(np.max(np.sum(w * w, axis=1))))
+        moved = abs(s) * float(np.sqrt(np.max(np.sum(dx * dx, axis=1))))
+        return ballistic > 0 and moved < FROZEN_FRACTION * ballistic
+
     def _guarded_compute(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         try:
             return self.engine.compute(x)
@@ -248,6 +261,8 @@ class HybridIntegrator:
         """Jump, projection, force call(s), corrector and filter for replica r at scale s."""
         cfg, eng = self.cfg, self.engine
         x0, v0, u0 = self.x[r], self.v[r], float(self.u[r])
+        if np.all(np.isfinite(dx)) and self._frozen(s, dx, v0):
+            raise _Rejected("frozen")
         x = x0 + s * dx
         v = v0 + s * dv
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(v))):
@@ -314,7 +329,7 @@ class HybridIntegrator:
             try:
                 x, v, f, u = self._attempt(r, cfg.delta_scale * cfg.retry_shrink**attempt, dx, dv, f_pred)
             except _Rejected as rej:
-                c.rejects[rej.reason] += 1
+                c.rejects[rej.reason] = c.rejects.get(rej.reason, 0) + 1  # older checkpoints lack new reasons
                 continue
             finally:
                 c.force_calls_jump += self._calls() - n0

@@ -182,14 +182,24 @@ def smooth_clamp(u: torch.Tensor, batch: torch.Tensor, n_graphs: int, max_norm: 
     Then |u_i| <= tanh(r) max_norm < max_norm for every atom, and because the scaling is
     uniform within a molecule, zero (mass-weighted) sums and zero angular momentum survive.
     Near r = 0 the map is the identity up to O(r^2); it is monotone, hence invertible.
+
+    Overflow-safe: u is divided by its largest |component| a before any norm (a float32 norm
+    of components above ~1e19 is inf, which used to turn the output into exactly zero), and
+    the result is (u / a) / n * tanh(r) * max_norm with n = max_i |u_i / a| in [1, sqrt 3].
     """
-    norm = torch.linalg.vector_norm(u, dim=-1)
+    a = _graph_amax(u.detach().abs().amax(-1), batch, n_graphs).clamp_min(torch.finfo(u.dtype).tiny)
+    w = u / graph_expand(a, batch, n_graphs).unsqueeze(-1)  # every component in [-1, 1]
+    n = _graph_amax(torch.linalg.vector_norm(w, dim=-1), batch, n_graphs).clamp_min(1.0)
+    r = (a / max_norm) * n  # = max_i |u_i| / max_norm; may be inf, tanh(inf) = 1
+    scale = torch.tanh(r) * max_norm / n
+    return w * graph_expand(scale, batch, n_graphs).unsqueeze(-1)
+
+
+def _graph_amax(x: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
+    """Per-molecule maxima (G,) of per-atom values x (N,) >= 0."""
     if n_graphs == 1:
-        rmax = norm.amax(0, keepdim=True)
-    else:
-        rmax = norm.new_zeros(n_graphs).scatter_reduce(0, batch, norm, "amax", include_self=True)
-    r = (rmax / max_norm).clamp_min(1e-12)
-    return u * graph_expand(torch.tanh(r) / r, batch, n_graphs).unsqueeze(-1)
+        return x.amax(0, keepdim=True)
+    return x.new_zeros(n_graphs).scatter_reduce(0, batch, x, "amax", include_self=True)
 
 
 # ---------------------------------------------------------------- base model
