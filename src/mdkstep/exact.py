@@ -220,7 +220,8 @@ class ExactRun:
         return {"tau_fs": self.tau_ps * 1000.0, "metropolis": self.metropolis, "n_strides": n_strides,
                 "n_replicas": int(self.dH.shape[1]), "acceptance": self.acceptance,
                 "median_abs_dH_kJ_mol": q(0.5), "p90_abs_dH_kJ_mol": q(0.9),
-                "force_calls": self.force_calls, "force_calls_per_ps": self.force_calls / sim_ps if sim_ps else float("nan")}
+                "force_calls": self.force_calls,
+                "force_calls_per_ps": self.force_calls / sim_ps if sim_ps else float("nan")}
 
 
 def run_exact(jumper: ShearJumper, engine: ForceEngine, x0: np.ndarray, v0: np.ndarray, n_strides: int,
