@@ -14,6 +14,10 @@ else TIME_PS=${TIME_PS:-0.5}; DEVICE=${DEVICE:-auto}; QM_CONFIG=${QM_CONFIG:-con
 MOLECULES=${MOLECULES:-$( (ls "$OUT/md" 2>/dev/null || true) | tr '\n' ' ')}
 echo "[run_hybrid_qm] FULL=$FULL OUT=$OUT CHECKPOINT=$CHECKPOINT K=$K CORRECTOR=$CORRECTOR TIME_PS=$TIME_PS REPLICAS=$REPLICAS DEVICE=$DEVICE QM_CONFIG=$QM_CONFIG MOLECULES='$MOLECULES'"
 if [ "${DRY_RUN:-0}" = 1 ]; then echo "[run_hybrid_qm] DRY_RUN=1: nothing run"; exit 0; fi
+[ -n "${MOLECULES// }" ] || { echo "error: MOLECULES is empty and $OUT/md has no molecule folders (run run_qm_trajectories.sh)" >&2; exit 2; }
+for name in $MOLECULES; do  # every name is checked before any run starts
+  [ -f "$OUT/md/$name/replica_0.npz" ] || { echo "error: MOLECULES: '$name' has no baseline $OUT/md/$name/replica_0.npz" >&2; exit 2; }
+done
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 for name in $MOLECULES; do
   $PY src/06b_hybrid_integrate_qm.py --checkpoint "$CHECKPOINT" --start-from "$OUT/md/$name/replica_0.npz" \

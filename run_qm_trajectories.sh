@@ -19,7 +19,9 @@ if [ "${DRY_RUN:-0}" = 1 ]; then echo "[run_qm_trajectories] DRY_RUN=1: nothing 
 mkdir -p "$OUT"
 SEL="$OUT/molecules.smi"
 if [ "$MOLECULES" = all ]; then grep -v '^\s*#' "$SMI" | grep -v '^\s*$' > "$SEL"
-else : > "$SEL"; for m in $MOLECULES; do awk -v n="$m" '$2 == n' "$SMI" >> "$SEL"; done; fi
+else : > "$SEL"; for m in $MOLECULES; do
+  awk -v n="$m" '$2 == n' "$SMI" | grep -q . || { echo "error: MOLECULES: '$m' is not a molecule name in $SMI" >&2; exit 2; }
+  awk -v n="$m" '$2 == n' "$SMI" >> "$SEL"; done; fi
 [ -s "$SEL" ] || { echo "no molecules of '$MOLECULES' in $SMI" >&2; exit 2; }
 if [ "$PREP" = 1 ]; then
   echo "[run_qm_trajectories] 00 prep: $SEL -> $OUT/raw"

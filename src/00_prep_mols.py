@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mdkstep.chem import PrepConfig, prepare_from_files, prepare_from_smiles, read_smi  # noqa: E402
 from mdkstep.config import load_config, run_cli  # noqa: E402
-from mdkstep.utils import MdkstepError, setup_logging  # noqa: E402
+from mdkstep.utils import MdkstepError, check_writable, setup_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,10 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def select_only(entries: list, only: list[str], smi: Path) -> list:
+    """The entries named by --only; a name not in the file is an error."""
+    names = {e.name for e in entries}
+    missing = [n for n in only if n not in names]
+    if missing:
+        raise MdkstepError(f"--only {missing[0]!r}: no molecule of that name in {smi} "
+                           f"(names: {', '.join(sorted(names)) or 'none'})")
+    return [e for e in entries if e.name in set(only)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     cfg = load_config(PrepConfig, args.config, {"seed": args.seed}, args.set)
+    check_writable(args.out_dir, "--out-dir")
     if args.pdb or args.xml or args.prmtop or args.inpcrd:
         if not args.name:
             raise MdkstepError("--name is required with --pdb/--xml or --prmtop/--inpcrd")
@@ -58,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.smiles:
         raise MdkstepError("give --smiles FILE, or your own system with --pdb/--xml or --prmtop/--inpcrd")
     entries, errors = read_smi(args.smiles)
+    if not entries and not errors:
+        raise MdkstepError(f"{args.smiles}: no molecules (expected 'SMILES name' lines)")
     if args.only:
-        entries = [e for e in entries if e.name in set(args.only)]
+        entries = select_only(entries, args.only, args.smiles)
     ok: list[str] = []
     times: list[float] = []
     from tqdm import tqdm

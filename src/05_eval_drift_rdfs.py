@@ -31,7 +31,7 @@ from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_hybrid_file,
                                 load_replicas, load_stats)
 from mdkstep.metrics import summarize_trajectory  # noqa: E402
 from mdkstep.trajectory import load_trajectory  # noqa: E402
-from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, setup_logging  # noqa: E402
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, setup_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     if not args.hybrid_runs.is_dir():
         raise MdkstepError(f"{args.hybrid_runs}: folder not found")
+    check_writable(args.out_dir, "--out-dir")  # before any evaluation
     names = sorted(p.name for p in args.hybrid_runs.iterdir() if p.is_dir() and any(p.glob("*.npz")))
     if not names:
         raise MdkstepError(f"{args.hybrid_runs}: no <molecule>/*.npz hybrid runs")

@@ -30,7 +30,7 @@ from mdkstep.config import run_cli  # noqa: E402
 from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_hybrid_file, fmt, hybrid_runs,  # noqa: E402
                                 load_replicas, load_stats)
 from mdkstep.metrics import summarize_trajectory  # noqa: E402
-from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, setup_logging  # noqa: E402
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, setup_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     if not args.hybrid_runs.is_dir():
         raise MdkstepError(f"{args.hybrid_runs}: folder not found")
+    check_writable(args.out_dir, "--out-dir")  # before any evaluation
     if args.plain_steps < 3:
         raise MdkstepError("--plain-steps must be >= 3")
     names = sorted(p.name for p in args.hybrid_runs.iterdir() if p.is_dir() and any(p.glob("*.npz")))

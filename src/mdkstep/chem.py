@@ -78,7 +78,8 @@ def read_smi(path: str | Path) -> tuple[list[SmiEntry], list[str]]:
     """Parse a ``.smi`` file: ``SMILES name`` per line, blank lines and ``#`` comments allowed.
 
     Returns (entries, errors); each error is one line naming the file and line number.
-    A missing name becomes ``mol<line>``; duplicate names are errors (the first one wins).
+    A missing name becomes ``mol<line>``; duplicate names and text after the name are errors
+    (the first one wins).
     """
     path = Path(path)
     if not path.is_file():
@@ -94,6 +95,10 @@ def read_smi(path: str | Path) -> tuple[list[SmiEntry], list[str]]:
         parts = line.split()
         smiles = parts[0]
         name = parts[1] if len(parts) > 1 else f"mol{no}"
+        if len(parts) > 2:
+            errors.append(f"{path}:{no}: extra text {' '.join(parts[2:])!r} after the name {name!r} "
+                          "(one 'SMILES name' per line; '#' starts a comment)")
+            continue
         if not NAME_RE.match(name):
             errors.append(f"{path}:{no}: name {name!r} may only use letters, digits and _ . + -")
             continue
@@ -178,6 +183,28 @@ def rdkit_conformer(smiles: str, seed: int):
         if AllChem.EmbedMolecule(mol, params) != 0:
             raise MdkstepError(f"RDKit could not embed a 3D conformer for {smiles!r}")
     return mol
+
+
+def undefined_stereo(smiles: str, rd_3d) -> dict[str, Any] | None:
+    """Stereocentres/double bonds ``smiles`` leaves undefined, and the stereoisomer the 3D
+    conformer ``rd_3d`` actually is (isomeric SMILES); None when all stereo is defined."""
+    from rdkit import Chem
+
+    mol = Chem.MolFromSmiles(smiles)
+    open_ = [si for si in Chem.FindPotentialStereo(mol) if si.specified == Chem.StereoSpecified.Unspecified]
+    if not open_:
+        return None
+
+    def where(si) -> str:
+        if si.type == Chem.StereoType.Bond_Double:
+            b = mol.GetBondWithIdx(si.centeredOn)
+            return f"bond {b.GetBeginAtomIdx()}={b.GetEndAtomIdx()}"
+        return f"atom {si.centeredOn} ({mol.GetAtomWithIdx(si.centeredOn).GetSymbol()})"
+
+    built = Chem.Mol(rd_3d)
+    Chem.AssignStereochemistryFrom3D(built)
+    return {"undefined": [where(si) for si in open_],
+            "built_stereoisomer": Chem.MolToSmiles(Chem.RemoveHs(built))}
 
 
 def _load_forcefield(name: str):
@@ -305,6 +332,12 @@ def prepare_from_smiles(entry: SmiEntry, out_root: Path, cfg: PrepConfig) -> Pat
         source="smiles",
         **topology_lists(off.n_atoms, np.asarray(bonds)),
     )
+    stereo = undefined_stereo(entry.smiles, rd)
+    if stereo:
+        info.extra["stereo"] = stereo
+        LOG.warning("line %d: %s: SMILES %s leaves stereo undefined (%s); built the stereoisomer %s (seed %d); "
+                    "write the stereo into the SMILES to choose", entry.line_no, entry.name, entry.smiles,
+                    ", ".join(stereo["undefined"]), stereo["built_stereoisomer"], cfg.seed)
     out = write_molecule_dir(out_root / entry.name, info, system, omm_top, pos, rdkit_mol=rd)
     LOG.info("prepared %s (%d atoms, charge %+d) in %.1f s", entry.name, info.n_atoms, info.net_charge,
              time.perf_counter() - t0)
