@@ -133,6 +133,14 @@ def guard_warning(stats: dict[str, Any]) -> str | None:
             f"{100 * FALLBACK_WARN_FRACTION:.0f}%): the model is not doing the work; rejects: {reasons or 'none'}")
 
 
+def run_fingerprint(args) -> dict[str, Any]:
+    """What defines a hybrid run beyond its config: the model checkpoint's content hash and
+    --seed (compared when a partial run resumes)."""
+    from ..runner import file_sha256
+
+    return {"model_checkpoint_sha256": file_sha256(args.checkpoint), "seed": args.seed}
+
+
 def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, name: str,
                    meta: dict[str, Any], extra_stats: dict[str, Any], device: str) -> dict[str, Any]:
     """n_cycles from --time-ps, :func:`mdkstep.hybrid.run_hybrid`, the stats JSON beside
@@ -145,7 +153,8 @@ def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, n
     LOG.info("%s: %d replica(s) x %d cycles of %.4g ps (k=%d, %s, %s), model on %s", name, args.replicas,
              n_cycles, hcfg.cycle_ps, hcfg.k, hcfg.corrector, hcfg.ensemble, device)
     stats = run_hybrid(engine, jumper, hcfg, x0, v0, n_cycles, args.out, np.random.default_rng(args.seed),
-                       resume=not args.overwrite, metadata=meta, progress=not args.no_progress)
+                       resume=not args.overwrite, metadata=meta, progress=not args.no_progress,
+                       fingerprint=run_fingerprint(args))
     stats.update({"molecule": name, "checkpoint": str(args.checkpoint), **extra_stats,
                   "hybrid_config": to_dict(hcfg), "device": device})
     warning = guard_warning(stats)
