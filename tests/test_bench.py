@@ -167,18 +167,14 @@ def test_bad_config_key_names_the_file(tmp_path, capsys):
 def test_engine_vv_segment_conserves_energy():
     """The plain-MD timer's velocity Verlet on an analytic harmonic pair: the force calls are
     the engine's own count, and U + K is conserved to O(dt^2)."""
-    from mdkstep.engines.base import EngineCounters
+    from mdkstep.engines.base import ForceEngine
     from mdkstep.plain import engine_vv_segment
 
-    class Harmonic:
-        masses = np.array([1.0, 1.0])
-        atomic_numbers = np.array([1, 1])
-
+    class Harmonic(ForceEngine):
         def __init__(self):
-            self.counters = EngineCounters()
+            super().__init__(np.array([1.0, 1.0]), np.array([1, 1]))
 
-        def compute(self, x):
-            self.counters.calls += 1
+        def _compute(self, x):
             d = x[1] - x[0]
             r = np.linalg.norm(d)
             f1 = -1000.0 * (r - 0.1) * d / r  # k = 1000 kJ/mol/nm^2, r0 = 0.1 nm
