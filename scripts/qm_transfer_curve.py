@@ -103,7 +103,7 @@ def train_run(dataset: Path, splits: Path, out: Path, args, steps: int, k: int, 
     })
     t0 = time.perf_counter()
     train(dataset, (splits / "train.json", splits / "val.json"), mcfg, tcfg, out, "cpu", False, pretrained,
-          splits / "test.json", progress=False, allow_k_change=pretrained is not None)
+          splits / "test.json", progress=False, allow_k_change=pretrained is not None, overwrite=True)
     fm = json.loads((out / "final_metrics.json").read_text())
     fm["train_seconds"] = time.perf_counter() - t0
     (out / "final_metrics.json").write_text(json.dumps(fm, indent=1))
@@ -116,7 +116,7 @@ def mm_zero_shot(mm_ck: Path, qm_ds: Path, test_split: Path) -> dict:
 
     from mdkstep.checkpoint import model_from_checkpoint
     from mdkstep.dataset import KStepDataset
-    from mdkstep.training import one_jump_metrics
+    from mdkstep.evaluation import one_jump_metrics
 
     torch.set_num_threads(1)
     model, _ = model_from_checkpoint(mm_ck, dtype=torch.float64)

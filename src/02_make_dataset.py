@@ -20,8 +20,8 @@ import argparse
 from pathlib import Path
 
 from mdkstep.config import run_cli
-from mdkstep.dataset import build_dataset, check_writable_dir, write_split_files
-from mdkstep.utils import MdkstepError, setup_logging
+from mdkstep.dataset import build_dataset, write_split_files
+from mdkstep.utils import MdkstepError, check_writable, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = sorted(args.md_root.glob(args.pattern))
     if not paths:
         raise MdkstepError(f"{args.md_root}: no trajectories match {args.pattern!r}")
-    check_writable_dir(args.out_root, "--out-root")
-    check_writable_dir(args.splits_dir, "--splits-dir")
+    check_writable(args.out_root, "--out-root")
+    check_writable(args.splits_dir, "--splits-dir")
     files = []
     last = None
     for k in args.ks:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,20 +30,6 @@ if TYPE_CHECKING:
     from .model import GraphBatch
 
 SPLITS = ("train", "val", "test")
-
-
-# ------------------------------------------------------------------------------- outputs
-
-def check_writable_dir(folder: Path, what: str = "output folder") -> None:
-    """Create ``folder`` if needed and prove a file can be written there (before any work)."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise MdkstepError(f"{folder}: {what} is not writable ({e.strerror or e})") from None
 
 
 # ------------------------------------------------------------------------------ topology

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from .checkpoint import check_compatible, read_checkpoint, save_checkpoint
-from .dataset import KStepDataset, Targets, check_writable_dir, collate, split_name, targets_to
+from .dataset import KStepDataset, Targets, collate, split_name, targets_to
 from .evaluation import one_jump_metrics
 from .model import GraphBatch, ModelConfig, build_model
 from .model.common import freeze_first_layers
 from .plots import loss_curve
 from .structure import bond_angles, bond_lengths, dihedral_angles
-from .utils import LOG, MdkstepError, atomic_write_json
+from .utils import LOG, MdkstepError, atomic_write_json, check_writable
 
 BOND_SCALE_NM = 0.001
 ANGLE_SCALE_RAD = 0.02
@@ -223,7 +223,7 @@ def prepare_run_folder(paths: RunPaths, resume: bool, overwrite: bool, rank: int
         raise MdkstepError(f"{paths.out}: --resume but no last.pt to continue from (found {', '.join(old)}); "
                            "pass --overwrite to start over")
     if rank == 0:
-        check_writable_dir(paths.out, "run folder (--out)")
+        check_writable(paths.out, "run folder (--out)")
         if overwrite and old:
             paths.clear()
             LOG.info("--overwrite: removed the earlier run's %s from %s", ", ".join(old), paths.out)
