@@ -84,8 +84,10 @@ def test_run_summary_warns_loudly_on_fallbacks(tmp_path, capsys):
     eng = HarmonicLattice()
     c = cfg(corrector="kick", max_attempts=1)
     x0, v0 = start(1)
+    model = tmp_path / "zero-model.pt"
+    model.write_bytes(b"a model that predicts no motion")
     args = Namespace(out=tmp_path / "h.npz", time_ps=10 * c.cycle_ps, replicas=1, seed=0, overwrite=True,
-                     no_progress=True, checkpoint="zero-model.pt")
+                     no_progress=True, checkpoint=model)
     stats = run_and_report(args, eng, ZeroJumper(), c, x0, v0, "lattice", {}, {}, "cpu")
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "WARNING: 100% of replica-cycles fell back to plain physics (threshold 5%)" in line
