@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .dynamics import kinetic_energy, ou_step
 from .engines.base import ForceEngine
 from .model.graph import GraphBatch
 from .model.shear import ShearKicks, graph_template, outer_kick, stride
@@ -142,20 +143,13 @@ def init_chain(jumper: ShearJumper, engine: ForceEngine, x: np.ndarray, v: np.nd
     return ChainState(x, v, u, f, jumper.outer_kick(x, f))
 
 
-def kinetic_energy(v: np.ndarray, masses: np.ndarray) -> np.ndarray:
-    """K = 1/2 sum_i m_i |v_i|^2 (R,) kJ/mol of v (R,N,3) nm/ps."""
-    return 0.5 * np.einsum("i,rij,rij->r", masses, v, v)
-
-
 def o_step(v: np.ndarray, masses: np.ndarray, t_ps: float, friction_per_ps: float, kT: float,
            rng: np.random.Generator) -> np.ndarray:
-    """Exact Ornstein-Uhlenbeck step of duration t: v c + sqrt((1 - c^2) kT/m) xi, c = exp(-gamma t).
-    It leaves the Maxwell-Boltzmann distribution invariant for any t."""
+    """The exact Ornstein-Uhlenbeck step of :func:`mdkstep.dynamics.ou_step` on (R,N,3)
+    velocities; no noise is drawn when it would do nothing (NVE)."""
     if friction_per_ps == 0.0 or t_ps == 0.0:
         return v
-    c = np.exp(-friction_per_ps * t_ps)
-    sigma = np.sqrt((1.0 - c * c) * kT / masses)[None, :, None]
-    return c * v + sigma * rng.standard_normal(v.shape)
+    return ou_step(v, masses, friction_per_ps, t_ps, kT, rng)
 
 
 def metropolis_accept(dH: np.ndarray, kT: float, rng: np.random.Generator) -> np.ndarray:
