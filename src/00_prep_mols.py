@@ -20,11 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mdkstep.chem import PrepConfig, prepare_from_files, prepare_from_smiles, read_smi  # noqa: E402
-from mdkstep.config import load_config, run_cli  # noqa: E402
-from mdkstep.utils import MdkstepError, check_writable, setup_logging  # noqa: E402
+from mdkstep.chem import PrepConfig, prepare_from_files, prepare_from_smiles, read_smi
+from mdkstep.config import load_config, run_cli
+from mdkstep.utils import MdkstepError, check_writable, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

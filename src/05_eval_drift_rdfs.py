@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from mdkstep.config import run_cli  # noqa: E402
-from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_hybrid_file, fmt, hybrid_runs,  # noqa: E402
+from mdkstep.config import run_cli
+from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_hybrid_file, fmt, hybrid_runs,
                                 load_replicas, load_stats)
-from mdkstep.metrics import summarize_trajectory  # noqa: E402
-from mdkstep.trajectory import load_trajectory  # noqa: E402
-from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, setup_logging  # noqa: E402
+from mdkstep.metrics import summarize_trajectory
+from mdkstep.trajectory import load_trajectory
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
