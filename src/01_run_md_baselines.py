@@ -20,7 +20,8 @@ from mdkstep.chem import find_molecules
 from mdkstep.config import load_config, run_cli, to_dict
 from mdkstep.md import MDConfig, RunSpec, raw_steps_per_s, run_trajectory
 from mdkstep.system import from_molecule_dir
-from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, parse_shard, setup_logging
+from mdkstep.utils import (LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, parse_shard,
+                           setup_logging)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     }, args.set)
     if args.replicas < 1:
         raise MdkstepError("--replicas must be >= 1")
+    check_writable(args.out, "--out")  # before any molecule runs
     dirs = [args.molecule] if args.molecule else find_molecules(args.all)
     if not dirs:
         raise MdkstepError(f"{args.all}: no molecule folders (run src/00_prep_mols.py first)")

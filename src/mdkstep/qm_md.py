@@ -470,7 +470,7 @@ def load_systems(args) -> list[System]:
 def main_from_args(args, required_engine: str | None = None) -> int:
     """Shared body of 01b / 01c: config, jobs, pool, summary, run_stats.json per molecule."""
     from .config import load_config, to_dict
-    from .utils import atomic_write_json, parse_shard, setup_logging
+    from .utils import atomic_write_json, check_writable, parse_shard, setup_logging
 
     setup_logging(args.log_level)
     overrides: dict[str, Any] = {"production_ps": args.time_ps, "equilibration_ps": args.equil_ps,
@@ -484,6 +484,7 @@ def main_from_args(args, required_engine: str | None = None) -> int:
         raise MdkstepError("--device cuda: the xtb engine runs on CPU only")
     if args.replicas < 1 or args.num_workers < 1:
         raise MdkstepError("--replicas and --num-workers must be >= 1")
+    check_writable(args.out, "--out")  # before any trajectory runs
     i, n = parse_shard(args.shard)
     systems = load_systems(args)[i::n]
     jobs: list[QMJob] = []
