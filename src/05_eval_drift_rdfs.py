@@ -185,12 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(p.name for p in args.hybrid_runs.iterdir() if p.is_dir() and any(p.glob("*.npz")))
     if not names:
         raise MdkstepError(f"{args.hybrid_runs}: no <molecule>/*.npz hybrid runs")
+    # one-jump accuracy first: a bad --checkpoint / --dataset / --test-split fails before the long part
+    jump = one_jump(args) if args.checkpoint and args.dataset else None
     metrics: dict[str, Any] = {"molecules": {}}
     for name in names:
         LOG.info("evaluating %s", name)
         metrics["molecules"][name] = evaluate_molecule(name, args)
-    if args.checkpoint and args.dataset:
-        metrics["one_jump"] = one_jump(args)
+    if jump is not None:
+        metrics["one_jump"] = jump
     atomic_write_json(args.out_dir / "metrics.json", metrics)
     write_report(metrics, args.out_dir / "report.md")
     print(f"report: {args.out_dir / 'report.md'}")

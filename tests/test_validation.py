@@ -209,3 +209,13 @@ def test_05_checks_out_dir_before_evaluating(tmp_path, blocked, capsys, script):
 def test_06_checks_out_before_any_work(tmp_path, blocked, capsys, script, extra):
     line = one_line_error(script, ["--checkpoint", "no_such.pt", "--out", str(blocked / "h.npz"), *extra], capsys)
     assert line.startswith(f"error: {blocked}: folder of the --out is not writable")
+
+
+def test_05_checks_the_one_jump_inputs_before_evaluating(tmp_path, capsys):
+    (tmp_path / "runs" / "water").mkdir(parents=True)
+    (tmp_path / "runs" / "water" / "k4.npz").write_bytes(b"not evaluated: the checkpoint is checked first")
+    line = one_line_error("05_eval_drift_rdfs", ["--baseline", str(tmp_path / "base"), "--hybrid-runs",
+                                                 str(tmp_path / "runs"), "--out-dir", str(tmp_path / "eval"),
+                                                 "--checkpoint", str(tmp_path / "none.pt"), "--dataset",
+                                                 str(tmp_path / "none.npz")], capsys)
+    assert "none.pt" in line and "not found" in line
