@@ -4,8 +4,9 @@
 # Settings: OUT=outputs/qm  CHECKPOINT=$OUT/train/best.pt  K=4  CORRECTOR=kick  TIME_PS (tiny 0.5, FULL=1: 10)
 #           REPLICAS=1  DEVICE=auto (FULL=1: cuda)  QM_CONFIG=configs/qm_quick.yaml (FULL=1: configs/qm.yaml)
 #           HYBRID_CONFIG=configs/hybrid.yaml  MOLECULES (default: every folder of $OUT/md)  PY=.venv/bin/python
+#           OVERWRITE=1 redoes finished runs (default: finished ones are skipped, interrupted ones resume)
 set -euo pipefail
-case "${1:-}" in -h|--help) sed -n '2,6p' "$0"; exit 0;; esac
+case "${1:-}" in -h|--help) sed -n '2,7p' "$0"; exit 0;; esac
 cd "$(dirname "$0")"
 FULL=${FULL:-0}; OUT=${OUT:-outputs/qm}; K=${K:-4}; CORRECTOR=${CORRECTOR:-kick}; REPLICAS=${REPLICAS:-1}
 CHECKPOINT=${CHECKPOINT:-$OUT/train/best.pt}; HYBRID_CONFIG=${HYBRID_CONFIG:-configs/hybrid.yaml}; PY=${PY:-.venv/bin/python}
@@ -19,10 +20,13 @@ for name in $MOLECULES; do  # every name is checked before any run starts
   [ -f "$OUT/md/$name/replica_0.npz" ] || { echo "error: MOLECULES: '$name' has no baseline $OUT/md/$name/replica_0.npz" >&2; exit 2; }
 done
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+OVERWRITE=${OVERWRITE:-0}  # 1: redo finished runs and discard partial ones; default: skip finished, resume partial
 for name in $MOLECULES; do
+  out="$OUT/hybrid/$name/k${K}_$CORRECTOR.npz"
+  if [ "$OVERWRITE" != 1 ] && [ -f "$out" ]; then echo "[run_hybrid_qm] $out exists, skipping (OVERWRITE=1 redoes it)"; continue; fi
   $PY src/06b_hybrid_integrate_qm.py --checkpoint "$CHECKPOINT" --start-from "$OUT/md/$name/replica_0.npz" \
       --qm-config "$QM_CONFIG" --hybrid-config "$HYBRID_CONFIG" --out "$OUT/hybrid/$name/k${K}_$CORRECTOR.npz" \
       --time-ps "$TIME_PS" --k "$K" --corrector "$CORRECTOR" --replicas "$REPLICAS" --device "$DEVICE" --threads 1 \
-      --overwrite --no-progress
+      $([ "$OVERWRITE" = 1 ] && echo --overwrite) --no-progress
 done
 echo "[run_hybrid_qm] done: $OUT/hybrid/<molecule>/k${K}_$CORRECTOR.npz"

@@ -5,6 +5,7 @@
 #   PY=.venv/bin/python      interpreter
 #   K=8                      jump length (integrator steps)
 #   MD_PS, STEPS, HYB_PS     shorter baseline ps / training steps / hybrid ps (tests use tiny values)
+#   OVERWRITE=1              redo finished hybrid runs (default: skip them; interrupted ones resume)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/quickstart}
@@ -30,11 +31,15 @@ $PY src/04_train.py --dataset "$OUT/datasets/dataset_k$K.npz" --model-config con
 
 HYB_PS=${HYB_PS:-20}
 echo "[quickstart] 06 hybrid MD: $HYB_PS ps NVT with the trained model -> $OUT/hybrid"
+OVERWRITE=${OVERWRITE:-0}  # 1: redo finished hybrid runs; default: skip finished ones, resume interrupted ones
 for d in "$OUT"/raw/*/; do
   name=$(basename "$d")
+  if [ "$OVERWRITE" != 1 ] && [ -f "$OUT/hybrid/$name/hybrid_k$K.npz" ]; then
+    echo "[quickstart] $OUT/hybrid/$name/hybrid_k$K.npz exists, skipping (OVERWRITE=1 redoes it)"; continue
+  fi
   $PY src/06_hybrid_integrate.py --checkpoint "$OUT/train/best.pt" --molecule "$d" --md-config configs/md_quick.yaml \
       --hybrid-config configs/hybrid_quick.yaml --out "$OUT/hybrid/$name/hybrid_k$K.npz" --time-ps "$HYB_PS" \
-      --start-from "$OUT/md/$name/replica_0.npz" --overwrite --no-progress
+      --start-from "$OUT/md/$name/replica_0.npz" $([ "$OVERWRITE" = 1 ] && echo --overwrite) --no-progress
 done
 
 echo "[quickstart] 05 evaluation -> $OUT/eval"

@@ -14,11 +14,15 @@ run_stats.json. Platform: CUDA when present, else Reference for small molecules.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+import numpy as np
 
 from mdkstep.chem import find_molecules
 from mdkstep.config import load_config, run_cli, to_dict
 from mdkstep.md import MDConfig, RunSpec, raw_steps_per_s, run_trajectory
+from mdkstep.trajectory import load_trajectory
 from mdkstep.system import from_molecule_dir
 from mdkstep.utils import (LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, parse_shard,
                            setup_logging)
@@ -45,6 +49,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def last_frame(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(positions nm, velocities nm/ps) of a trajectory's last frame: the end state of the run
+    that wrote it (frames are saved after the step, in double precision)."""
+    t = load_trajectory(path)
+    return np.asarray(t.positions[-1], dtype=float), np.asarray(t.velocities[-1], dtype=float)
+
+
+def merge_stats(path: Path, new: dict) -> dict:
+    """``new`` run statistics merged into those already in ``path``: entries of trajectories
+    not rerun this time (same ``out``) are kept, so a rerun that skips finished files keeps them."""
+    if not path.is_file():
+        return new
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        LOG.warning("%s: unreadable, replaced by this run's statistics", path)
+        return new
+    merged = {**old, **{k: v for k, v in new.items() if k not in ("replicas", "nve")}}
+    for key in ("replicas", "nve"):
+        ran = {r.get("out") for r in new.get(key, [])}
+        kept = [r for r in old.get(key, []) if r.get("out") not in ran]
+        merged[key] = sorted(kept + new.get(key, []), key=lambda r: str(r.get("out", "")))
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
@@ -66,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "topology.json", (d / "topology.json").read_text())  # for stage 02
         stats: dict = {"molecule": mol.name, "config": to_dict(cfg), "replicas": [], "nve": []}
-        end_state = None
         for r in range(args.replicas):
             spec = RunSpec(out_dir / f"replica_{r}.npz", args.seed + 1000 * r, cfg.friction_per_ps,
                            cfg.production_ps, cfg.equilibration_ps, label=f"replica{r}")
@@ -74,18 +102,19 @@ def main(argv: list[str] | None = None) -> int:
                 LOG.info("%s exists, skipping (use --overwrite to redo)", spec.out_path)
                 continue
             res = run_trajectory(mol, cfg, spec)
-            if r == 0:
-                end_state = res["end_state"]
             res.pop("end_state")
             stats["replicas"].append(res)
             LOG.info("%s: %d frames, %.0f steps/s (%s)", spec.out_path, res["n_frames"], res["steps_per_s"] or 0, res["platform"])
+        previous = out_dir / "replica_0.npz"
         for j in range(cfg.nve_windows):
             spec = RunSpec(out_dir / f"nve_{j}.npz", args.seed + 7 + j, 0.0, cfg.nve_window_ps, 0.0, label=f"nve{j}")
-            if spec.out_path.exists() and not args.overwrite:
-                continue
-            res = run_trajectory(mol, cfg, spec, start_state=end_state)
-            end_state = res.pop("end_state")
-            stats["nve"].append(res)
+            if not (spec.out_path.exists() and not args.overwrite):
+                # each window continues from the last frame of the one before (window 0: replica 0),
+                # read from disk, so a resumed or rerun stage 01 starts it from the same state
+                res = run_trajectory(mol, cfg, spec, start_state=last_frame(previous))
+                res.pop("end_state")
+                stats["nve"].append(res)
+            previous = spec.out_path
         if args.measure_raw:
             raw = raw_steps_per_s(mol, cfg)
             saved = stats["replicas"][0]["steps_per_s"] if stats["replicas"] else None
@@ -95,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 stats["saving_speed_ratio_vs_langevin_middle_raw"] = saved / raw["langevin_middle"]
             print(f"{mol.name}: saving every {cfg.save_interval} step(s) {saved or float('nan'):.0f} steps/s; "
                   f"no saving: BAOAB {raw['custom_baoab']:.0f}, OpenMM LangevinMiddle {raw['langevin_middle']:.0f} steps/s")
-        atomic_write_json(out_dir / "run_stats.json", stats)
+        atomic_write_json(out_dir / "run_stats.json", merge_stats(out_dir / "run_stats.json", stats))
     print(f"baselines written under {args.out}")
     return 0
 

@@ -176,13 +176,20 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
     atomic_write_text(path, "\n".join(lines))
 
 
+def hybrid_files(folder: Path) -> list[Path]:
+    """Trajectory files of a hybrid-run folder, without checkpoints and leftovers of killed runs."""
+    from mdkstep.runner import is_leftover
+
+    return [p for p in folder.glob("*.npz") if not is_leftover(p)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     if not args.hybrid_runs.is_dir():
         raise MdkstepError(f"{args.hybrid_runs}: folder not found")
     check_writable(args.out_dir, "--out-dir")  # before any evaluation
-    names = sorted(p.name for p in args.hybrid_runs.iterdir() if p.is_dir() and any(p.glob("*.npz")))
+    names = sorted(p.name for p in args.hybrid_runs.iterdir() if p.is_dir() and hybrid_files(p))
     if not names:
         raise MdkstepError(f"{args.hybrid_runs}: no <molecule>/*.npz hybrid runs")
     # one-jump accuracy first: a bad --checkpoint / --dataset / --test-split fails before the long part

@@ -149,6 +149,13 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
     atomic_write_text(path, "\n".join(lines))
 
 
+def hybrid_files(folder: Path) -> list[Path]:
+    """Trajectory files of a hybrid-run folder, without checkpoints and leftovers of killed runs."""
+    from mdkstep.runner import is_leftover
+
+    return [p for p in folder.glob("*.npz") if not is_leftover(p)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(args.out_dir, "--out-dir")  # before any evaluation
     if args.plain_steps < 3:
         raise MdkstepError("--plain-steps must be >= 3")
-    names = sorted(p.name for p in args.hybrid_runs.iterdir() if p.is_dir() and any(p.glob("*.npz")))
+    names = sorted(p.name for p in args.hybrid_runs.iterdir() if p.is_dir() and hybrid_files(p))
     if not names:
         raise MdkstepError(f"{args.hybrid_runs}: no <molecule>/*.npz hybrid runs")
     metrics: dict[str, Any] = {"molecules": {}}

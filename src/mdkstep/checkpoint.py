@@ -38,11 +38,35 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt/unsafe files
-        raise MdkstepError(f"{path}: not a readable md-kstep checkpoint ({str(e).splitlines()[0][:120]})") from None
+        raise MdkstepError(f"{path}: not a readable md-kstep checkpoint ({load_failure(e)})") from None
     for key in ("model_state", "model_config", "k"):
         if key not in ck:
             raise MdkstepError(f"{path}: checkpoint lacks key '{key}'")
     return ck
+
+
+#: phrases of torch.load errors that say what was refused or what is broken, most specific first
+_REFUSAL_PATTERNS = (
+    r"(unsupported GLOBAL [\w.]+)", r"Unsupported global: (GLOBAL [\w.]+)", r"(unsupported operand [^\s.]+)",
+    r"(Unsupported operand \d+)", r"(failed finding central directory)",
+)
+
+
+def load_failure(e: BaseException) -> str:
+    """What a failed ``torch.load(weights_only=True)`` refused or found broken, in one line:
+    for an unsafe pickle the blocked global (e.g. 'refused unsupported GLOBAL posix.system:
+    weights_only loading runs no code'), else the error's first informative sentence."""
+    import re
+
+    text = " ".join(str(e).split())
+    for pat in _REFUSAL_PATTERNS:
+        m = re.search(pat, text, flags=re.IGNORECASE)
+        if m:
+            what = m.group(1)
+            if "global" in what.lower() or "operand" in what.lower():
+                return f"refused {what}: weights_only loading runs no code from a checkpoint"
+            return f"{type(e).__name__}: {what}; the file is truncated or not a torch checkpoint"
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .metrics import compare, summarize_trajectory
+from .runner import is_leftover
 from .trajectory import Trajectory, load_trajectory
 from .utils import MdkstepError
 
@@ -100,8 +101,9 @@ def evaluate_run(ref: Trajectory, hybrid: Trajectory, topo: dict[str, Any], floo
 
 
 def hybrid_runs(folder: Path) -> list[Path]:
-    """Hybrid trajectories of one molecule (``*.npz`` minus resume checkpoints); error if none."""
-    runs = sorted(p for p in folder.glob("*.npz") if not p.name.endswith(".hybrid_ckpt.npz"))
+    """Hybrid trajectories of one molecule (``*.npz`` minus resume checkpoints and hidden leftovers
+    of killed runs); error if none."""
+    runs = sorted(p for p in folder.glob("*.npz") if not is_leftover(p))  # no checkpoints, temporaries
     if not runs:
         raise MdkstepError(f"{folder}: no hybrid trajectories")
     return runs

@@ -448,7 +448,7 @@ class HybridIntegrator:
             rng_state = meta.pop("rng")
         except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise MdkstepError(f"{source}: damaged hybrid state ({type(e).__name__}: {str(e)[:80]}); "
-                               "delete it to restart") from None
+                               "delete it to start over") from None
         if x.ndim != 3 or x.shape[1:] != (self.n_atoms, 3) or v.shape != x.shape or f.shape != x.shape:
             raise MdkstepError(f"{source}: hybrid state has positions {x.shape}, expected (R, {self.n_atoms}, 3)")
         self.x, self.v, self.f, self.u, self.e_ref = x, v, f, u, e_ref
@@ -456,7 +456,7 @@ class HybridIntegrator:
         try:
             self.rng.bit_generator.state = rng_state
         except (TypeError, ValueError, KeyError) as e:
-            raise MdkstepError(f"{source}: damaged RNG state ({e}); delete it to restart") from None
+            raise MdkstepError(f"{source}: damaged hybrid state (RNG: {e}); delete it to start over") from None
         self._set_element_dof(self.x[0])
         return meta
 

@@ -61,6 +61,7 @@ class HybridStepper:
         self.meta_base = meta_base
         self.start_args = (x0, v0, f0, u0)
         self.cfg = integ.cfg
+        self.source: str | Path = "hybrid checkpoint"  #: names the resume file in errors
         self.t_start = time.perf_counter()
         self.session_calls0 = self.sec_mark = None
         self.calls_before, self.wall_before = 0, 0.0
@@ -103,7 +104,7 @@ class HybridStepper:
         return self.integ.get_state({"metadata": self.meta_base})
 
     def set_state(self, state) -> None:
-        extra = self.integ.set_state(state)
+        extra = self.integ.set_state(state, str(self.source))
         self.calls_before = self.integ.counters.force_calls
         self.wall_before = self.integ.counters.wall_seconds
         self.t_start = time.perf_counter()
@@ -147,6 +148,7 @@ def run_hybrid(engine: ForceEngine, jumper: Jumper, cfg: HybridConfig, x0: np.nd
     static = {"atom_types": np.asarray(engine.atomic_numbers), "masses": np.asarray(engine.masses, dtype=float)}
     writers = [ChunkedTrajectoryWriter(p, static, {**meta_base, "replica": r}) for r, p in enumerate(paths)]
     stepper = HybridStepper(integ, engine, writers, paths, meta_base, x0, v0, f0, u0)
+    stepper.source = ckpt
     run_chunked(stepper, writers, n_frames=n_frames, chunk_frames=cfg.chunk_frames, state_path=ckpt,
                 fingerprint=fp, lock_path=lock_path_for(out_path), resume=resume,
                 restart_hint=f"delete {ckpt} (or pass --overwrite) to start over",
