@@ -219,3 +219,20 @@ def test_05_checks_the_one_jump_inputs_before_evaluating(tmp_path, capsys):
                                                  "--checkpoint", str(tmp_path / "none.pt"), "--dataset",
                                                  str(tmp_path / "none.npz")], capsys)
     assert "none.pt" in line and "not found" in line
+
+
+@pytest.mark.parametrize("script, env, message", [
+    ("run_qm_trajectories.sh", {"MOLECULES": "water bogus"}, "error: MOLECULES: 'bogus' is not a molecule name in"),
+    ("run_hybrid_qm.sh", {"MOLECULES": "ghost"}, "error: MOLECULES: 'ghost' has no baseline"),
+])
+def test_shell_scripts_refuse_unknown_molecules(tmp_path, script, env, message):
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    smi = tmp_path / "m.smi"
+    smi.write_text("O water\n")
+    r = subprocess.run(["bash", str(ROOT / script)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "OUT": str(tmp_path / "out"), "SMI": str(smi), "PY": "false", **env})
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and message in r.stderr
