@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,16 +148,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read_pid(path: Path) -> int | None:
+def _read_owner(path: Path) -> tuple[int | None, str | None]:
+    """(PID, host) written in a lock file; (None, None) when unreadable."""
     try:
-        return int(path.read_text().split()[0])
+        words = path.read_text().split()
+        return int(words[0]), (words[1] if len(words) > 1 else None)
     except (OSError, ValueError, IndexError):
-        return None
+        return None, None
+
+
+def _read_pid(path: Path) -> int | None:
+    return _read_owner(path)[0]
 
 
 @contextlib.contextmanager
 def output_lock(path: str | Path, what: str) -> Iterator[Path]:
-    """Hold an exclusive lock file ``path`` (content: this PID) while the block runs.
+    """Hold an exclusive lock file ``path`` (content: this PID and host) while the block runs.
 
     A lock of a live process is a one-line error; a lock of a dead process (or an unreadable
     one) is taken over with a warning. ``what`` names the output in messages."""
@@ -166,7 +173,10 @@ def output_lock(path: str | Path, what: str) -> Iterator[Path]:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
-            pid = _read_pid(path)
+            pid, host = _read_owner(path)
+            if host is not None and host != socket.gethostname():  # another machine: its PID cannot be checked
+                raise MdkstepError(f"{what} is being written by process {pid} on {host} (lock {path}); wait for it "
+                                   "to finish, or delete the lock if that process is gone") from None
             if pid is not None and pid != os.getpid() and _pid_alive(pid):
                 raise MdkstepError(f"{what} is being written by process {pid} (lock {path}); wait for it to finish, "
                                    "or delete the lock if that process is not ours") from None
@@ -179,7 +189,7 @@ def output_lock(path: str | Path, what: str) -> Iterator[Path]:
             LOG.warning("%s: taking over the stale lock of process %s (no longer running)", path, pid)
             continue
         with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()}\n")
+            fh.write(f"{os.getpid()} {socket.gethostname()}\n")
         break
     else:
         raise MdkstepError(f"{path}: could not take the lock for {what}")
