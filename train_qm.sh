@@ -5,6 +5,7 @@
 # Tiny default (CPU): 200 optimizer steps, batch 32. FULL=1: configs/train_qm.yaml as is, DEVICE=cuda.
 # Settings: OUT=outputs/qm  K=4  PRETRAINED=  FREEZE=0  DEVICE=auto  STEPS (tiny: 200)  MODEL_CONFIG=configs/model_qm.yaml
 #           TRAIN_CONFIG=configs/train_qm.yaml  WORKERS=1 (torchrun processes; >1 = DDP)  PY=.venv/bin/python
+#           An existing $OUT/train is kept when finished and resumed when interrupted; OVERWRITE=1 retrains it.
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,7p' "$0"; exit 0;; esac
 cd "$(dirname "$0")"
@@ -24,6 +25,10 @@ if [ -n "$PRETRAINED" ]; then
 else
   echo "[train_qm] no PRETRAINED given: training FROM SCRATCH on QM data"
 fi
+source scripts/train_flags.sh
+TF=$(train_flags "$OUT/train")
+if [ "$TF" = skip ]; then echo "[train_qm] $OUT/train is trained already (OVERWRITE=1 redoes it)"; exit 0; fi
+[ -n "$TF" ] && ARGS+=("$TF")
 if [ "${DRY_RUN:-0}" = 1 ]; then echo "[train_qm] DRY_RUN=1: would run 04_train.py ${ARGS[*]}"; exit 0; fi
 if [ "$WORKERS" -gt 1 ]; then $PY -m torch.distributed.run --nproc_per_node="$WORKERS" src/04_train.py "${ARGS[@]}"
 else OMP_NUM_THREADS=1 $PY src/04_train.py "${ARGS[@]}" --threads 1; fi

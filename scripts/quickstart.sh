@@ -5,7 +5,7 @@
 #   PY=.venv/bin/python      interpreter
 #   K=8                      jump length (integrator steps)
 #   MD_PS, STEPS, HYB_PS     shorter baseline ps / training steps / hybrid ps (tests use tiny values)
-#   OVERWRITE=1              redo finished hybrid runs (default: skip them; interrupted ones resume)
+#   OVERWRITE=1              redo the finished training and hybrid runs (default: skip them; interrupted ones resume)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/quickstart}
@@ -25,9 +25,13 @@ echo "[quickstart] 02 dataset: k=$K windows, time split -> $OUT/datasets, $OUT/s
 $PY src/02_make_dataset.py --md-root "$OUT/md" --out-root "$OUT/datasets" --splits-dir "$OUT/splits" --ks "$K" --split time
 
 echo "[quickstart] 04 training (tiny EGNN, CPU) -> $OUT/train"
-$PY src/04_train.py --dataset "$OUT/datasets/dataset_k$K.npz" --model-config configs/model_quick.yaml \
+source "$(dirname "$0")/train_flags.sh"
+TF=$(train_flags "$OUT/train")
+if [ "$TF" = skip ]; then echo "[quickstart] $OUT/train is trained already, skipping (OVERWRITE=1 redoes it)"
+else $PY src/04_train.py $TF --dataset "$OUT/datasets/dataset_k$K.npz" --model-config configs/model_quick.yaml \
     --train-config configs/train_quick.yaml --splits "$OUT/splits/train.json" "$OUT/splits/val.json" \
     --out "$OUT/train" --device "${DEVICE:-auto}" ${STEPS:+--max-steps $STEPS --set eval_every=$STEPS}
+fi
 
 HYB_PS=${HYB_PS:-20}
 echo "[quickstart] 06 hybrid MD: $HYB_PS ps NVT with the trained model -> $OUT/hybrid"
