@@ -27,6 +27,7 @@ from mdkstep.config import run_cli
 from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_hybrid_file, fmt, hybrid_runs,
                                 load_replicas, load_stats)
 from mdkstep.metrics import summarize_trajectory
+from mdkstep.peptide import BASIN_NAMES, ramachandran_evaluation
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, setup_logging
 
@@ -36,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", type=Path, required=True, help="baseline root (stage 01 --out): <molecule>/replica_*.npz")
     p.add_argument("--hybrid-runs", type=Path, required=True, help="hybrid root (stage 06 outputs): <molecule>/*.npz")
     p.add_argument("--out-dir", type=Path, required=True, help="where metrics.json, report.md and plots go")
-    p.add_argument("--raw-root", type=Path, default=None, help="stage-00 folder: PDB topology for DCD export, "
-                   "Ramachandran, and timing plain MD in this run (wall_speedup)")
+    p.add_argument("--raw-root", type=Path, default=None, help="stage-00 folder: PDB topology for DCD export "
+                   "and timing plain MD in this run (wall_speedup); the Ramachandran analysis needs only topology.json")
     p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint for one-jump accuracy")
     p.add_argument("--dataset", type=Path, default=None, help="dataset_k<K>.npz for one-jump accuracy")
     p.add_argument("--test-split", type=Path, default=None, help="test.json of the dataset (default: all windows)")
@@ -73,20 +74,6 @@ def export_dcd(traj_path: Path, pdb: Path, out_dir: Path) -> list[str]:
     return [str(dcd)]
 
 
-def phi_psi(traj_path: Path, pdb: Path):
-    """Backbone phi/psi (radians) via mdtraj, or None when the molecule has no peptide backbone."""
-    import mdtraj
-
-    top = mdtraj.load_pdb(str(pdb)).topology
-    t = load_trajectory(traj_path)
-    md = mdtraj.Trajectory(t.positions[:: max(1, t.n_frames // 5000)], top)
-    _, phi = mdtraj.compute_phi(md)
-    _, psi = mdtraj.compute_psi(md)
-    if phi.shape[1] == 0 or psi.shape[1] == 0:
-        return None
-    return phi, psi
-
-
 def evaluate_molecule(name: str, args) -> dict[str, Any]:
     from mdkstep import plots
 
@@ -115,23 +102,17 @@ def evaluate_molecule(name: str, args) -> dict[str, Any]:
     plots.energy_temperature(trajs, out_dir / "energy_temperature.png")
     plots.structure_histograms(trajs, topo, out_dir / "structure_histograms.png")
     plots.rdf_overlay(trajs, out_dir / "rdf.png")
-    if raw_dir and (raw_dir / "molecule.pdb").is_file():
-        rama = {}
-        for label, path in [("baseline r0", args.baseline / name / "replica_0.npz")] + [(r.stem, r) for r in runs]:
-            pp = phi_psi(path, raw_dir / "molecule.pdb")
-            if pp is None:
-                break
-            rama[label] = pp
-        if rama:
-            plots.ramachandran(rama, out_dir / "ramachandran.png")
-            res["ramachandran"] = str(out_dir / "ramachandran.png")
+    # backbone from the bond graph (a SMILES-prepared PDB is one UNK residue): every replica and run
+    res["ramachandran"] = ramachandran_evaluation(name, topo, replicas, {k: v for k, v in trajs.items()
+                                                                        if k != "baseline r0"},
+                                                  out_dir / "ramachandran.png")
     return res
 
 
 def one_jump(args) -> dict[str, Any]:
     from mdkstep.checkpoint import model_from_checkpoint
     from mdkstep.dataset import KStepDataset
-    from mdkstep.training import one_jump_metrics
+    from mdkstep.evaluation import one_jump_metrics
 
     model, ck = model_from_checkpoint(args.checkpoint)
     ds = KStepDataset(args.dataset, args.test_split)
@@ -140,6 +121,28 @@ def one_jump(args) -> dict[str, Any]:
     return one_jump_metrics(model, ds, 8192)
 
 
+
+
+def ramachandran_lines(rama: dict[str, Any]) -> list[str]:
+    """Report lines: per replica and run, per residue, basin populations (%), core-to-core
+    transitions, and each run's basin_tv vs replica 0 beside the replica floor."""
+    if not rama.get("backbone"):
+        return [f"Ramachandran: none ({rama.get('note', 'not evaluated')}).", ""]
+    fl = rama.get("floor", {}).get("basin_tv")
+    lines = [f"### Ramachandran (backbone from the bond graph, {rama['backbone']['n_residues']} residue(s); "
+             f"regions in mdkstep/peptide.py BASINS_DEG; every {fmt(rama['interval_ps'])} ps)", "",
+             "| trajectory | residue | " + " | ".join(f"{b} %" for b in BASIN_NAMES)
+             + " | transitions | per ns | basin TV vs r0 (floor) | ratio |",
+             "|" + "---|" * (len(BASIN_NAMES) + 6)]
+    rows = [(k, v, False) for k, v in rama["replicas"].items()] + [(k, v, True) for k, v in rama["runs"].items()]
+    for label, s, is_run in rows:
+        for r, res in enumerate(s["residues"]):
+            tv = f"{fmt(s['basin_tv'])} ({fmt(fl)}) | {fmt(s['basin_tv_ratio_to_floor'])}" if is_run and r == 0 else " | "
+            lines.append(f"| {label} | {r + 1} | " + " | ".join(f"{100 * res['populations'][b]:.1f}" for b in BASIN_NAMES)
+                         + f" | {res['transitions']} | {fmt(res['transitions_per_ns'])} | {tv} |")
+    plot = rama.get("plot") or f"NOT drawn: {rama.get('plot_error')}"
+    return lines + ["", f"Replica floor of basin TV: {fmt(fl)} (max over replica pairs and residues). "
+                    f"Ramachandran plot: {plot}", ""]
 
 
 def write_report(metrics: dict[str, Any], path: Path) -> None:
@@ -171,6 +174,7 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
             if "drift_kj_mol_ps" in ev["summary"]:
                 lines.append(f"|  ↳ NVE drift {fmt(ev['summary']['drift_kj_mol_ps'])} kJ/mol/ps |")
         lines += ["", f"Plots: {name}/energy_temperature.png, structure_histograms.png, rdf.png", ""]
+        lines += ramachandran_lines(m.get("ramachandran") or {})
     lines += ["wall_speedup < 1 is expected for MM on small molecules: an OpenMM force call costs tens of µs, "
               "a model forward about a millisecond. The MM product is the force-call reduction.", ""]
     atomic_write_text(path, "\n".join(lines))
@@ -209,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}/{run}: bond W1 {fmt(ev['distances']['bond_w1_A'])} Å (floor {fmt(ev['floor'].get('bond_w1_A'))}), "
                   f"angle W1 {fmt(ev['distances']['angle_w1_deg'])}° (floor {fmt(ev['floor'].get('angle_w1_deg'))}), "
                   f"force_call_reduction {fmt(eff.get('force_call_reduction'))}, wall_speedup {fmt(eff.get('wall_speedup'))}")
+        rama = m.get("ramachandran") or {}
+        for run, s in rama.get("runs", {}).items():
+            print(f"{name}/{run}: Ramachandran basin TV {fmt(s['basin_tv'])} (floor {fmt(rama['floor'].get('basin_tv'))}), "
+                  f"transitions {[r['transitions'] for r in s['residues']]} (replicas "
+                  f"{[[r['transitions'] for r in v['residues']] for v in rama['replicas'].values()]})")
     return 0
 
 

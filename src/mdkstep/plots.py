@@ -76,13 +76,34 @@ def rdf_overlay(trajs: dict[str, Trajectory], path: Path, r_max_nm: float = 1.0,
     return _save(fig, path)
 
 
-def ramachandran(phipsi: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
-    """phi/psi scatter (degrees) per run, side by side."""
+def _spans(lo: float, hi: float) -> list[tuple[float, float]]:
+    """A [lo, hi) degree range as one or two plain spans (lo > hi wraps through +-180)."""
+    return [(lo, hi)] if lo < hi else [(lo, 180.0), (-180.0, hi)]
+
+
+def _draw_regions(a, regions: dict[str, tuple[tuple[float, float], tuple[float, float]]]) -> None:
+    """Outline each basin rectangle (degrees) and label it."""
+    from matplotlib.patches import Rectangle
+
+    for name, ((p0, p1), (s0, s1)) in regions.items():
+        for i, (x0, x1) in enumerate(_spans(p0, p1)):
+            for j, (y0, y1) in enumerate(_spans(s0, s1)):
+                a.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.6, ec="gray"))
+                if i == 0 and j == 0:
+                    a.annotate(name, (x0 + 2, y1 - 14), fontsize=6, color="gray")
+
+
+def ramachandran(phipsi: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
+                 regions: dict[str, tuple[tuple[float, float], tuple[float, float]]] | None = None) -> Path:
+    """phi/psi scatter (degrees; input radians, all residues pooled) per run, side by side;
+    ``regions`` (name -> ((phi_lo, phi_hi), (psi_lo, psi_hi)) degrees) are outlined."""
     plt = _plt()
     n = len(phipsi)
     fig, ax = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
     for a, (label, (phi, psi)) in zip(ax[0], phipsi.items()):
         a.scatter(np.degrees(phi).ravel(), np.degrees(psi).ravel(), s=1, alpha=0.3)
+        if regions:
+            _draw_regions(a, regions)
         a.set_xlim(-180, 180)
         a.set_ylim(-180, 180)
         a.set_title(label, fontsize=9)
