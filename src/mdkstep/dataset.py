@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -274,6 +274,12 @@ class WindowBatch:
     f0: np.ndarray | None
     f1: np.ndarray | None
     topology: dict[str, list[list[int]]]
+    #: the second jump's end t+2k (two-jump windows, ``KStepDataset.with_jumps(2)``), else None
+    x2: np.ndarray | None = None
+    v2: np.ndarray | None = None
+    f2: np.ndarray | None = None
+    u0: np.ndarray | None = None  #: (B,) potential energy at t, kJ/mol (None: the trajectory has none)
+    u1: np.ndarray | None = None  #: (B,) potential energy at t+k, kJ/mol
 
 
 def split_name(split: str | Path) -> str:
@@ -324,8 +330,39 @@ class KStepDataset:
             name = split_name(split)
             windows = windows[codes == SPLITS.index(name)]
         self.windows = windows
+        self.jumps = 1  #: consecutive k-jumps per window (2: also the frame t+2k, see with_jumps)
         self._maps: dict[int, dict[str, np.ndarray]] = {}
         self._check_sources(np.unique(windows[:, 0]) if len(windows) else [])
+
+    def with_jumps(self, n: int) -> "KStepDataset":
+        """The same split as windows of ``n`` consecutive k-jumps (n = 1 or 2): only the windows
+        whose frame t + n k exists in the same trajectory exactly n k steps later (no time gap).
+
+        The dataset file stays as it is (an index of k-windows); ``batches`` then also returns
+        x2, v2, f2 at t + 2k. Windows near the end of a trajectory or before a gap drop out.
+        """
+        if n not in (1, 2):
+            raise MdkstepError(f"with_jumps({n}): only 1 or 2 consecutive jumps are supported")
+        out = object.__new__(KStepDataset)
+        out.__dict__.update(self.__dict__)
+        out.jumps = n
+        if n > 1 and len(self.windows):
+            out.windows = self.windows[self._has_jumps(n)]
+        return out
+
+    def _has_jumps(self, n: int) -> np.ndarray:
+        """(W,) bool: window t's frame t + n*offset exists and lies exactly n*k steps later."""
+        ok = np.zeros(len(self.windows), dtype=bool)
+        off = n * self.spec.offset
+        dt_save_ps = self.spec.dt_fs * self.spec.save_interval / 1000.0
+        for ti in np.unique(self.windows[:, 0]):
+            rows = np.flatnonzero(self.windows[:, 0] == ti)
+            time_ps = np.asarray(memmap_npz(self.source_path(int(ti)), ("time_ps",))["time_ps"])
+            t0 = self.windows[rows, 1]
+            inside = t0 + off < len(time_ps)
+            gap = time_ps[np.minimum(t0 + off, len(time_ps) - 1)] - time_ps[t0]
+            ok[rows] = inside & (np.abs(gap - off * dt_save_ps) < 1e-6 * max(1.0, off * dt_save_ps))
+        return ok
 
     def source_path(self, ti: int) -> Path:
         """Trajectory ``ti``'s file (stored relative to the dataset's folder, or absolute)."""
@@ -355,7 +392,8 @@ class KStepDataset:
             src = self.source_path(ti)
             if not src.is_file():
                 raise MdkstepError(f"{self.path}: source trajectory {src} is missing")
-            self._maps[ti] = memmap_npz(src, ("positions", "velocities", "forces", "atom_types", "masses"))
+            self._maps[ti] = memmap_npz(src, ("positions", "velocities", "forces", "energies", "atom_types",
+                                              "masses"))
         return self._maps[ti]
 
     def batches(self, idx: np.ndarray) -> list[WindowBatch]:
@@ -372,12 +410,19 @@ class KStepDataset:
             name = self.spec.molecules[int(ti)]
             x0, x1 = remove_com(m["positions"][t0], masses), remove_com(m["positions"][t1], masses)
             v0, v1 = remove_com(m["velocities"][t0], masses), remove_com(m["velocities"][t1], masses)
-            out.append(WindowBatch(
+            wb = WindowBatch(
                 molecule=name, z=np.array(m["atom_types"], dtype=int), masses=masses,
                 x0=x0, v0=v0, x1=x1, v1=v1,
                 f0=np.asarray(m["forces"][t0]) if has_f else None, f1=np.asarray(m["forces"][t1]) if has_f else None,
                 topology=self.spec.topologies[name],
-            ))
+                u0=np.asarray(m["energies"][t0], dtype=float) if "energies" in m else None,
+                u1=np.asarray(m["energies"][t1], dtype=float) if "energies" in m else None,
+            )
+            if self.jumps == 2:
+                t2 = t1 + self.spec.offset
+                wb = replace(wb, x2=remove_com(m["positions"][t2], masses), v2=remove_com(m["velocities"][t2], masses),
+                             f2=np.asarray(m["forces"][t2]) if has_f else None)
+            out.append(wb)
         return out
 
     def iter_batches(self, batch_size: int, shuffle: bool, rng: np.random.Generator | None = None,
@@ -405,6 +450,8 @@ class Targets:
     bonds: torch.Tensor  #: (M,2) global atom indices
     angles: torch.Tensor  #: (M,3)
     dihedrals: torch.Tensor  #: (M,4)
+    x2: torch.Tensor | None = None  #: (N,3) nm at t+2k (two-jump windows)
+    v2: torch.Tensor | None = None  #: (N,3) nm/ps at t+2k (two-jump windows)
 
 
 def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -420,8 +467,56 @@ def rotate_windows(wb: WindowBatch, rot: np.ndarray) -> WindowBatch:
     """Apply rotations rot (B,3,3) (or (3,3)) to every vector quantity of the windows."""
     r = np.broadcast_to(rot, (wb.x0.shape[0], 3, 3))
     f = lambda a: None if a is None else np.einsum("bij,bnj->bni", r, a)  # noqa: E731
-    return WindowBatch(wb.molecule, wb.z, wb.masses, f(wb.x0), f(wb.v0), f(wb.x1), f(wb.v1), f(wb.f0), f(wb.f1),
-                       wb.topology)
+    return replace(wb, **{k: f(getattr(wb, k)) for k in VECTOR_FIELDS})
+
+
+#: the (B,N,3) vector arrays of a WindowBatch (rotated together, swapped by time reversal)
+VECTOR_FIELDS = ("x0", "v0", "x1", "v1", "f0", "f1", "x2", "v2", "f2")
+
+
+def time_reverse_windows(wb: WindowBatch, mask: np.ndarray) -> WindowBatch:
+    """Windows ``mask`` (B,) bool reversed in time, the others unchanged.
+
+    Reversible (Hamiltonian) dynamics maps (x_{t+k}, -v_{t+k}) to (x_t, -v_t) in k steps, so
+    (x_{t+k}, -v_{t+k}, F_{t+k}) -> (x_t, -v_t) is again a k-window (two-jump windows: t+2k ->
+    t+k -> t). Forces are even under reversal, velocities odd. Needs F_{t+k} when the window
+    has forces at t (it always has: the trajectories store forces at every frame). With a
+    thermostat the reversed window is exact only in distribution (Langevin at low friction
+    nearly so; every k-window of 0.1-1 /ps data loses << 1 % of its kinetic energy to friction).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return wb
+    two = wb.x2 is not None
+    ends = (("x2", "v2", "f2"), ("x1", "v1", "f1"), ("x0", "v0", "f0")) if two else \
+        (("x1", "v1", "f1"), ("x0", "v0", "f0"))
+    slots = (("x0", "v0", "f0"), ("x1", "v1", "f1"), ("x2", "v2", "f2"))
+    new: dict[str, np.ndarray | None] = {}
+    for (xs, vs, fs), (xd, vd, fd) in zip(ends, slots):
+        new[xd] = np.where(mask[:, None, None], getattr(wb, xs), getattr(wb, xd))
+        new[vd] = np.where(mask[:, None, None], -getattr(wb, vs), getattr(wb, vd))
+        f_src, f_dst = getattr(wb, fs), getattr(wb, fd)
+        if f_dst is not None and f_src is None:
+            raise MdkstepError(f"time-reversed windows of {wb.molecule} need the forces at t+k, which are missing")
+        new[fd] = None if f_dst is None else np.where(mask[:, None, None], f_src, f_dst)
+    return replace(wb, **new)
+
+
+def add_input_noise(wb: WindowBatch, sigma_x_nm: float, sigma_v_nm_ps: float, rng: np.random.Generator) -> WindowBatch:
+    """Gaussian noise on the input state only: x_t += N(0, sigma_x^2) nm, v_t += N(0, sigma_v^2)
+    nm/ps per Cartesian component, made COM-free (the inputs stay COM-centred / COM-velocity
+    free). The targets x_{t+k}, v_{t+k} (and t+2k) stay clean, so the jump targets
+    x_{t+k} - x~_t, v_{t+k} - v~_t absorb the noise: the model learns to pull a perturbed state
+    back onto the data, the error-correcting form of Sanchez-Gonzalez et al. 2020. The input
+    forces F_t stay those of the clean x_t (the hybrid always has exact forces; for noise well
+    below a bond's thermal amplitude the mismatch is small).
+    """
+    x0, v0 = wb.x0, wb.v0
+    if sigma_x_nm > 0:
+        x0 = x0 + remove_com(rng.normal(0.0, sigma_x_nm, x0.shape), wb.masses)
+    if sigma_v_nm_ps > 0:
+        v0 = v0 + remove_com(rng.normal(0.0, sigma_v_nm_ps, v0.shape), wb.masses)
+    return replace(wb, x0=x0, v0=v0)
 
 
 def _topology_arrays(topo: dict[str, list[list[int]]]) -> dict[str, np.ndarray]:
@@ -447,7 +542,7 @@ def collate(wbs: list[WindowBatch], use_forces: bool, dtype: torch.dtype | None 
     elif aug == "per_graph":
         wbs = [rotate_windows(w, random_rotations(w.x0.shape[0], rng)) for w in wbs]
     z_l, m_l, x_l, v_l, f_l, b_l = [], [], [], [], [], []
-    dx_l, dv_l, x1_l, f1_l = [], [], [], []
+    dx_l, dv_l, x1_l, f1_l, x2_l, v2_l = [], [], [], [], [], []
     idx = {"bonds": [], "angles": [], "dihedrals": []}
     offset = 0
     for w in wbs:
@@ -471,6 +566,8 @@ def collate(wbs: list[WindowBatch], use_forces: bool, dtype: torch.dtype | None 
         dv_l.append((w.v1 - w.v0).reshape(-1, 3))
         x1_l.append(w.x1.reshape(-1, 3))
         f1_l.append(None if w.f1 is None else w.f1.reshape(-1, 3))
+        x2_l.append(None if w.x2 is None else w.x2.reshape(-1, 3))
+        v2_l.append(None if w.v2 is None else w.v2.reshape(-1, 3))
     gb = make_graph_batch(z_l, m_l, x_l, v_l, f_l if use_forces else None, b_l, dtype=dtype)
     t = lambda arrs: torch.as_tensor(np.concatenate(arrs), dtype=dtype)  # noqa: E731
     tg = Targets(
@@ -479,11 +576,13 @@ def collate(wbs: list[WindowBatch], use_forces: bool, dtype: torch.dtype | None 
         bonds=torch.as_tensor(np.concatenate(idx["bonds"])),
         angles=torch.as_tensor(np.concatenate(idx["angles"])),
         dihedrals=torch.as_tensor(np.concatenate(idx["dihedrals"])),
+        x2=None if any(a is None for a in x2_l) else t(x2_l),
+        v2=None if any(a is None for a in v2_l) else t(v2_l),
     )
     return gb, tg
 
 
 def targets_to(tg: Targets, device: torch.device) -> Targets:
     """The same targets on ``device``."""
-    fields = (tg.dx, tg.dv, tg.x1, tg.f1, tg.bonds, tg.angles, tg.dihedrals)
-    return Targets(*(None if v is None else v.to(device) for v in fields))
+    return Targets(**{f.name: None if getattr(tg, f.name) is None else getattr(tg, f.name).to(device)
+                      for f in fields(tg)})
