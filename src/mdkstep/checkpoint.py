@@ -92,6 +92,10 @@ def check_compatible(ck: dict[str, Any], source: str, k: int | None = None,
             if key in theirs and theirs[key] != mine.get(key):
                 raise MdkstepError(f"{source}: architecture mismatch on '{key}' (checkpoint {theirs[key]!r}, "
                                    f"config {mine.get(key)!r})")
+        vo = theirs.get("velocity_output", "delta")  # checkpoints before the option predicted delta v
+        if vo != mine.get("velocity_output", "delta"):
+            raise MdkstepError(f"{source}: architecture mismatch on 'velocity_output' (checkpoint {vo!r}, "
+                               f"config {mine.get('velocity_output')!r})")
     if atom_types is not None and ck.get("atom_types"):
         unseen = sorted(set(atom_types) - set(int(z) for z in ck["atom_types"]))
         if unseen:

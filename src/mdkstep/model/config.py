@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ARCHS = ("egnn", "transformer_egnn")
+VELOCITY_OUTPUTS = ("delta", "direct")  #: what the velocity channel predicts
 
 
 @dataclass
@@ -27,6 +28,11 @@ class ModelConfig:
     #: layers see the pair geometry of the running jumped positions (EGNN coordinate updates);
     #: False = input geometry only (~20% faster forward)
     update_geometry: bool = True
+    #: velocity channel: "delta" predicts dv = v(t+k) - v(t) (output 0 = velocity unchanged);
+    #: "direct" predicts v(t+k) itself in units of v_scale (output 0 = at rest), dv = v(t+k) - v(t).
+    #: Same outputs, projections, clamps and loss; direct may suit long strides where v(t+k)
+    #: has decorrelated from v(t)
+    velocity_output: str = "delta"
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent configuration."""
@@ -47,6 +53,8 @@ class ModelConfig:
             raise ValueError(f"max_disp_nm must be > 0, got {self.max_disp_nm}")
         if not self.max_dvel_nm_per_ps > 0:
             raise ValueError(f"max_dvel_nm_per_ps must be > 0, got {self.max_dvel_nm_per_ps}")
+        if self.velocity_output not in VELOCITY_OUTPUTS:
+            raise ValueError(f"velocity_output must be one of {list(VELOCITY_OUTPUTS)}, got {self.velocity_output!r}")
 
     @property
     def rbf_range_nm(self) -> float:
