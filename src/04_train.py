@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     mcfg = load_config(ModelConfig, args.model_config, set_items=args.model_set)
+    if mcfg.kind == "shear":  # exact mode: its own trainer and train config (configs/train_exact.yaml)
+        return train_shear_main(args, mcfg)
     tcfg = load_config(TrainConfig, args.train_config, {
         "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed, "freeze_layers": args.freeze_layers,
     }, args.set)
@@ -83,6 +85,27 @@ def main(argv: list[str] | None = None) -> int:
     if summary.get("samples_per_s"):
         print(f"trained {summary['steps']} steps at {summary['samples_per_s']:.0f} samples/s on {summary['device']} "
               f"(x{summary['world_size']} processes); checkpoints in {summary['out']}")
+    return 0
+
+
+def train_shear_main(args, mcfg: ModelConfig) -> int:
+    """Stage 04 for a ``kind: shear`` model config: mdkstep.exact_training.train_shear with an
+    ExactTrainConfig from --train-config (--max-steps sets its steps)."""
+    from mdkstep.exact_training import ExactTrainConfig, train_shear
+
+    if args.pretrained or args.freeze_layers:
+        raise MdkstepError("--pretrained / --freeze-layers are not supported for model kind 'shear' yet")
+    ecfg = load_config(ExactTrainConfig, args.train_config, {"steps": args.max_steps, "seed": args.seed}, args.set)
+    seed_everything(ecfg.seed)
+    test_split = args.test_split or args.splits[0].with_name("test.json")
+    summary = train_shear(args.dataset, tuple(args.splits), mcfg, ecfg, args.out, args.device, args.resume,
+                          args.overwrite, test_split if test_split.is_file() else None)
+    fm = summary["final_metrics"]
+    b, a = fm["teacher_forced_before"].get("val", {}), fm["teacher_forced_after"].get("val", {})
+    print(f"shear kicks at tau = {fm['tau_fs']:.4g} fs: val teacher-forced |dH| median "
+          f"{b.get('median_abs_dH_kJ_mol', float('nan')):.3g} -> {a.get('median_abs_dH_kJ_mol', float('nan')):.3g} "
+          f"kJ/mol (p90 {b.get('p90_abs_dH_kJ_mol', float('nan')):.3g} -> {a.get('p90_abs_dH_kJ_mol', float('nan')):.3g})"
+          f"; {summary['steps']} steps in {fm['train_seconds']:.0f} s; checkpoints in {summary['out']}")
     return 0
 
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from mdkstep.config import load_config, run_cli, to_dict
-from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model, prepare_outputs,
-                                resolve_hybrid_config, run_and_report, start_frames)
+from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, exact_jumper, is_exact_checkpoint, is_resuming,
+                                load_model, prepare_outputs, resolve_hybrid_config, run_and_report,
+                                run_exact_and_report, start_frames)
 from mdkstep.utils import LOG, MdkstepError, setup_logging
 
 
@@ -86,15 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     prepare_outputs(args)
     model, device = load_model(args, args.checkpoint)
     engine = make_engine("openmm", mol, md_cfg)
+    if is_exact_checkpoint(ck):  # before any equilibration: exact mode needs an unconstrained system
+        from mdkstep.exact_run import check_unconstrained
+
+        check_unconstrained(engine)
     if is_resuming(args):  # the state comes from the hybrid checkpoint
         x0 = v0 = np.zeros((args.replicas, len(engine.masses), 3))
         start = "resumed (start state: see the trajectory metadata)"
     else:
         x0, v0, start = start_states(args, mol, md_cfg, args.replicas, engine.masses)
-    jumper = ModelJumper(model, mol.atomic_numbers, engine.masses, mol.bonds, device=device)
     meta = {"molecule": mol.name, "smiles": mol.smiles, "constraints": md_cfg.constraints,
             "hydrogen_mass_amu": md_cfg.hydrogen_mass_amu, "forcefield": mol.forcefield, "seed": args.seed,
             "checkpoint": str(args.checkpoint), "start": start}
+    if is_exact_checkpoint(ck):  # exact mode: generalized HMC with the learned shear stride
+        run_exact_and_report(args, engine, exact_jumper(model, mol, engine, hcfg), hcfg, x0, v0, mol.name, meta,
+                             {"md_config": to_dict(md_cfg), "start": start}, device, mol.dihedrals)
+        return 0
+    jumper = ModelJumper(model, mol.atomic_numbers, engine.masses, mol.bonds, device=device)
     run_and_report(args, engine, jumper, hcfg, x0, v0, mol.name, meta,
                    {"md_config": to_dict(md_cfg), "start": start}, device)
     return 0

@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from mdkstep.config import load_config, run_cli, to_dict
-from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model,
-                                prepare_outputs, resolve_hybrid_config, run_and_report, start_frames)
+from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, exact_jumper, is_exact_checkpoint,
+                                is_resuming, load_model, prepare_outputs, resolve_hybrid_config, run_and_report,
+                                run_exact_and_report, start_frames)
 from mdkstep.utils import LOG, MdkstepError, setup_logging
 
 
@@ -96,10 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         x0, v0, idx = start_frames(traj, args.replicas)
         start = f"{args.start_from} frames {idx}"
-    jumper = ModelJumper(model, mol.atomic_numbers, engine.masses, mol.bonds, device=device)
     meta = {"molecule": mol.name, "smiles": mol.smiles, "constraints": "none", "charge": mol.charge,
             "multiplicity": qcfg.multiplicity, "seed": args.seed, "checkpoint": str(args.checkpoint),
             "start": start, "bonds_from": mol.bonds_from, "qm_method": qcfg.method}
+    if is_exact_checkpoint(ck):  # exact mode: generalized HMC with the learned shear stride
+        run_exact_and_report(args, engine, exact_jumper(model, mol, engine, hcfg), hcfg, x0, v0, mol.name, meta,
+                             {"qm_config": to_dict(qcfg), "start": start}, device, mol.dihedrals)
+        return 0
+    jumper = ModelJumper(model, mol.atomic_numbers, engine.masses, mol.bonds, device=device)
     run_and_report(args, engine, jumper, hcfg, x0, v0, mol.name, meta,
                    {"qm_config": to_dict(qcfg), "start": start}, device)
     return 0

@@ -2,7 +2,8 @@
 
 Layout of a checkpoint dict:
     model_state     state_dict (tensors; includes the normalization buffers)
-    model_config    ModelConfig as a dict
+    model_config    ModelConfig as a dict; its ``kind`` ("jump" | "shear") says which class
+                    (absent in checkpoints written before exact mode: "jump")
     train_config    TrainConfig as a dict (may be empty)
     k               jump length in integrator steps
     dt_fs           integrator step of the training data (fs)
@@ -74,10 +75,30 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     """Rebuild the model of a checkpoint (eval mode) and return it with the checkpoint dict."""
     ck = read_checkpoint(path)
     cfg = from_dict(ModelConfig, ck["model_config"], f"{path}: model_config")
-    model = build_model(cfg)
-    model.load_state_dict(ck["model_state"])
+    model = build_model(cfg)  # kind "shear": a ShearKicks (n_inner from the config)
+    model.to(device=device, dtype=dtype)  # before loading: float64 weights stay exact in a float64 model
+    try:
+        model.load_state_dict(ck["model_state"])
+    except RuntimeError as e:
+        raise MdkstepError(f"{path}: weights do not fit a {checkpoint_kind(ck)} model of its config "
+                           f"({str(e).splitlines()[0][:200]})") from None
     model.to(device=device, dtype=dtype).eval()
     return model, ck
+
+
+def checkpoint_kind(ck: dict[str, Any]) -> str:
+    """"jump" | "shear" of a checkpoint dict (checkpoints without the key are "jump")."""
+    return str(ck.get("model_config", {}).get("kind", "jump"))
+
+
+def shear_payload(kicks: torch.nn.Module, k: int, dt_fs: float, engine: str | None, atom_types: list[int],
+                  **extra: Any) -> dict[str, Any]:
+    """Checkpoint dict of exact mode's ShearKicks (kind "shear"): weights (the scale buffers
+    included), its ModelConfig, k and dt_fs of the stride tau = k dt_fs, engine, elements, and
+    ``extra`` (e.g. train_config, step, scales)."""
+    return {"model_state": {key: v.detach().cpu() for key, v in kicks.state_dict().items()},
+            "model_config": asdict(kicks.model_config), "k": int(k), "dt_fs": float(dt_fs), "engine": engine,
+            "atom_types": sorted(int(z) for z in atom_types), **extra}
 
 
 def check_compatible(ck: dict[str, Any], source: str, k: int | None = None,
@@ -88,7 +109,11 @@ def check_compatible(ck: dict[str, Any], source: str, k: int | None = None,
     if model_config is not None:
         mine = asdict(model_config)
         theirs = ck["model_config"]
-        for key in ("arch", "hidden", "n_layers", "use_forces", "force_head", "n_heads", "n_rbf", "max_hops", "max_z"):
+        if checkpoint_kind(ck) != mine.get("kind", "jump"):
+            raise MdkstepError(f"{source}: model kind mismatch (checkpoint {checkpoint_kind(ck)!r}, "
+                               f"config {mine.get('kind', 'jump')!r})")
+        for key in ("arch", "hidden", "n_layers", "use_forces", "force_head", "n_heads", "n_rbf", "max_hops", "max_z",
+                    "n_inner"):
             if key in theirs and theirs[key] != mine.get(key):
                 raise MdkstepError(f"{source}: architecture mismatch on '{key}' (checkpoint {theirs[key]!r}, "
                                    f"config {mine.get(key)!r})")

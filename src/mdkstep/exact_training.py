@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -29,8 +28,7 @@ import torch
 from .dataset import KStepDataset, WindowBatch
 from .model.graph import GraphBatch
 from .model.shear import ShearKicks, graph_template, inner_path, outer_kick
-from .trajectory import memmap_npz
-from .utils import KB_KJ_PER_MOL_K, LOG
+from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError
 
 
 # --------------------------------------------------------------------------- windows
@@ -73,17 +71,14 @@ def windows_from_batch(wb: WindowBatch, u0: np.ndarray, u1: np.ndarray) -> Exact
 
 
 def dataset_windows(ds: KStepDataset, idx: np.ndarray) -> list[ExactWindows]:
-    """Windows ``idx`` of a k-step dataset with their potential energies, one entry per
-    trajectory. WindowBatch carries no energies yet, so they are read here from the source
-    NPZs in the order :meth:`KStepDataset.batches` uses (trajectories ascending, start
-    frames sorted)."""
-    idx = np.asarray(idx)
-    sel = ds.windows[idx]
+    """Windows ``idx`` of a k-step dataset with their potential energies (WindowBatch.u0/u1),
+    one entry per trajectory; a trajectory without energies is a one-line error."""
     out = []
-    for ti, wb in zip(np.unique(sel[:, 0]), ds.batches(idx)):
-        t0 = np.sort(sel[sel[:, 0] == ti, 1])
-        e = memmap_npz(Path(ds.spec.sources[int(ti)]), ("energies",))["energies"]
-        out.append(windows_from_batch(wb, np.asarray(e[t0]), np.asarray(e[t0 + ds.spec.offset])))
+    for wb in ds.batches(np.asarray(idx)):
+        if wb.u0 is None or wb.u1 is None:
+            raise MdkstepError(f"{ds.path}: trajectory of {wb.molecule} has no energies; exact-mode training "
+                               "needs U at both ends of every window")
+        out.append(windows_from_batch(wb, wb.u0, wb.u1))
     return out
 
 
@@ -104,6 +99,25 @@ class ExactTrainConfig:
     temperature_K: float = 300.0  #: kT sets the energy unit of the dH term
     seed: int = 0
     log_every: int = 100
+    k: int | None = None  #: jump length in integrator steps; None = the dataset's (else it must match)
+    max_windows: int = 0  #: training windows used (a deterministic subsample; 0 = all)
+    val_max_windows: int = 2000  #: validation windows for the teacher-forced |dH| report
+    dtype: str = "float64"  #: float64 | float32 (the sampler runs the model in the same dtype)
+
+    def validate(self) -> None:
+        """Raise ValueError on an inconsistent configuration."""
+        for key in ("steps", "batch_size", "log_every", "val_max_windows"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"key '{key}': {getattr(self, key)} must be >= 1")
+        if self.max_windows < 0 or (self.k is not None and self.k < 1):
+            raise ValueError("keys 'max_windows' must be >= 0 and 'k' >= 1 or null")
+        if not self.lr > 0 or not self.temperature_K > 0:
+            raise ValueError("keys 'lr' and 'temperature_K' must be > 0")
+        for key in ("weight_decay", "grad_clip", "lambda_x", "lambda_v", "lambda_energy"):
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
+                raise ValueError(f"key '{key}': {getattr(self, key)} must be a finite number >= 0")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"key 'dtype': {self.dtype!r} is not one of float64|float32")
 
 
 @dataclass
@@ -231,3 +245,92 @@ def teacher_forced_abs_dH(kicks: ShearKicks, w: ExactWindows, tau_ps: float) -> 
     b = to_tensors(w, ref.dtype, ref.device)
     x1, v1 = teacher_forced_stride(kicks, tmpl, b, tau_ps)
     return energy_error(tmpl, b, x1, v1).abs().cpu().double().numpy()
+
+
+# ------------------------------------------------------------------- the stage-04 run
+
+def _subsample(n: int, n_max: int, seed: int) -> np.ndarray:
+    """Indices of a deterministic subsample of at most ``n_max`` of ``n`` (0 = all), sorted."""
+    if not n_max or n <= n_max:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=n_max, replace=False))
+
+
+def abs_dH_summary(adh: np.ndarray) -> dict[str, float]:
+    """Median, 90th percentile and mean of |dH| (kJ/mol) and the mean Metropolis acceptance
+    probability min(1, exp(-|dH|/kT)) at 300 K as a rough guide (the sign of dH is lost)."""
+    adh = np.asarray(adh, dtype=float)
+    if not adh.size:
+        return {}
+    return {"median_abs_dH_kJ_mol": float(np.median(adh)), "p90_abs_dH_kJ_mol": float(np.quantile(adh, 0.9)),
+            "mean_abs_dH_kJ_mol": float(adh.mean()), "n": int(adh.size)}
+
+
+def train_shear(dataset_file, splits, model_cfg, cfg: ExactTrainConfig, out, device_name: str = "cpu",
+                resume: bool = False, overwrite: bool = False, test_split=None) -> dict:
+    """Stage 04 for ``kind: shear``: train exact mode's ShearKicks on a k-step dataset with
+    :func:`train_exact` and write ``<out>/best.pt`` (= ``last.pt``: the final weights),
+    ``metrics.csv`` and ``final_metrics.json`` (teacher-forced |dH| on val/test before and
+    after training, kJ/mol). tau = k * dt of the dataset. ``resume`` is not supported yet
+    (one-line error); an earlier run needs ``overwrite``. Returns a summary dict."""
+    import csv
+    from pathlib import Path
+
+    from .checkpoint import save_checkpoint, shear_payload
+    from .config import to_dict
+    from .model import build_model
+    from .training import RunPaths, prepare_run_folder
+    from .utils import atomic_write_json
+
+    try:
+        cfg.validate()
+        model_cfg.validate()
+    except ValueError as e:
+        raise MdkstepError(f"exact train config: {e}") from None
+    if resume:
+        raise MdkstepError("--resume is not supported for kind 'shear' yet (training is short): pass --overwrite")
+    paths = RunPaths(Path(out))
+    prepare_run_folder(paths, resume=False, overwrite=overwrite)
+    train_ds = KStepDataset(Path(dataset_file), splits[0])
+    if cfg.k is not None and cfg.k != train_ds.k:
+        raise MdkstepError(f"{dataset_file}: dataset has k={train_ds.k} but the train config says k={cfg.k}")
+    if not train_ds.spec.has_forces or len(train_ds) == 0:
+        raise MdkstepError(f"{dataset_file}: exact-mode training needs a non-empty training split with forces")
+    tau_ps = train_ds.k * train_ds.spec.dt_fs / 1000.0  # k counts integrator steps
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    device = torch.device("cuda" if device_name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.seed)
+    kicks = build_model(model_cfg).to(device=device, dtype=dtype)
+    train_w = dataset_windows(train_ds, _subsample(len(train_ds), cfg.max_windows, cfg.seed))
+    evals = {"val": KStepDataset(Path(dataset_file), splits[1])}
+    if test_split is not None:
+        evals["test"] = KStepDataset(Path(dataset_file), test_split)
+    eval_w = {k: dataset_windows(d, _subsample(len(d), cfg.val_max_windows, cfg.seed + 1))
+              for k, d in evals.items() if len(d)}
+    scales = fit_scales(kicks, train_w, tau_ps)
+
+    def report() -> dict:
+        return {k: abs_dH_summary(np.concatenate([teacher_forced_abs_dH(kicks, w, tau_ps) for w in ws]))
+                for k, ws in eval_w.items()}
+
+    before = report()
+    LOG.info("shear kicks (n_inner %d) at tau = %.4g fs on %d windows; val |dH| median %.3g kJ/mol before",
+             model_cfg.n_inner, tau_ps * 1000, sum(len(w) for w in train_w),
+             before.get("val", {}).get("median_abs_dH_kJ_mol", float("nan")))
+    history = train_exact(kicks, train_w, tau_ps, cfg, scales)
+    after = report()
+    atom_types = sorted({int(z) for w in train_w for z in w.z})
+    payload = shear_payload(kicks, train_ds.k, train_ds.spec.dt_fs,
+                            train_ds.spec.engine, atom_types, train_config=to_dict(cfg), scales=scales,
+                            step=cfg.steps, tau_fs=tau_ps * 1000.0)
+    save_checkpoint(paths.last, payload)
+    save_checkpoint(paths.best, payload)
+    with open(paths.csv, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    final = {"kind": "shear", "tau_fs": tau_ps * 1000.0, "teacher_forced_before": before,
+             "teacher_forced_after": after, "train_seconds": history[-1]["seconds"], "steps": cfg.steps}
+    atomic_write_json(paths.out / "final_metrics.json", final)
+    return {"steps": cfg.steps, "out": str(paths.out), "final_metrics": final, "device": str(device),
+            "n_parameters": sum(p.numel() for p in kicks.parameters())}

@@ -206,3 +206,79 @@ def summarize_trajectory(traj: Trajectory, bonds: np.ndarray | None = None) -> d
         out.update(nve_drift(traj.time_ps, traj.energies + ke))
         out["drift_kj_mol_ps_per_atom"] = out["drift_kj_mol_ps"] / traj.n_atoms
     return out
+
+
+# ------------------------------------------------------------------ sampling efficiency
+
+def autocorrelation(x: np.ndarray) -> np.ndarray:
+    """Normalized autocorrelation function rho(t) (T,) of a series x (T,) or of R chains
+    (T, R), rho(0) = 1; chains are centred on their common mean and their autocovariances
+    averaged before normalizing (FFT, zero-padded to avoid wrap-around). NaN for a constant
+    series."""
+    x = np.asarray(x, dtype=float)
+    x = x[:, None] if x.ndim == 1 else x.reshape(x.shape[0], -1)
+    n = x.shape[0]
+    y = x - x.mean()
+    size = 1 << int(2 * n - 1).bit_length()
+    spec = np.fft.rfft(y, n=size, axis=0)
+    acov = np.fft.irfft(spec * np.conj(spec), n=size, axis=0)[:n].mean(axis=1) / n
+    return acov / acov[0] if acov[0] > 0 else np.full(n, np.nan)
+
+
+def integrated_autocorr_time(x: np.ndarray, c: float = 5.0) -> float:
+    """Integrated autocorrelation time tau_int = 1 + 2 sum_{t=1}^{M} rho(t), in frames, of a
+    series (T,) or of R chains (T, R) (:func:`autocorrelation`).
+
+    Sokal's automatic window: the smallest M with M >= c * tau_int(M) (c = 5, as in Sokal
+    1996 and emcee). Summing the noisy tail of rho(t) to the end would make the variance of
+    the estimate grow with T, a fixed window biases it for slow series; the self-consistent
+    window keeps bias ~exp(-c) and variance ~ (2M+1)/T. If no window qualifies (T shorter
+    than ~c tau) the estimate at the largest M is returned: a lower bound, flagged by
+    :func:`iat_reliable`. A series that never varies gives NaN."""
+    rho = autocorrelation(x)
+    if not np.isfinite(rho[0]):
+        return float("nan")
+    taus = 2.0 * np.cumsum(rho) - 1.0  # taus[M] = 1 + 2 sum_{t=1}^{M} rho(t)
+    ok = np.arange(len(taus)) >= c * taus
+    m = int(np.argmax(ok)) if ok.any() else len(taus) - 1
+    return float(taus[m])
+
+
+def iat_reliable(tau_int: float, n_frames: int, min_ratio: float = 50.0) -> bool:
+    """True when the series is at least ``min_ratio`` tau_int long (emcee's rule of thumb:
+    shorter series give a biased-low, noisy tau_int)."""
+    return bool(np.isfinite(tau_int) and n_frames >= min_ratio * tau_int)
+
+
+def effective_samples_per_force_call(n_frames: int, tau_int_frames: float, force_calls: int) -> float:
+    """Effective samples per force call: n_frames / (tau_int * force calls), with tau_int in
+    frames of the same series (n_frames / tau_int = effective sample size; all replicas'
+    frames together when tau_int comes from all chains). The force calls are the engine's
+    count for the whole run (setup included)."""
+    if not (force_calls > 0 and tau_int_frames > 0):
+        return float("nan")
+    return float(n_frames) / (float(tau_int_frames) * float(force_calls))
+
+
+def dihedral_series(positions_nm: np.ndarray, dihedrals: np.ndarray) -> np.ndarray:
+    """Dihedral angles (T, D) rad of frames (T, N, 3) nm for index quadruples (D, 4)."""
+    x = torch.as_tensor(np.asarray(positions_nm, dtype=float))
+    idx = torch.as_tensor(np.asarray(dihedrals, dtype=np.int64).reshape(-1, 4))
+    return torch.stack([dihedral_angles(f, idx) for f in x]).numpy() if len(x) else np.zeros((0, len(idx)))
+
+
+def slowest_dihedral_iat(positions_nm: np.ndarray, dihedrals: np.ndarray, c: float = 5.0) -> tuple[float, int]:
+    """(tau_int in frames, index) of the slowest dihedral: a dihedral phi is circular, so its
+    tau_int is the larger of those of cos(phi) and sin(phi); positions (T, N, 3) for one chain
+    or (T, R, N, 3) for R chains (tau from all chains). (nan, -1) without dihedrals."""
+    pos = np.asarray(positions_nm, dtype=float)
+    chains = [pos] if pos.ndim == 3 else [pos[:, r] for r in range(pos.shape[1])]
+    dihedrals = np.asarray(dihedrals, dtype=np.int64).reshape(-1, 4)
+    if not len(dihedrals):
+        return float("nan"), -1
+    phi = np.stack([dihedral_series(p, dihedrals) for p in chains], axis=1)  # (T, R, D)
+    taus = [max(integrated_autocorr_time(np.cos(phi[..., d]), c), integrated_autocorr_time(np.sin(phi[..., d]), c))
+            for d in range(len(dihedrals))]
+    taus = np.where(np.isfinite(taus), taus, -np.inf)
+    i = int(np.argmax(taus))
+    return (float(taus[i]) if np.isfinite(taus[i]) else float("nan")), i

@@ -105,11 +105,67 @@ def load_model(args, checkpoint: Path):
 
     from ..checkpoint import model_from_checkpoint
 
+    from ..checkpoint import read_checkpoint
+
     seed_everything(args.seed)
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
-    model, _ = model_from_checkpoint(checkpoint, device=device)
+    model, _ = model_from_checkpoint(checkpoint, device=device, dtype=model_dtype(read_checkpoint(checkpoint)))
     return model, device
+
+
+def is_exact_checkpoint(ck: dict) -> bool:
+    """True for exact mode's ShearKicks checkpoints (model kind "shear")."""
+    from ..checkpoint import checkpoint_kind
+
+    return checkpoint_kind(ck) == "shear"
+
+
+def model_dtype(ck: dict):
+    """torch dtype to run a checkpoint in: a shear model in its training dtype (float64 by
+    default: the Metropolis test compares energies), a jump model in float32."""
+    import torch
+
+    if not is_exact_checkpoint(ck):
+        return torch.float32
+    return torch.float32 if (ck.get("train_config") or {}).get("dtype") == "float32" else torch.float64
+
+
+def exact_jumper(model, system, engine, hcfg):
+    """The :class:`~mdkstep.exact.ShearJumper` of a loaded shear model on ``system`` (stride
+    k*dt of the resolved hybrid config); constrained engines are a one-line error."""
+    from ..exact import ShearJumper
+    from ..exact_run import check_unconstrained
+
+    check_unconstrained(engine)
+    return ShearJumper(model, system.atomic_numbers, engine.masses, system.bonds, hcfg.k * hcfg.dt_ps)
+
+
+def run_exact_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, name: str,
+                         meta: dict[str, Any], extra_stats: dict[str, Any], device: str,
+                         dihedrals: np.ndarray | None = None) -> dict[str, Any]:
+    """Exact mode for 06/06b: n_strides from --time-ps, :func:`mdkstep.exact_run.run_exact_chunked`,
+    the stats JSON beside ``args.out`` and a one-line summary. Returns the stats."""
+    from ..exact_run import run_exact_chunked
+
+    stats_path = args.out.with_suffix(".stats.json")
+    every = hcfg.save_interval_cycles
+    n_strides = max(every, int(round(args.time_ps / hcfg.cycle_ps / every)) * every)
+    LOG.info("%s: exact mode, %d replica(s) x %d strides of %.4g fs (metropolis %s), model on %s", name,
+             args.replicas, n_strides, hcfg.cycle_ps * 1000, hcfg.metropolis, device)
+    stats = run_exact_chunked(engine, jumper, hcfg, x0, v0, n_strides, args.out, np.random.default_rng(args.seed),
+                              resume=not args.overwrite, metadata=meta, dihedrals=dihedrals,
+                              progress=not args.no_progress, fingerprint=run_fingerprint(args))
+    stats.update({"molecule": name, "checkpoint": str(args.checkpoint), **extra_stats,
+                  "hybrid_config": to_dict(hcfg), "device": device, "warnings": []})
+    atomic_write_json(stats_path, stats)
+    print(f"{name}: exact mode, {stats['simulated_ps']:.3g} ps x {args.replicas} replica(s) at tau = "
+          f"{stats['tau_fs']:.4g} fs, acceptance {stats['acceptance']:.3f}, |dH| median "
+          f"{stats['median_abs_dH_kJ_mol']:.3g} / p90 {stats['p90_abs_dH_kJ_mol']:.3g} kJ/mol, "
+          f"{stats['force_calls_per_ps']:.1f} force calls/ps, tau_int(U) {stats['tau_int_U_frames']:.3g} frames, "
+          f"{stats['ess_per_force_call_U']:.3g} effective samples/call (U), "
+          f"T {stats['temperature_mean_K']:.1f} K -> {stats_path}")
+    return stats
 
 
 def is_resuming(args) -> bool:

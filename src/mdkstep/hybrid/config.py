@@ -43,6 +43,9 @@ class HybridConfig:
     chunk_frames: int = 1000  #: frames per on-disk chunk (= checkpoint interval)
     save_forces: bool = True  #: store the (exact) forces of every saved frame
     use_predicted_forces: bool = True  #: kick: swap the jumper's predicted F(x') in the last half-kick for the real one
+    #: exact mode (a ``kind: shear`` checkpoint): Metropolis test on every stride (generalized HMC,
+    #: exact Boltzmann sampling); False accepts every proposal (not exact). Ignored by jump models.
+    metropolis: bool = True
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent configuration."""

@@ -15,8 +15,13 @@ __all__ = [
 
 
 def build_model(cfg: ModelConfig) -> KStepModel:
-    """Instantiate the architecture named by ``cfg.arch`` ("egnn" | "transformer_egnn")."""
+    """Instantiate the architecture named by ``cfg.arch`` ("egnn" | "transformer_egnn");
+    ``cfg.kind == "shear"``: exact mode's :class:`~mdkstep.model.shear.ShearKicks` of them."""
     cfg.validate()
+    if cfg.kind == "shear":
+        from .shear import ShearKicks
+
+        return ShearKicks(cfg, n_inner=cfg.n_inner)
     if cfg.arch == "egnn":
         return EGNN(cfg)
     return TransformerEGNN(cfg)

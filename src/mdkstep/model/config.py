@@ -5,6 +5,9 @@ from dataclasses import dataclass
 
 ARCHS = ("egnn", "transformer_egnn")
 VELOCITY_OUTPUTS = ("delta", "direct")  #: what the velocity channel predicts
+#: "jump": a direct (dx, dv) k-step model; "shear": exact mode's reversible, volume-preserving
+#: learned kicks (mdkstep.model.shear.ShearKicks: ``n_inner`` inner kicks of ``arch`` networks)
+KINDS = ("jump", "shear")
 
 
 @dataclass
@@ -33,9 +36,15 @@ class ModelConfig:
     #: Same outputs, projections, clamps and loss; direct may suit long strides where v(t+k)
     #: has decorrelated from v(t)
     velocity_output: str = "delta"
+    kind: str = "jump"  #: "jump" (direct dx, dv) | "shear" (exact mode: ShearKicks)
+    n_inner: int = 1  #: shear only: distinct inner kick functions L (L = 1: a b a)
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent configuration."""
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
+        if self.n_inner < 1:
+            raise ValueError(f"n_inner must be >= 1, got {self.n_inner}")
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {list(ARCHS)}, got {self.arch!r}")
         for name in ("hidden", "n_layers", "n_heads", "max_hops", "max_z"):

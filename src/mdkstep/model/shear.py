@@ -92,8 +92,9 @@ class ShearKicks(nn.Module):
         super().__init__()
         if n_inner < 1:
             raise ValueError(f"n_inner must be >= 1, got {n_inner}")
-        sub = replace(cfg, use_forces=False, force_head=False)
-        self.config = sub
+        sub = replace(cfg, kind="jump", n_inner=1, use_forces=False, force_head=False)
+        self.config = sub  #: each sub-network's architecture
+        self.model_config = replace(cfg, kind="shear", n_inner=int(n_inner))  #: what a checkpoint stores
         self.n_inner = int(n_inner)
         self.outer = zero_kick_heads_(build_model(sub))
         self.inner = nn.ModuleList(zero_kick_heads_(build_model(sub)) for _ in range(n_inner))
