@@ -72,6 +72,9 @@ def test_time_reversal_of_an_exact_window_is_an_exact_window():
     assert np.allclose(rev.f0, -wb.masses[:, None] * omega**2 * rev.x0)  # the input force is that of the input
     for key in ("x0", "v0", "x1", "v1", "f0", "f1"):  # unselected windows untouched
         assert np.array_equal(getattr(rev, key)[~mask], getattr(wb, key)[~mask])
+    u = replace(wb, u0=np.arange(5.0), u1=np.arange(5.0) + 10)  # potential energies swap with their frames
+    ru = time_reverse_windows(u, mask)
+    assert np.array_equal(ru.u0, np.where(mask, u.u1, u.u0)) and np.array_equal(ru.u1, np.where(mask, u.u0, u.u1))
     again = time_reverse_windows(rev, mask)  # an involution
     assert all(np.allclose(getattr(again, k), getattr(wb, k)) for k in ("x0", "v0", "x1", "v1", "f0", "f1"))
 

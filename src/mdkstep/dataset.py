@@ -499,6 +499,11 @@ def time_reverse_windows(wb: WindowBatch, mask: np.ndarray) -> WindowBatch:
         if f_dst is not None and f_src is None:
             raise MdkstepError(f"time-reversed windows of {wb.molecule} need the forces at t+k, which are missing")
         new[fd] = None if f_dst is None else np.where(mask[:, None, None], f_src, f_dst)
+    if getattr(wb, "u0", None) is not None:  # potential energies are even: they swap with their frames
+        # two-jump windows: the frame t+k stays in the middle (u1 unchanged); U(t+2k) is not stored
+        new["u0"] = None if two or wb.u1 is None else np.where(mask, wb.u1, wb.u0)
+        if not two and wb.u1 is not None:
+            new["u1"] = np.where(mask, wb.u0, wb.u1)
     return replace(wb, **new)
 
 
@@ -516,7 +521,8 @@ def add_input_noise(wb: WindowBatch, sigma_x_nm: float, sigma_v_nm_ps: float, rn
         x0 = x0 + remove_com(rng.normal(0.0, sigma_x_nm, x0.shape), wb.masses)
     if sigma_v_nm_ps > 0:
         v0 = v0 + remove_com(rng.normal(0.0, sigma_v_nm_ps, v0.shape), wb.masses)
-    return replace(wb, x0=x0, v0=v0)
+    extra = {"u0": None} if sigma_x_nm > 0 and getattr(wb, "u0", None) is not None else {}  # U(x~_t) is unknown
+    return replace(wb, x0=x0, v0=v0, **extra)
 
 
 def _topology_arrays(topo: dict[str, list[list[int]]]) -> dict[str, np.ndarray]:
