@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-fast quickstart one-jump bench bench-full clean-outputs help
+.PHONY: setup test test-fast quickstart one-jump bench bench-full models models-gpu models-smoke clean-outputs help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -43,6 +43,15 @@ one-jump: setup  ## one-jump accuracy study (k = 4, 8, 12; time and molecule spl
 
 bench: setup  ## hybrid vs every plain-MD alternative, MM + QM, equal simulated time (~20 min on 2 CPU cores)
 	$(PY) benchmarks/bench.py --update-readme
+
+models: setup  ## training data + the shipped models under models/ (configs/models.yaml; ~2 h on 2 CPU cores, resumable)
+	$(PY) scripts/make_models.py
+
+models-gpu: setup  ## the shipped models with longer training, for a GPU machine (configs/models_gpu.yaml)
+	$(PY) scripts/make_models.py --config configs/models_gpu.yaml
+
+models-smoke: setup  ## the whole models pipeline on tiny settings (configs/models_smoke.yaml; minutes)
+	$(PY) scripts/make_models.py --smoke
 
 bench-full: setup  ## the long benchmark (configs/bench_full.yaml), for a GPU machine
 	$(PY) benchmarks/bench.py --full

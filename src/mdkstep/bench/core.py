@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -99,9 +100,62 @@ def ensure_model(mode_name: str, k: int, dataset_trajs: list[Path], out: Path, m
     tcfg = load_config(TrainConfig, train_cfg_path, {**train_over, "k": k})
     LOG.info("%s k=%d: training on %d windows (%s, %s)", mode_name, k, summary["counts"]["train"],
              model_cfg_path, train_cfg_path)
+    t0 = time.perf_counter()
     res = train(ds_file, (splits / "train.json", splits / "val.json"), mcfg, tcfg, out,
                 resume=(out / "last.pt").is_file(), test_split=splits / "test.json", progress=True)
+    record_training_cost(out, time.perf_counter() - t0, res)
     return best, json.loads(final.read_text()) if final.is_file() else res.get("final_metrics", {})
+
+
+def record_training_cost(out: Path, wall_s: float, summary: dict[str, Any]) -> dict[str, Any]:
+    """Add this training session's wall time (s) to ``out/train_cost.json`` (sessions of a
+    resumed run add up); returns the record {wall_s, steps, sessions}."""
+    path = out / "train_cost.json"
+    prev = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "sessions": 0}
+    rec = {"wall_s": float(prev["wall_s"]) + float(wall_s), "steps": summary.get("steps"),
+           "sessions": int(prev["sessions"]) + 1}
+    atomic_write_json(path, rec)
+    return rec
+
+
+def training_cost(model_dir: Path) -> dict[str, Any] | None:
+    """``model_dir/train_cost.json`` (training wall s, steps) or None when it was not recorded."""
+    path = model_dir / "train_cost.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def training_run(mode: "Mode", mol: str, seed: int, out: Path, time_ps: float) -> Path:
+    """The training trajectory of ``mol`` (reference step, forces saved; resumable, skipped
+    when done) with its cost in ``<out>.cost.json``: wall s of the session(s) that ran it and
+    the force calls the run's stats count (production plus setup: QM ``force_calls_total``, the
+    engine's counter; MM production + equilibration integrator steps)."""
+    cost_path = out.with_suffix(".cost.json")
+    ran = not out.is_file()
+    t0 = time.perf_counter()
+    mode.run_plain(mol, mode.reference(), seed, out, time_ps, training=True)
+    if ran or not cost_path.is_file():
+        st_path = out.with_suffix(".stats.json")
+        st = json.loads(st_path.read_text()) if st_path.is_file() else {}
+        calls = st.get("force_calls_total")
+        source = "engine_counter" if calls is not None else st.get("force_calls_source")
+        if calls is None and st.get("force_calls") is not None:
+            calls = int(st["force_calls"]) + int(st.get("force_calls_equilibration", 0))
+        atomic_write_json(cost_path, {"wall_s": time.perf_counter() - t0 if ran else None, "force_calls": calls,
+                                      "force_calls_source": source, "simulated_ps": time_ps, "seed": seed,
+                                      "dt_fs": mode.reference().dt_fs})
+    return out
+
+
+def data_cost(train_runs: list[Path]) -> dict[str, Any]:
+    """Force calls and wall s of the training trajectories (their ``.cost.json``); a wall
+    time that was not recorded (a run made before costs were kept) makes the total None."""
+    calls, wall = 0, 0.0
+    for run in train_runs:
+        path = run.with_suffix(".cost.json")
+        c = json.loads(path.read_text()) if path.is_file() else {}
+        calls = None if calls is None or c.get("force_calls") is None else calls + int(c["force_calls"])
+        wall = None if wall is None or c.get("wall_s") is None else wall + float(c["wall_s"])
+    return {"force_calls": calls, "wall_s": wall}
 
 
 def one_jump_summary(metrics: dict[str, Any]) -> dict[str, Any]:

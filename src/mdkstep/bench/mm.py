@@ -131,7 +131,8 @@ class MMMode:
         if not stats.is_file():
             steps = load_trajectory(out).n_frames * cfg.save_interval  # every production step, over all sessions
             atomic_write_json(stats, {"force_calls": steps, "force_calls_source": "integrator_steps",
-                                      "steps_this_session": steps})
+                                      "steps_this_session": steps,
+                                      "force_calls_equilibration": int(round(cfg.equilibration_ps * 1000.0 / cfg.dt_fs))})
         topo = out.parent / "topology.json"
         if not topo.is_file():
             topo.write_text((self.raw / mol / "topology.json").read_text())

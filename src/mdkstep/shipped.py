@@ -1,0 +1,330 @@
+"""The models shipped with the project (`make models`, scripts/make_models.py, configs/models.yaml).
+
+One way to make training data and train, the benchmark's own (:mod:`mdkstep.bench`): the
+training trajectories are ``MMMode`` / ``QMMode`` ``run_plain(..., training=True)`` runs (via
+:func:`mdkstep.bench.core.training_run`) and every model is :func:`mdkstep.bench.core.ensure_model`
+on all molecules' runs (time split). Everything is cached under ``work_dir`` (trajectories
+resume, training resumes from last.pt); ``out_dir`` (``models/``) gets per model
+
+    <mode>_k<K>.pt    weights + model/train configs + k + dt_fs + engine + atom types (no optimizer state)
+    <mode>_k<K>.json  the model card (data, training, cost, one-jump test metrics)
+    <mode>_k<K>.md    the same card for people
+
+Units: nm, ps, kJ/mol, amu, K; dt in fs; wall times in s.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .utils import LOG, MdkstepError, atomic_write_json, atomic_write_text
+
+#: checkpoint keys a shipped model keeps (training state is stripped)
+SHIPPED_KEYS = ("model_state", "model_config", "train_config", "k", "dt_fs", "engine", "atom_types")
+MODES = ("mm", "qm")
+
+
+@dataclass
+class ModelsConfig:
+    """What `make models` generates and trains (configs/models.yaml; unknown keys are errors)."""
+
+    out_dir: str = "models"  #: shipped checkpoints and cards
+    work_dir: str = "outputs/models"  #: cache: molecules, training trajectories, datasets, training runs
+    threads: int = 2  #: torch / OpenMP / OpenMM threads
+    seed: int = 1000  #: training-run seed = seed + 100 (the bench's rule), independent of the bench's seed 0
+    modes: list[str] = field(default_factory=lambda: ["mm", "qm"])  #: which model families to make
+    # ---------------------------------------------------------------- MM (OpenMM + OpenFF)
+    mm_molecules: list[str] = field(default_factory=lambda: ["data/bench_mm.smi"])  #: ".smi" or ".smi:name,name" entries
+    mm_prep_config: str = "configs/prep.yaml"
+    mm_temperature_K: float = 300.0
+    mm_friction_per_ps: float = 1.0  #: Langevin friction of the training runs
+    mm_dt_fs: float = 2.0  #: integrator step of the data (HBonds); the models jump k of these
+    mm_equil_ps: float = 10.0  #: equilibration before each training run (not saved; its steps count as cost)
+    mm_train_ps: float = 100.0  #: training trajectory per molecule (every step saved, with forces)
+    mm_ks: list[int] = field(default_factory=lambda: [4, 8, 12, 16])
+    mm_model_config: str = "configs/model.yaml"
+    mm_model_overrides: dict[str, Any] = field(default_factory=dict)
+    mm_model_overrides_by_k: dict[str, Any] = field(default_factory=dict)  #: k -> extra model overrides
+    mm_train_config: str = "configs/train.yaml"
+    mm_train_overrides: dict[str, Any] = field(default_factory=dict)
+    # ---------------------------------------------------------------- QM (GFN2-xTB via tblite)
+    qm_molecules: list[str] = field(default_factory=lambda: ["data/bench_qm.smi"])
+    qm_config: str = "configs/qm.yaml"  #: engine, thermostat, equilibration of the training runs
+    qm_overrides: dict[str, Any] = field(default_factory=dict)
+    qm_dt_fs: float = 0.25
+    qm_train_ps: float = 20.0
+    qm_ks: list[int] = field(default_factory=lambda: [8, 16, 32])
+    qm_model_config: str = "configs/model_qm.yaml"
+    qm_model_overrides: dict[str, Any] = field(default_factory=dict)
+    qm_model_overrides_by_k: dict[str, Any] = field(default_factory=dict)
+    qm_train_config: str = "configs/train_qm.yaml"
+    qm_train_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.threads < 1:
+            raise ValueError("key 'threads' must be >= 1")
+        bad = sorted(set(self.modes) - set(MODES))
+        if bad or not self.modes:
+            raise ValueError(f"key 'modes': {bad or 'empty'}; allowed {list(MODES)}")
+        for p in ("mm", "qm"):
+            for key in ("train_ps", "dt_fs"):
+                if not getattr(self, f"{p}_{key}") > 0:
+                    raise ValueError(f"key '{p}_{key}' must be > 0")
+            ks = getattr(self, f"{p}_ks")
+            if not ks or min(ks) < 1:
+                raise ValueError(f"key '{p}_ks' must list jump lengths >= 1")
+            if p in self.modes and not getattr(self, f"{p}_molecules"):
+                raise ValueError(f"key '{p}_molecules' must list at least one .smi entry")
+            for k, v in getattr(self, f"{p}_model_overrides_by_k").items():
+                if not str(k).isdigit() or not isinstance(v, dict):
+                    raise ValueError(f"key '{p}_model_overrides_by_k': {k!r} must map a jump length to overrides")
+
+
+def model_name(mode: str, k: int) -> str:
+    """File stem of a shipped model: ``mm_k8``, ``qm_k16``."""
+    return f"{mode}_k{int(k)}"
+
+
+def shipped_path(models_dir: str | Path, mode: str, k: int) -> Path:
+    """``<models_dir>/<mode>_k<K>.pt`` (may not exist)."""
+    return Path(models_dir) / f"{model_name(mode, k)}.pt"
+
+
+def read_card(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The JSON model card beside a shipped checkpoint, or None when there is none."""
+    path = Path(checkpoint).with_suffix(".json")
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise MdkstepError(f"{path}: unreadable model card ({e})") from None
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------ molecules
+
+def parse_entry(entry: str) -> tuple[Path, list[str] | None]:
+    """``data/x.smi`` -> (path, None = every molecule); ``data/x.smi:a,b`` -> (path, [a, b])."""
+    path, _, names = entry.partition(":")
+    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else None
+    if not Path(path).is_file():
+        raise MdkstepError(f"molecule entry {entry!r}: {path} not found")
+    return Path(path), chosen
+
+
+def combined_smi(entries: list[str], out: Path) -> Path:
+    """One ``SMILES name`` file of every chosen molecule of ``entries`` (names unique, first
+    occurrence wins); an unknown name is an error naming its file."""
+    from .chem import read_smi_strict
+
+    lines, seen = [], set()
+    for entry in entries:
+        path, chosen = parse_entry(entry)
+        found = {e.name: e for e in read_smi_strict(path)}
+        missing = [n for n in (chosen or []) if n not in found]
+        if missing:
+            raise MdkstepError(f"molecule entry {entry!r}: {', '.join(missing)} not in {path}")
+        for name in chosen or list(found):
+            if name not in seen:
+                seen.add(name)
+                lines.append(f"{found[name].smiles} {name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, "# generated by make models from " + ", ".join(entries) + "\n" + "\n".join(lines) + "\n")
+    return out
+
+
+# ------------------------------------------------------------------------------ the pipeline
+
+def bench_config(cfg: ModelsConfig, mode: str):
+    """The BenchConfig whose MMMode / QMMode make this config's training runs (only the keys
+    the training runs read are set; ``out_dir`` = ``work_dir``)."""
+    from .bench.config import BenchConfig
+
+    work = Path(cfg.work_dir)
+    smi = {p: (str(combined_smi(getattr(cfg, f"{p}_molecules"), work / f"{p}_molecules.smi")) if p == mode else None)
+           for p in MODES}
+    return BenchConfig(out_dir=str(work), threads=cfg.threads, seed=cfg.seed, mm_smiles=smi["mm"],
+                       mm_prep_config=cfg.mm_prep_config, mm_temperature_K=cfg.mm_temperature_K,
+                       mm_friction_per_ps=cfg.mm_friction_per_ps, mm_ref_dt_fs=cfg.mm_dt_fs,
+                       mm_equil_ps=cfg.mm_equil_ps, mm_train_ps=cfg.mm_train_ps, qm_smiles=smi["qm"],
+                       qm_config=cfg.qm_config, qm_overrides=cfg.qm_overrides, qm_ref_dt_fs=cfg.qm_dt_fs,
+                       qm_train_ps=cfg.qm_train_ps)
+
+
+def make_mode(cfg: ModelsConfig, mode: str):
+    """The bench's MMMode or QMMode over this config's molecules, rooted at ``work_dir``."""
+    from .bench.mm import MMMode
+    from .bench.qm import QMMode
+
+    bcfg = bench_config(cfg, mode)
+    return (MMMode if mode == "mm" else QMMode)(bcfg, Path(cfg.work_dir))
+
+
+def training_data(m, cfg: ModelsConfig) -> tuple[list[str], dict[str, Path]]:
+    """Every molecule's training trajectory (made now unless cached): names and paths."""
+    from .bench.core import training_run
+
+    p = m.name
+    mols = m.molecules()
+    runs = {}
+    for mol in mols:
+        LOG.info("%s %s: training run (%g ps at %g fs)", p, mol, getattr(cfg, f"{p}_train_ps"), m.reference().dt_fs)
+        runs[mol] = training_run(m, mol, cfg.seed + 100, m.root / "runs" / mol / "train.npz",
+                                 getattr(cfg, f"{p}_train_ps"))
+    return mols, runs
+
+
+def train_one(m, cfg: ModelsConfig, k: int, runs: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    """The bench's ensure_model for jump length k on every training run; (best.pt, final metrics)."""
+    from .bench.core import ensure_model
+
+    p = m.name
+    by_k = getattr(cfg, f"{p}_model_overrides_by_k")
+    over = {**getattr(cfg, f"{p}_model_overrides"), **(by_k.get(str(k)) or by_k.get(k) or {})}
+    return ensure_model(p, k, list(runs.values()), m.root / "models" / f"k{k}", getattr(cfg, f"{p}_model_config"),
+                        over, getattr(cfg, f"{p}_train_config"), getattr(cfg, f"{p}_train_overrides"), None)
+
+
+def data_summary(m, cfg: ModelsConfig, runs: dict[str, Path]) -> dict[str, Any]:
+    """The card's data section: per molecule its SMILES, ps, seed, force calls and wall s."""
+    from .bench.core import data_cost
+
+    p = m.name
+    temperature, friction = m.thermostat()
+    mols = []
+    for mol, run in runs.items():
+        cost_path = run.with_suffix(".cost.json")
+        cost = json.loads(cost_path.read_text()) if cost_path.is_file() else {}
+        mols.append({"name": mol, "smiles": m.topology(mol).get("smiles"), "ps": cost.get("simulated_ps"),
+                     "seed": cost.get("seed"), "force_calls": cost.get("force_calls"),
+                     "force_calls_source": cost.get("force_calls_source"), "wall_s": cost.get("wall_s")})
+    total = data_cost(list(runs.values()))
+    engine = "openmm" if p == "mm" else m.qcfg.engine
+    return {"engine": engine, "method": None if p == "mm" else m.qcfg.method, "dt_fs": m.reference().dt_fs,
+            "temperature_K": temperature, "friction_per_ps": friction, "ps_per_molecule": getattr(cfg, f"{p}_train_ps"),
+            "constraints": "hbonds" if p == "mm" else "none", "split": "time", "molecules": mols,
+            "force_calls": total["force_calls"], "wall_s": total["wall_s"]}
+
+
+def strip_checkpoint(src: Path, dst: Path) -> dict[str, Any]:
+    """Write the weights, configs, k, dt, engine and atom types of ``src`` to ``dst``; returns them."""
+    from .checkpoint import read_checkpoint, save_checkpoint
+
+    ck = read_checkpoint(src)
+    small = {key: ck.get(key) for key in SHIPPED_KEYS}
+    save_checkpoint(dst, small)
+    return small
+
+
+def one_jump_table(final: dict[str, Any]) -> dict[str, Any]:
+    """Test (else val) one-jump metrics of the model, "no move" and "ballistic"."""
+    split = "test" if final.get("test") else "val"
+    t = final.get(split) or {}
+    return {"split": split, **{p: t[p] for p in ("model", "no_move", "ballistic") if p in t}}
+
+
+def make_card(mode: str, k: int, ck: dict[str, Any], data: dict[str, Any], final: dict[str, Any],
+              train_dir: Path, checkpoint: Path, source: Path) -> dict[str, Any]:
+    """The JSON model card of one shipped model."""
+    from .bench.core import training_cost
+    from .bench.run import machine_info
+
+    tc = training_cost(train_dir) or {}
+    summ = final.get("train_summary", {})
+    train_wall = tc.get("wall_s")
+    total_wall = train_wall + data["wall_s"] if train_wall is not None and data["wall_s"] is not None else None
+    return {
+        "name": model_name(mode, k), "mode": mode, "engine": ck["engine"], "k": int(ck["k"]), "dt_fs": ck["dt_fs"],
+        "stride_fs": int(ck["k"]) * float(ck["dt_fs"]), "atom_types": ck["atom_types"],
+        "model_config": ck["model_config"], "train_config": ck["train_config"],
+        "data": data,
+        "training": {"steps": summ.get("steps", tc.get("steps")), "epochs": summ.get("epochs"),
+                     "best_val_loss": summ.get("best_val"), "n_parameters": summ.get("n_parameters"),
+                     "device": summ.get("device"), "wall_s": train_wall, "sessions": tc.get("sessions")},
+        "cost": {"force_calls": data["force_calls"], "data_wall_s": data["wall_s"], "train_wall_s": train_wall,
+                 "total_wall_s": total_wall},
+        "one_jump": one_jump_table(final),
+        "checkpoint": checkpoint.name, "checkpoint_sha256": sha256(checkpoint), "source_sha256": sha256(source),
+        "created": _dt.date.today().isoformat(), "machine": machine_info(),
+    }
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The model card for people (the JSON card in words and one table)."""
+    d, t, c, oj = card["data"], card["training"], card["cost"], card["one_jump"]
+    mols = ", ".join(f"{m['name']} ({_num(m['ps'])} ps, seed {m['seed']})" for m in d["molecules"])
+    lines = [f"# {card['name']}: {card['mode'].upper()} k = {card['k']} ({card['stride_fs']:g} fs per jump)", "",
+             f"- engine: {d['engine']}{' ' + d['method'] if d.get('method') else ''}, dt {card['dt_fs']:g} fs, "
+             f"{d['temperature_K']:g} K, Langevin {d['friction_per_ps']:g} /ps, constraints {d['constraints']}",
+             f"- data: {mols}; {d['split']} split",
+             f"- data cost: {_num(d['force_calls'])} force calls, {_num(d['wall_s'])} s wall",
+             f"- training: {_num(t['steps'])} steps, {_num(t['wall_s'])} s wall on {t.get('device') or 'n/a'}, "
+             f"{_num(t['n_parameters'])} parameters ({card['model_config'].get('arch')}, hidden "
+             f"{card['model_config'].get('hidden')}, {card['model_config'].get('n_layers')} layers)",
+             f"- total wall: {_num(c['total_wall_s'])} s; machine: {card['machine'].get('cpu')} "
+             f"({card['machine'].get('cores')} cores, GPU {card['machine'].get('gpu') or 'none'})",
+             f"- elements: {card['atom_types']}; checkpoint {card['checkpoint']} (sha256 {card['checkpoint_sha256'][:12]}…)",
+             "", f"One-jump {oj['split']} metrics beside the trivial predictors:", "",
+             "| predictor | bond RMSE Å | angle RMSE ° | dihedral RMSE ° | position RMSE Å | velocity RMSE nm/ps |",
+             "|---|---|---|---|---|---|"]
+    for p in ("model", "no_move", "ballistic"):
+        r = oj.get(p)
+        if r:
+            lines.append(f"| {p} | {_num(r.get('bond_rmse_A'))} | {_num(r.get('angle_rmse_deg'))} "
+                         f"| {_num(r.get('dihedral_rmse_deg'))} | {_num(r.get('pos_rmse_A'))} "
+                         f"| {_num(r.get('vel_rmse_nm_ps'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def ship(mode: str, k: int, best: Path, final: dict[str, Any], data: dict[str, Any], out_dir: Path) -> Path:
+    """Strip ``best`` into ``out_dir/<mode>_k<K>.pt`` and write its cards; skipped when the
+    card already describes this very ``best`` (same sha256)."""
+    dst = shipped_path(out_dir, mode, k)
+    card = read_card(dst) if dst.is_file() else None
+    if card and card.get("source_sha256") == sha256(best):
+        LOG.info("%s: up to date", dst)
+        return dst
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ck = strip_checkpoint(best, dst)
+    card = make_card(mode, k, ck, data, final, best.parent, dst, best)
+    atomic_write_json(dst.with_suffix(".json"), card)
+    atomic_write_text(dst.with_suffix(".md"), card_markdown(card))
+    LOG.info("%s: shipped (%s)", dst, dst.with_suffix(".md"))
+    return dst
+
+
+def make_models(cfg: ModelsConfig, only: list[str] | None = None) -> list[Path]:
+    """Training data, training and shipping of every model of ``cfg`` (``only``: names such as
+    ``mm_k8`` to limit it). Returns the shipped checkpoints."""
+    from .bench.run import set_threads
+
+    cfg.validate()
+    set_threads(cfg.threads)
+    shipped = []
+    for p in cfg.modes:
+        ks = [k for k in getattr(cfg, f"{p}_ks") if not only or model_name(p, k) in only]
+        if not ks:
+            continue
+        m = make_mode(cfg, p)
+        _, runs = training_data(m, cfg)
+        data = data_summary(m, cfg, runs)
+        for k in ks:
+            best, final = train_one(m, cfg, k, runs)
+            shipped.append(ship(p, k, best, final, data, Path(cfg.out_dir)))
+    return shipped
