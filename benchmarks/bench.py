@@ -6,13 +6,18 @@ For each default molecule (data/bench_mm.smi, data/bench_qm.smi):
       floor); 4 fs with hydrogen mass repartitioning; plain MD at the largest step a
       velocity-Verlet NVE scan finds stable; the hybrid at k = 4, 8, 12.
   QM (GFN2-xTB via tblite): plain Langevin 0.25 fs (the reference, two replicas), 0.5 and 1 fs;
-      the hybrid at k = 4, 8, 16.
+      the hybrid at k = 8, 16, 32.
 Per method: force calls per simulated ps (counted), wall seconds per ps (median of interleaved
 repeats after a warm-up), model ms per jump, the docs/metrics.md distances vs the reference
 beside the replica floor, NVE drift, NaN frames and fallbacks.
 
-A missing model is trained first (default configs, short); set mm_checkpoints / qm_checkpoints
-to use your own. Everything is cached under out_dir: a rerun after an interruption continues
+Models: the shipped ones (models/<mode>_k<K>.pt from `make models`) where one exists for a k,
+else trained here first (default configs, short); --retrain trains every k here; set
+mm_checkpoints / qm_checkpoints to use your own. Per hybrid model a break-even line: force
+calls and wall time of its training data and training (its card, or this run's training),
+the saving per simulated ps vs the best faithful plain method, and the simulated time after
+which it has paid for itself. QM: every reference replica's mean temperature (within ±5 %)
+and kinetic-energy distribution (Gamma law, KS test) are checked. Everything is cached under out_dir: a rerun after an interruption continues
 (timing and fidelity are always redone).
 
 Writes <out_dir>/bench.json (one record per molecule x method), bench.md (tables) and
@@ -48,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rewrite bench.md, pareto.png (and the README with --update-readme) from the "
                         "existing <out_dir>/bench.json")
+    p.add_argument("--retrain", action="store_true",
+                   help="train every model here (as before `make models`) instead of using models/<mode>_k<K>.pt "
+                        "(same as --set use_shipped_models=false)")
     p.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING (default: INFO)")
     return p
 
@@ -60,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     from mdkstep.bench.run import run_bench
 
     config = args.config or Path("configs/bench_full.yaml" if args.full else "configs/bench.yaml")
-    cfg = load_config(BenchConfig, config, {"out_dir": str(args.out_dir)} if args.out_dir else None, args.set)
+    over = {"out_dir": str(args.out_dir) if args.out_dir else None, "use_shipped_models": False if args.retrain else None}
+    cfg = load_config(BenchConfig, config, over, args.set)
     if args.report_only:
         src = Path(cfg.out_dir) / "bench.json"
         if not src.is_file():

@@ -29,6 +29,7 @@ def tiny_config(tmp_path) -> dict:
     c = str(ROOT / "configs")
     return {
         "out_dir": str(tmp_path / "bench"), "threads": 1, "timing_repeats": 2, "ref_replicas": 3,
+        "use_shipped_models": False,  # train the tiny models here even where models/ holds shipped ones
         "mm_smiles": str(tmp_path / "mm.smi"), "mm_prep_config": f"{c}/prep.yaml", "mm_scan_dts_fs": [2, 3],
         "mm_scan_ps": 0.2, "mm_scan_max_drift_per_atom": 1.0e3, "mm_equil_ps": 0.1, "mm_time_ps": 0.4,
         "mm_nve_ps": 0.1, "mm_timing_ps": 0.05, "mm_ks": [4], "mm_train_ps": 0.4,
@@ -88,8 +89,16 @@ def test_bench_end_to_end_every_key(bench_run):
     assert qm_ref["force_calls_source"] == "engine_counter" and qm_ref["force_calls_per_ps"] >= 4000.0
     assert result["meta"]["modes"]["mm"]["verlet_scan"]["ethanol"]["largest_stable_dt_fs"] == 3.0
     assert result["meta"]["machine"]["cores"] >= 1
+    for r in recs:  # break-even: the inline-trained models' cost from this run's training runs and training
+        if r["kind"] == "hybrid":
+            assert r["model_source"] == "trained" and r["model_cost_force_calls"] > 0 and r["model_cost_wall_s"] > 0
+        else:
+            assert r["model_source"] is None and r["break_even_ps_force_calls"] is None
+    checks = result["meta"]["modes"]["qm"]["reference_check"]["water"]
+    assert [c["replica"] for c in checks] == [0, 1, 2] and all(c["n_dof"] == 6 for c in checks)
+    assert all(c["mean_temperature_K"] > 0 and "ks_p" in c for c in checks)
     md = (out / "bench.md").read_text()
-    assert "hybrid_k4" in md and "### Fidelity" in md
+    assert "hybrid_k4" in md and "### Fidelity" in md and "### Break-even" in md and "### Reference check" in md
     assert (out / "pareto.png").stat().st_size > 1000
     readme = (bench_run / "README.md").read_text()
     assert "old" not in readme and "| qm | water | hybrid_k4 |" in readme and readme.endswith("rest\n")
@@ -189,3 +198,45 @@ def test_engine_vv_segment_conserves_energy():
     assert np.ptp(e) < 1e-3 * e[0]  # (omega dt)^2 / 8 ~ 6e-5 relative
     seg2 = engine_vv_segment(eng, x, v, 0.5, 10, f0=f)[0]
     assert seg2.force_calls == 10  # forces carried over: no extra call at the start
+
+
+def test_break_even_lines():
+    """cost / saving per ps vs the best faithful plain method; n/a where the hybrid saves nothing."""
+    from mdkstep.bench.breakeven import add_break_even, model_cost
+
+    recs = [{"method": "plain_1fs", "kind": "plain", "force_calls_per_ps": 1000.0, "wall_s_per_ps": 7.0,
+             "best_plain_method": "plain_1fs"},
+            {"method": "hybrid_k16", "kind": "hybrid", "force_calls_per_ps": 250.0, "wall_s_per_ps": 3.0,
+             "best_plain_method": "plain_1fs"},
+            {"method": "hybrid_k8", "kind": "hybrid", "force_calls_per_ps": 500.0, "wall_s_per_ps": 9.0,
+             "best_plain_method": "plain_1fs"}]
+    card = {"cost": {"force_calls": 750000, "data_wall_s": 3000.0, "train_wall_s": 1000.0, "total_wall_s": 4000.0}}
+    costs = {"hybrid_k16": model_cost("shipped", card, None, None),
+             "hybrid_k8": model_cost("trained", None, {"force_calls": 750000, "wall_s": 3000.0}, {"wall_s": 600.0})}
+    add_break_even(recs, costs)
+    plain, k16, k8 = recs
+    assert plain["model_source"] is None and plain["break_even_ps_wall"] is None
+    assert k16["saving_force_calls_per_ps"] == 750.0 and k16["break_even_ps_force_calls"] == pytest.approx(1000.0)
+    assert k16["saving_wall_s_per_ps"] == 4.0 and k16["break_even_ps_wall"] == pytest.approx(1000.0)
+    assert k8["model_cost_wall_s"] == 3600.0 and k8["break_even_ps_force_calls"] == pytest.approx(1500.0)
+    assert k8["saving_wall_s_per_ps"] == -2.0 and k8["break_even_ps_wall"] is None  # slower: never pays back
+    none_faithful = [dict(r, best_plain_method=None) for r in recs]
+    add_break_even(none_faithful, costs)
+    assert none_faithful[1]["break_even_ps_force_calls"] is None and none_faithful[1]["model_source"] == "shipped"
+
+
+def test_kinetic_check_gamma_law():
+    """Maxwell-Boltzmann velocities pass (T within 5 %, KS p not small); too-cold ones fail both."""
+    from mdkstep.bench.refcheck import decorrelation_stride, kinetic_check
+    from mdkstep.utils import KB_KJ_PER_MOL_K
+
+    rng = np.random.default_rng(0)
+    masses = np.array([16.0, 1.008, 1.008, 12.0, 1.008])
+    sigma = np.sqrt(KB_KJ_PER_MOL_K * 300.0 / masses)[None, :, None]
+    v = rng.normal(size=(3000, 5, 3)) * sigma
+    good = kinetic_check(v, masses, 300.0)
+    assert good["n_dof"] == 12 and good["temperature_ok"] and good["gamma_ok"] and good["ks_p"] > 0.01
+    assert good["stride_frames"] <= 2  # independent frames: no thinning to speak of
+    cold = kinetic_check(0.9 * v, masses, 300.0)
+    assert not cold["temperature_ok"] and not cold["gamma_ok"]
+    assert decorrelation_stride(np.repeat(rng.normal(size=300), 10)) >= 10  # 10-frame plateaus

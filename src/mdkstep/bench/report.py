@@ -80,6 +80,64 @@ def fidelity_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _duration(ps: float | None) -> str:
+    """Simulated time in ps, or ns / µs where large; n/a when None."""
+    if ps is None:
+        return "n/a"
+    for scale, unit in ((1e6, "µs"), (1e3, "ns")):
+        if ps >= scale:
+            return f"{ps / scale:.3g} {unit}"
+    return f"{ps:.3g} ps"
+
+
+def break_even_section(records: list[dict[str, Any]]) -> list[str]:
+    """### Break-even: per hybrid row, its model's cost (training data + training), the saving
+    per simulated ps vs the best faithful plain method, and when the model has paid for itself."""
+    rows = [r for r in records if r["kind"] == "hybrid" and r.get("model_source")]
+    if not rows:
+        return []
+    head = ("| molecule | method | model | data force calls | data + training wall s | vs (best faithful plain) "
+            "| saving calls/ps | saving wall s/ps | break-even: calls | break-even: wall | hybrid faithful |")
+    lines = ["### Break-even", "",
+             "Cost of each model (its shipped card, or this run's training runs and training; the data of a mode is "
+             "shared by its models and counted whole on each line), the saving per simulated ps against the best "
+             "faithful plain method of the molecule, and the simulated time after which the model has paid for "
+             "itself (cost / saving; n/a where it saves nothing or no plain method is faithful). A saving by an "
+             "unfaithful hybrid is no saving: see the last column.", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r['molecule']} | {r['method']} | {r['model_source']} | {fmt(r['model_cost_force_calls'], 4)} "
+                     f"| {fmt(r['model_cost_wall_s'], 4)} | {r.get('best_plain_method') or 'none'} "
+                     f"| {fmt(r['saving_force_calls_per_ps'], 4)} | {fmt(r['saving_wall_s_per_ps'], 3)} "
+                     f"| {_duration(r['break_even_ps_force_calls'])} | {_duration(r['break_even_ps_wall'])} "
+                     f"| {'yes' if r['faithful'] else 'no'} |")
+    return lines + [""]
+
+
+def reference_check_section(checks: dict[str, list[dict[str, Any]]] | None) -> list[str]:
+    """### Reference check: each reference replica's mean temperature (±5 % of the target) and
+    the KS p-value of its kinetic energies against Gamma(n_dof/2, kT); a WARNING line per miss."""
+    if not checks:
+        return []
+    head = ("| molecule | replica | mean T K | vs target | σ of the mean K | n_dof | KS p (Gamma law) "
+            "| thinned frames (stride) | ok |")
+    lines = ["### Reference check", "",
+             "Every reference replica: mean kinetic temperature within ±5 % of the target, and its kinetic energies "
+             "against the canonical K ~ Gamma(n_dof/2, kT) (Kolmogorov-Smirnov on frames thinned to ~one per "
+             "autocorrelation time; p < 0.01 = mismatch). σ of the mean = T sqrt(2 / (n_dof x thinned frames)): a miss "
+             "within ~2σ says the replica is too short to judge, not that the thermostat is wrong.", "", head, "|" + "---|" * (head.count("|") - 1)]
+    warnings = []
+    for mol, reps in checks.items():
+        for r in reps:
+            ok = r["temperature_ok"] and r["gamma_ok"]
+            lines.append(f"| {mol} | {r['replica']} | {fmt(r['mean_temperature_K'], 4)} "
+                         f"| {100 * r['temperature_dev']:+.1f}% | {fmt(r.get('mean_temperature_sigma_K'), 2)} "
+                         f"| {r['n_dof']} | {fmt(r['ks_p'], 2)} "
+                         f"| {r['n_samples']} ({r['stride_frames']}) | {'yes' if ok else '**no**'} |")
+            if r.get("warning"):
+                warnings.append(f"**WARNING** {mol} replica {r['replica']}: {r['warning']}.")
+    return lines + [""] + ([*warnings, ""] if warnings else [])
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
@@ -121,6 +179,8 @@ def markdown(result: dict[str, Any]) -> str:
         if models:
             out += ["One-jump test RMSE of the models: " + "; ".join(models) + ".", ""]
         out += ["### Cost", ""] + cost_table(rows) + ["", "### Fidelity", ""] + fidelity_table(rows) + [""]
+        out += break_even_section(rows)
+        out += reference_check_section(mmeta.get("reference_check"))
     return "\n".join(out)
 
 

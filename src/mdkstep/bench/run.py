@@ -22,8 +22,10 @@ import numpy as np
 from ..trajectory import load_trajectory
 from ..utils import LOG, MdkstepError
 from .config import BenchConfig
-from .core import (FloorCache, Method, Mode, ensure_model, fidelity, hybrid_config, hybrid_nve, hybrid_timer,
-                   interleaved_timing, load_jumper, one_jump_summary, run_hybrid_production, trajectory_summary)
+from .breakeven import BREAK_EVEN_KEYS, add_break_even, model_cost
+from .core import (FloorCache, Method, Mode, data_cost, ensure_model, fidelity, hybrid_config, hybrid_nve, hybrid_timer,
+                   interleaved_timing, load_jumper, one_jump_summary, run_hybrid_production, trajectory_summary,
+                   training_cost, training_run)
 
 #: keys every record carries (None where a key does not apply, e.g. model_ms_per_jump of plain MD)
 RECORD_KEYS = (
@@ -39,7 +41,7 @@ RECORD_KEYS = (
     "nve_ps", "nve_stable", "nve_drift_kj_mol_ps", "nve_drift_kj_mol_ps_per_atom", "etot_std_kj_mol",
     "etot_over_ekin_fluct", "nan_frames", "jumps_attempted", "jumps_accepted", "retries", "fallbacks",
     "fallback_fraction", "element_T_max_dev", "element_T_max_dev_replica",
-)
+) + BREAK_EVEN_KEYS  # model_source, model_cost_*, saving_*_per_ps, break_even_ps_* (bench/breakeven.py)
 
 #: faithful also needs every element's mean temperature within this fraction of reference
 #: replica 0's -- or within fidelity_ratio_ok x the replicas' own spread, where short
@@ -258,23 +260,78 @@ def run_mode(mode: Mode, cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[s
                  cfg.ref_replicas, s["time_ps"], s["train_ps"])
         runs[mol] = {f"r{i}": mode.run_plain(mol, ref, cfg.seed + 1 + i, folder / f"ref_r{i}.npz", s["time_ps"])
                      for i in range(cfg.ref_replicas)}
-        runs[mol]["train"] = mode.run_plain(mol, ref, cfg.seed + 100, folder / "train.npz", s["train_ps"], training=True)
-    checkpoints, models = {}, {}
+        runs[mol]["train"] = training_run(mode, mol, cfg.seed + 100, folder / "train.npz", s["train_ps"])
+    checkpoints, models, costs = {}, {}, {}
     for k in s["ks"]:
-        ck, metrics = ensure_model(mode.name, k, [runs[m]["train"] for m in mols], mode.root / "models" / f"k{k}",
-                                   s["model_config"], s["model_overrides"], s["train_config"], s["train_overrides"],
-                                   s["checkpoints"].get(str(k)) or s["checkpoints"].get(k))
+        ck, metrics, cost = bench_model(mode, cfg, k, [runs[m]["train"] for m in mols])
         checkpoints[k] = ck
-        models[f"k{k}"] = {"checkpoint": str(ck), "one_jump_test": one_jump_summary(metrics)}
+        costs[f"hybrid_k{k}"] = cost
+        models[f"k{k}"] = {"checkpoint": str(ck), "source": cost["source"], "one_jump_test": one_jump_summary(metrics),
+                           "cost": cost}
     records = []
     for mol in mols:
-        records += run_molecule(mode, cfg, mol, checkpoints, runs[mol])
+        recs = run_molecule(mode, cfg, mol, checkpoints, runs[mol])
+        add_break_even(recs, costs)
+        records += recs
     meta = {"molecules": mols, "reference": ref.name, "models": models, "settings": s}
+    if mode.name == "qm":
+        meta["reference_check"] = reference_checks(mode, cfg, mols, runs)
     scans = {mol: json.loads(p.read_text()) for mol in mols
              if (p := mode.root / "runs" / mol / "verlet_scan.json").is_file()}
     if scans:
         meta["verlet_scan"] = scans
     return records, meta
+
+
+def resolve_checkpoint(mode_name: str, k: int, given: dict, use_shipped: bool, models_dir: str) -> tuple[str | None, str]:
+    """Which model the bench uses for jump length k: the ``<mode>_checkpoints`` entry
+    ("given"), else the shipped ``<models_dir>/<mode>_k<K>.pt`` when ``use_shipped`` and it
+    exists ("shipped"), else None: train it here ("trained")."""
+    from ..shipped import shipped_path
+
+    ck = given.get(str(k)) or given.get(k)
+    if ck:
+        return str(ck), "given"
+    path = shipped_path(models_dir, mode_name, k)
+    if use_shipped and path.is_file():
+        return str(path), "shipped"
+    return None, "trained"
+
+
+def bench_model(mode: Mode, cfg: BenchConfig, k: int, train_runs: list[Path]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The checkpoint for k (:func:`resolve_checkpoint`; trained here by ensure_model when
+    neither given nor shipped), its one-jump metrics and its cost (bench/breakeven.py): a
+    shipped model's from its card, a trained one's from this bench's training runs and
+    training stats, a given one's unknown."""
+    from ..shipped import read_card
+
+    s = mode_settings(mode, cfg)
+    given, source = resolve_checkpoint(mode.name, k, s["checkpoints"], cfg.use_shipped_models, cfg.models_dir)
+    card = read_card(given) if source == "shipped" else None
+    out = mode.root / "models" / f"k{k}"
+    ck, metrics = ensure_model(mode.name, k, train_runs, out, s["model_config"], s["model_overrides"],
+                               s["train_config"], s["train_overrides"], given)
+    if card:
+        LOG.info("%s k=%d: the shipped model %s", mode.name, k, ck)
+        metrics = {card["one_jump"].get("split", "test"): card["one_jump"]}
+    cost = model_cost(source, card, data_cost(train_runs) if source == "trained" else None,
+                      training_cost(out) if source == "trained" else None)
+    return ck, metrics, cost
+
+
+def reference_checks(mode: Mode, cfg: BenchConfig, mols: list[str], runs: dict[str, dict[str, Path]]) -> dict[str, Any]:
+    """bench/refcheck.py on every reference replica of every molecule; a WARNING per replica
+    whose mean temperature is off by more than 5 % or whose kinetic energies fail the Gamma law."""
+    from .refcheck import reference_check
+
+    target, _ = mode.thermostat()
+    out = {}
+    for mol in mols:
+        out[mol] = reference_check([load_trajectory(runs[mol][f"r{i}"]) for i in range(cfg.ref_replicas)], target)
+        for r in out[mol]:
+            if r["warning"]:
+                LOG.warning("%s %s reference replica %d: %s", mode.name, mol, r["replica"], r["warning"])
+    return out
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:

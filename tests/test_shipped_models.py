@@ -1,0 +1,142 @@
+"""The models shipped under models/ (`make models`): every checkpoint loads, its jump is
+E(3)-equivariant (rotate + reflect the inputs -> dx, dv, forces rotate), it carries only the
+shipped keys, and its config matches its model card. Skips cleanly while models/ is empty;
+the same checks run on the `--smoke` pipeline's output so they never go unexercised.
+Plus the bench's resolution of shipped models by k."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+
+SHIPPED = sorted((ROOT / "models").glob("*.pt"))
+F64 = torch.float64
+
+
+def random_orthogonal(seed: int, det: float) -> np.ndarray:
+    """A random rotation (det +1) or rotation-reflection (det -1)."""
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.sign(np.linalg.det(q)) != det:
+        q[:, 0] *= -1.0
+    return q
+
+
+def chain_molecule(atom_types: list[int], n: int, seed: int) -> dict[str, np.ndarray]:
+    """A bonded chain of ``n`` atoms drawn from ``atom_types`` (0.12 nm bonds; nm, nm/ps, kJ/mol/nm;
+    masses ~2Z amu: any masses test the symmetry)."""
+    rng = np.random.default_rng(seed)
+    z = rng.choice(np.asarray(atom_types, dtype=int), size=n)
+    steps = rng.normal(size=(n, 3))
+    steps *= 0.12 / np.linalg.norm(steps, axis=1, keepdims=True)
+    return {"z": z, "masses": np.where(z == 1, 1.008, 2.0 * z), "pos": np.cumsum(steps, axis=0),
+            "vel": rng.normal(size=(n, 3)) * 0.8, "forces": rng.normal(size=(n, 3)) * 300.0,
+            "bonds": np.array([[i, i + 1] for i in range(n - 1)], dtype=np.int64)}
+
+
+def jump(model, mol: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    from mdkstep.model import make_graph_batch
+
+    gb = make_graph_batch([mol["z"]], [mol["masses"]], [mol["pos"]], [mol["vel"]], [mol["forces"]], [mol["bonds"]],
+                          dtype=F64)
+    with torch.no_grad():
+        return model(gb)
+
+
+def check_shipped(path) -> None:
+    """Equivariance of the jump and checkpoint == card, for one shipped checkpoint."""
+    from mdkstep.checkpoint import model_from_checkpoint
+    from mdkstep.shipped import SHIPPED_KEYS, read_card, sha256
+
+    model, ck = model_from_checkpoint(path, dtype=F64)
+    assert set(ck) == set(SHIPPED_KEYS), f"{path.name}: keys {sorted(ck)} (optimizer state must be stripped)"
+    card = read_card(path)
+    assert card is not None, f"{path.name}: no model card {path.with_suffix('.json').name}"
+    for key in ("model_config", "train_config", "k", "dt_fs", "engine", "atom_types"):
+        assert card[key] == ck[key], f"{path.name}: card's {key} differs from the checkpoint's"
+    assert card["checkpoint_sha256"] == sha256(path), f"{path.name}: the card describes another file"
+    assert path.stem == card["name"] == f"{card['mode']}_k{ck['k']}"
+    assert (path.with_suffix(".md")).is_file()
+    oj = card["one_jump"]
+    assert {"model", "no_move", "ballistic"} <= set(oj), f"{path.name}: one-jump metrics lack a predictor"
+    assert card["data"]["molecules"] and card["training"]["steps"] >= 1
+
+    mol = chain_molecule(ck["atom_types"], 10, seed=3)
+    q = random_orthogonal(7, -1.0)
+    shift = np.array([2.0, -1.0, 0.5])
+    moved = dict(mol, pos=mol["pos"] @ q.T + shift, vel=mol["vel"] @ q.T, forces=mol["forces"] @ q.T)
+    out, out_m = jump(model, mol), jump(model, moved)
+    qt = torch.as_tensor(q)
+    for key in ("dx", "dv", "forces"):
+        if key not in out or out[key] is None:
+            continue
+        ref = out[key] @ qt.T
+        err = float((out_m[key] - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
+        assert err < 1e-6, f"{path.name}: {key} is not E(3)-equivariant (relative error {err:.2g})"
+    assert float(out["dx"].abs().max()) > 0, f"{path.name}: the jump moves nothing"
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no models/*.pt yet (run `make models`)")
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_checkpoint(path):
+    check_shipped(path)
+
+
+@pytest.fixture(scope="module")
+def smoke_models(tmp_path_factory):
+    """The `make models --smoke` pipeline into a temporary folder (tiny data and training)."""
+    import importlib.util
+
+    tmp = tmp_path_factory.mktemp("models")
+    spec = importlib.util.spec_from_file_location("make_models", ROOT / "scripts" / "make_models.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["--config", str(ROOT / "configs" / "models_smoke.yaml"), "--out-dir", str(tmp / "models"),
+            "--work-dir", str(tmp / "work"), "--log-level", "WARNING"]
+    assert mod.main(argv) == 0
+    return tmp, mod, argv
+
+
+def test_smoke_models_pass_the_shipped_checks(smoke_models):
+    tmp, _, _ = smoke_models
+    paths = sorted((tmp / "models").glob("*.pt"))
+    assert [p.name for p in paths] == ["mm_k4.pt", "mm_k8.pt", "qm_k8.pt"]
+    for p in paths:
+        check_shipped(p)
+    card = json.loads((tmp / "models" / "qm_k8.json").read_text())
+    assert card["data"]["engine"] == "xtb" and card["data"]["force_calls"] > 0 and card["cost"]["total_wall_s"] > 0
+    assert card["data"]["molecules"][0]["name"] == "water" and card["data"]["molecules"][0]["seed"] == 1100
+
+
+def test_smoke_rerun_is_cached(smoke_models):
+    tmp, mod, argv = smoke_models
+    before = {p.name: p.stat().st_mtime for p in (tmp / "models").glob("*")}
+    assert mod.main(argv) == 0
+    assert {p.name: p.stat().st_mtime for p in (tmp / "models").glob("*")} == before
+
+
+def test_unknown_models_key_and_bad_entry(tmp_path):
+    from mdkstep.config import load_config
+    from mdkstep.shipped import ModelsConfig, combined_smi
+    from mdkstep.utils import MdkstepError
+
+    p = tmp_path / "m.yaml"
+    p.write_text("mm_ks: [8]\nmm_kss: [4]\n")
+    with pytest.raises(MdkstepError, match="unknown key 'mm_kss'"):
+        load_config(ModelsConfig, p)
+    with pytest.raises(MdkstepError, match="ghost not in"):
+        combined_smi([f"{ROOT}/data/qm_molecules.smi:water,ghost"], tmp_path / "x.smi")
+
+
+def test_bench_resolves_shipped_models_by_k(tmp_path):
+    from mdkstep.bench.run import resolve_checkpoint
+
+    (tmp_path / "qm_k16.pt").write_bytes(b"x")
+    assert resolve_checkpoint("qm", 16, {}, True, str(tmp_path)) == (str(tmp_path / "qm_k16.pt"), "shipped")
+    assert resolve_checkpoint("qm", 8, {}, True, str(tmp_path)) == (None, "trained")
+    assert resolve_checkpoint("qm", 16, {}, False, str(tmp_path)) == (None, "trained")  # --retrain
+    assert resolve_checkpoint("qm", 16, {"16": "my.pt"}, True, str(tmp_path)) == ("my.pt", "given")
