@@ -6,8 +6,10 @@
 # Settings: OUT=outputs/qm  K=4  PRETRAINED=  FREEZE=0  DEVICE=auto  STEPS (tiny: 200)  MODEL_CONFIG=configs/model_qm.yaml
 #           TRAIN_CONFIG=configs/train_qm.yaml  WORKERS=1 (torchrun processes; >1 = DDP)  PY=.venv/bin/python
 #           An existing $OUT/train is kept when finished and resumed when interrupted; OVERWRITE=1 retrains it.
+# No training needed for a first run: `make models` ships QM k = 8, 16, 32 (models/qm_k<K>.pt, GFN2-xTB, 0.25 fs,
+# 20 ps per molecule; cards beside them) and run_hybrid_qm.sh uses them when $OUT/train has none.
 set -euo pipefail
-case "${1:-}" in -h|--help) sed -n '2,7p' "$0"; exit 0;; esac
+case "${1:-}" in -h|--help) sed -n '2,10p' "$0"; exit 0;; esac
 cd "$(dirname "$0")"
 FULL=${FULL:-0}; OUT=${OUT:-outputs/qm}; K=${K:-4}; PRETRAINED=${PRETRAINED:-}; FREEZE=${FREEZE:-0}
 MODEL_CONFIG=${MODEL_CONFIG:-configs/model_qm.yaml}; TRAIN_CONFIG=${TRAIN_CONFIG:-configs/train_qm.yaml}
