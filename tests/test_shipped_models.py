@@ -140,3 +140,17 @@ def test_bench_resolves_shipped_models_by_k(tmp_path):
     assert resolve_checkpoint("qm", 8, {}, True, str(tmp_path)) == (None, "trained")
     assert resolve_checkpoint("qm", 16, {}, False, str(tmp_path)) == (None, "trained")  # --retrain
     assert resolve_checkpoint("qm", 16, {"16": "my.pt"}, True, str(tmp_path)) == ("my.pt", "given")
+
+
+@pytest.mark.parametrize("name", ["models.yaml", "models_gpu.yaml", "models_smoke.yaml"])
+def test_models_configs_load_and_name_real_molecules(name, tmp_path):
+    """Every shipped models config loads (no unknown key) and its molecule entries resolve."""
+    from mdkstep.config import load_config
+    from mdkstep.shipped import ModelsConfig, combined_smi
+
+    cfg = load_config(ModelsConfig, ROOT / "configs" / name)
+    for mode in cfg.modes:
+        entries = [e if e.startswith("/") else str(ROOT / e) for e in getattr(cfg, f"{mode}_molecules")]
+        assert combined_smi(entries, tmp_path / f"{mode}.smi").read_text().count("\n") >= 2
+    if name == "models.yaml":
+        assert cfg.mm_ks == [4, 8, 12, 16] and cfg.qm_ks == [8, 16, 32] and cfg.qm_train_ps >= 20.0

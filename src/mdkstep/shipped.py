@@ -209,13 +209,26 @@ def data_summary(m, cfg: ModelsConfig, runs: dict[str, Path]) -> dict[str, Any]:
         cost = json.loads(cost_path.read_text()) if cost_path.is_file() else {}
         mols.append({"name": mol, "smiles": m.topology(mol).get("smiles"), "ps": cost.get("simulated_ps"),
                      "seed": cost.get("seed"), "force_calls": cost.get("force_calls"),
-                     "force_calls_source": cost.get("force_calls_source"), "wall_s": cost.get("wall_s")})
+                     "force_calls_source": cost.get("force_calls_source"), "wall_s": cost.get("wall_s"),
+                     **run_temperature_check(run, temperature)})
     total = data_cost(list(runs.values()))
     engine = "openmm" if p == "mm" else m.qcfg.engine
     return {"engine": engine, "method": None if p == "mm" else m.qcfg.method, "dt_fs": m.reference().dt_fs,
             "temperature_K": temperature, "friction_per_ps": friction, "ps_per_molecule": getattr(cfg, f"{p}_train_ps"),
             "constraints": "hbonds" if p == "mm" else "none", "split": "time", "molecules": mols,
             "force_calls": total["force_calls"], "wall_s": total["wall_s"]}
+
+
+def run_temperature_check(run: Path, target_K: float) -> dict[str, Any]:
+    """Mean temperature (K), its deviation from ``target_K`` and the KS p-value of the kinetic
+    energies against Gamma(n_dof/2, kT) of one training trajectory (bench/refcheck.py)."""
+    from .bench.refcheck import kinetic_check, trajectory_dof
+    from .trajectory import load_trajectory
+
+    traj = load_trajectory(run)
+    r = kinetic_check(traj.velocities, traj.masses, target_K, trajectory_dof(traj))
+    return {"mean_temperature_K": r["mean_temperature_K"], "temperature_dev": r["temperature_dev"],
+            "ks_p_gamma": r["ks_p"], "n_dof": r["n_dof"]}
 
 
 def strip_checkpoint(src: Path, dst: Path) -> dict[str, Any]:
@@ -268,7 +281,8 @@ def _num(v: Any, digits: int = 4) -> str:
 def card_markdown(card: dict[str, Any]) -> str:
     """The model card for people (the JSON card in words and one table)."""
     d, t, c, oj = card["data"], card["training"], card["cost"], card["one_jump"]
-    mols = ", ".join(f"{m['name']} ({_num(m['ps'])} ps, seed {m['seed']})" for m in d["molecules"])
+    mols = ", ".join(f"{m['name']} ({_num(m['ps'])} ps, seed {m['seed']}, mean T {_num(m.get('mean_temperature_K'))} K, "
+                     f"KS p vs Gamma {_num(m.get('ks_p_gamma'), 2)})" for m in d["molecules"])
     lines = [f"# {card['name']}: {card['mode'].upper()} k = {card['k']} ({card['stride_fs']:g} fs per jump)", "",
              f"- engine: {d['engine']}{' ' + d['method'] if d.get('method') else ''}, dt {card['dt_fs']:g} fs, "
              f"{d['temperature_K']:g} K, Langevin {d['friction_per_ps']:g} /ps, constraints {d['constraints']}",

@@ -62,14 +62,21 @@ def kinetic_check(velocities: np.ndarray, masses: np.ndarray, target_K: float, d
             "gamma_ok": p is None or p >= KS_P_MIN}
 
 
+def trajectory_dof(traj: Any) -> int:
+    """Degrees of freedom of a trajectory: its metadata ``n_dof``, else 3N - constraints - 3."""
+    meta = traj.metadata or {}
+    if meta.get("n_dof"):
+        return int(meta["n_dof"])
+    return n_dof(traj.n_atoms, int(meta.get("n_constraints") or 0))
+
+
 def reference_check(replicas: list[Any], target_K: float) -> list[dict[str, Any]]:
-    """:func:`kinetic_check` of every reference replica (Trajectory objects; the degrees of
-    freedom from their metadata ``n_dof`` when present), with its index and a warning line
+    """:func:`kinetic_check` of every reference replica (Trajectory objects; degrees of
+    freedom from :func:`trajectory_dof`), with its index and a warning line
     where the temperature or the Gamma law is off."""
     out = []
     for i, traj in enumerate(replicas):
-        dof = (traj.metadata or {}).get("n_dof")
-        r = {"replica": i, **kinetic_check(traj.velocities, traj.masses, target_K, dof)}
+        r = {"replica": i, **kinetic_check(traj.velocities, traj.masses, target_K, trajectory_dof(traj))}
         problems = []
         if not r["temperature_ok"]:
             problems.append(f"mean T {r['mean_temperature_K']:.1f} K is {100 * r['temperature_dev']:+.1f}% off "
