@@ -329,6 +329,10 @@ def make_models(cfg: ModelsConfig, only: list[str] | None = None) -> list[Path]:
     from .bench.run import set_threads
 
     cfg.validate()
+    known = {model_name(p, k) for p in cfg.modes for k in getattr(cfg, f"{p}_ks")}
+    unknown = sorted(set(only or []) - known)
+    if unknown:
+        raise MdkstepError(f"--only {unknown[0]}: not a model of this config (known: {', '.join(sorted(known))})")
     set_threads(cfg.threads)
     shipped = []
     for p in cfg.modes:
