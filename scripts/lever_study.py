@@ -328,8 +328,12 @@ class Rollouts:
             jumper = ModelJumper(model, system.atomic_numbers, engine.masses, system.bonds)
             n_cycles = max(hcfg.save_interval_cycles, int(round(self.args.rollout_ps / hcfg.cycle_ps)))
             folder.mkdir(parents=True, exist_ok=True)
+            from mdkstep.runner import file_sha256
+
+            fp = {"model_checkpoint_sha256": file_sha256(Path(rec["checkpoint"])), "seed": self.args.seed}
             stats = run_hybrid(engine, jumper, hcfg, x0, v0, n_cycles, out, np.random.default_rng(self.args.seed),
-                               resume=False, metadata={"molecule": mol, "seed": self.args.seed}, progress=False)
+                               resume=not self.args.overwrite, metadata={"molecule": mol, "seed": self.args.seed},
+                               progress=False, fingerprint=fp)  # an interrupted rollout continues
             atomic_write_json(stats_path, stats)
         return self.evaluate(stats, ref)
 
