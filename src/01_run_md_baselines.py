@@ -22,6 +22,7 @@ import numpy as np
 from mdkstep.chem import find_molecules
 from mdkstep.config import load_config, run_cli, to_dict
 from mdkstep.md import MDConfig, RunSpec, raw_steps_per_s, run_trajectory
+from mdkstep.runner import tidy_finished
 from mdkstep.trajectory import load_trajectory
 from mdkstep.system import from_molecule_dir
 from mdkstep.utils import (LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, parse_shard,
@@ -77,6 +78,9 @@ def merge_stats(path: Path, new: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    for flag, value, strict in (("--time-ps", args.time_ps, True), ("--equil-ps", args.equil_ps, False)):
+        if value is not None and not (value > 0 if strict else value >= 0):
+            raise MdkstepError(f"{flag} must be {'> 0' if strict else '>= 0'} ps, got {value}")
     cfg = load_config(MDConfig, args.config, {
         "production_ps": args.time_ps, "equilibration_ps": args.equil_ps,
         "nve_windows": args.nve_windows, "save_forces": args.save_forces,
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                            cfg.production_ps, cfg.equilibration_ps, label=f"replica{r}")
             if spec.out_path.exists() and not args.overwrite:
                 LOG.info("%s exists, skipping (use --overwrite to redo)", spec.out_path)
+                tidy_finished(spec.out_path)
                 continue
             res = run_trajectory(mol, cfg, spec)
             res.pop("end_state")
@@ -108,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         previous = out_dir / "replica_0.npz"
         for j in range(cfg.nve_windows):
             spec = RunSpec(out_dir / f"nve_{j}.npz", args.seed + 7 + j, 0.0, cfg.nve_window_ps, 0.0, label=f"nve{j}")
-            if not (spec.out_path.exists() and not args.overwrite):
+            if spec.out_path.exists() and not args.overwrite:
+                tidy_finished(spec.out_path)
+            else:
                 # each window continues from the last frame of the one before (window 0: replica 0),
                 # read from disk, so a resumed or rerun stage 01 starts it from the same state
                 res = run_trajectory(mol, cfg, spec, start_state=last_frame(previous))

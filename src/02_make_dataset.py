@@ -17,6 +17,7 @@ dataset never trains silently on trajectories that were rerun or changed after i
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from mdkstep.config import run_cli
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    if abs(sum(args.fractions) - 1.0) > 1e-6 or min(args.fractions) < 0:
+    if not all(math.isfinite(f) for f in args.fractions) or abs(sum(args.fractions) - 1.0) > 1e-6 \
+            or min(args.fractions) < 0:
         raise MdkstepError(f"--fractions {args.fractions}: must be >= 0 and sum to 1")
     if args.stride < 1 or min(args.ks) < 1:
         raise MdkstepError("--stride and --ks must be >= 1")

@@ -164,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(args.out_dir, "--out-dir")  # before any evaluation
     if args.plain_steps < 3:
         raise MdkstepError("--plain-steps must be >= 3")
+    if args.plain_dts is not None and not all(np.isfinite(dt) and dt > 0 for dt in args.plain_dts):
+        raise MdkstepError(f"--plain-dts {args.plain_dts}: every step must be a finite number > 0 fs")
+    if args.qm_config is not None:  # checked now, even with --no-timing: a broken config is never ignored
+        from mdkstep.config import load_config
+        from mdkstep.qm_md import QMConfig
+
+        load_config(QMConfig, args.qm_config)
     names = sorted(p.name for p in args.hybrid_runs.iterdir() if p.is_dir() and hybrid_files(p))
     if not names:
         raise MdkstepError(f"{args.hybrid_runs}: no <molecule>/*.npz hybrid runs")

@@ -304,3 +304,77 @@ def test_make_metadata_enforces_the_metadata_keys():
     meta = make_metadata(dt_fs=np.float64(2.0), save_interval=1, engine="x", method="m", temperature_K=300.0,
                          friction=0.0, seed=np.int64(3), molecule="h", smiles=None, constraints="none", k=4)
     assert meta["seed"] == 3 and type(meta["dt_fs"]) is float and meta["k"] == 4
+
+
+# ------------------------------------------------- the robustness probe's findings (scripts/probe_robustness.py)
+
+def test_seed_0_is_reproducible(ethanol, tmp_path):
+    """OpenMM reads a seed of 0 as "random": replica 0 of the default --seed 0 differed between
+    two identical runs (and so after every resume). openmm_seed maps it to a fixed seed."""
+    from mdkstep.mm import openmm_seed
+
+    assert openmm_seed(0) != 0 and openmm_seed(0) == openmm_seed(0) and openmm_seed(5) == 5
+    assert openmm_seed(-1) > 0 and openmm_seed(2**31 - 1) > 0
+    cfg = _cfg(production_ps=0.1)
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    for p in (a, b):
+        run_trajectory(ethanol, cfg, _spec(p, seed=0, cfg=cfg), progress=False)
+    assert np.array_equal(load_trajectory(a).positions, load_trajectory(b).positions)
+
+
+def test_kill_after_publishing_is_tidied_by_the_skipping_rerun(ethanol, tmp_path):
+    from mdkstep.runner import tidy_finished
+
+    out = tmp_path / "r.npz"
+    cfg = _cfg(production_ps=0.1)
+    run_trajectory(ethanol, cfg, _spec(out, cfg=cfg), progress=False)
+    data = out.read_bytes()
+    (tmp_path / "r.npz.parts").mkdir()  # what a kill between the rename and the cleanup leaves
+    (tmp_path / "r.npz.parts" / "checkpoint.npz").write_bytes(b"state")
+    (tmp_path / "r.npz.lock").write_text("999999999\n")  # a dead PID
+    tidy_finished(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.npz"] and out.read_bytes() == data
+
+
+def test_hybrid_killed_after_publishing_finishes_on_rerun(tmp_path, monkeypatch):
+    """Killed after the output was renamed into place but before the resume file was removed:
+    the rerun must finish the run (stats) without recomputing or refusing."""
+    from test_hybrid import HarmonicLattice, Oracle, cfg, run, start
+
+    from mdkstep.hybrid import checkpoint_path
+    from mdkstep.trajectory import ChunkedTrajectoryWriter
+
+    c = cfg(corrector="kick", chunk_frames=5)
+    x0, v0 = start(1)
+    eng = HarmonicLattice()
+    orig = ChunkedTrajectoryWriter.finalize
+
+    def finalize_then_die(self, n_frames=None):
+        orig(self, n_frames)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ChunkedTrajectoryWriter, "finalize", finalize_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, eng, Oracle(eng, c.cycle_ps), c, x0, v0, 30)
+    monkeypatch.setattr(ChunkedTrajectoryWriter, "finalize", orig)
+    out = tmp_path / "h.npz"
+    assert out.is_file() and checkpoint_path(out).is_file()
+    data = out.read_bytes()
+    stats = run(tmp_path, eng, Oracle(eng, c.cycle_ps), c, x0, v0, 30)
+    assert stats["n_cycles"] == 30 and out.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.npz"]
+
+
+def test_training_resume_with_other_settings_is_refused():
+    from dataclasses import asdict, replace
+
+    from mdkstep.training import TrainConfig, check_resume_settings
+
+    cfg = TrainConfig(lr=1e-3)
+    ck = {"train_config": asdict(cfg)}
+    check_resume_settings(ck, replace(cfg, max_steps=cfg.max_steps + 100, epochs=cfg.epochs + 1), "last.pt")
+    with pytest.raises(MdkstepError, match=r"last\.pt: --resume with other training settings \(seed: 0 -> 9\); "
+                                           r"pass the settings of the interrupted run, or --overwrite"):
+        check_resume_settings(ck, replace(cfg, seed=9), "last.pt")
+    with pytest.raises(MdkstepError, match=r"lr: 0\.001 -> 0\.01"):
+        check_resume_settings(ck, replace(cfg, lr=0.01), "last.pt")

@@ -236,3 +236,59 @@ def test_shell_scripts_refuse_unknown_molecules(tmp_path, script, env, message):
     r = subprocess.run(["bash", str(ROOT / script)], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "OUT": str(tmp_path / "out"), "SMI": str(smi), "PY": "false", **env})
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and message in r.stderr
+
+
+# ------------------------------------------- the robustness probe's findings (scripts/probe_robustness.py)
+
+def test_binary_smi_is_one_line_error(tmp_path, capsys):
+    smi = tmp_path / "bin.smi"
+    smi.write_bytes(b"\x00\xff\xfe binary\n")
+    line = one_line_error("00_prep_mols", ["--smiles", str(smi), "--out-dir", str(tmp_path / "raw")], capsys)
+    assert line == f"error: {smi}: not a text .smi file (byte 1 is not UTF-8)"
+
+
+def test_prep_negative_minimize_iterations_is_refused(tmp_path):
+    from mdkstep.chem import PrepConfig
+
+    with pytest.raises(MdkstepError, match=r"key 'minimize_max_iterations': must be >= 0 \(0 = until converged\), got -3"):
+        load_config(PrepConfig, None, None, ["minimize_max_iterations=-3"])
+
+
+def test_truncated_system_xml_is_one_line_error(prepared, tmp_path):
+    import shutil
+
+    from mdkstep.system import from_molecule_dir
+
+    d = tmp_path / "ethanol"
+    shutil.copytree(prepared / "ethanol", d)
+    x = (d / "system.xml").read_text()
+    (d / "system.xml").write_text(x[: len(x) // 2])
+    with pytest.raises(MdkstepError, match=r"ethanol/system\.xml: not a readable OpenMM System XML .*re-run "
+                                           r"src/00_prep_mols\.py") as e:
+        from_molecule_dir(d).openmm_system()
+    assert "\n" not in str(e.value)
+
+
+def test_02_nan_fractions_are_refused(tmp_path, capsys):
+    line = one_line_error("02_make_dataset", ["--md-root", str(tmp_path), "--out-root", str(tmp_path / "d"),
+                                              "--splits-dir", str(tmp_path / "s"), "--fractions", "nan", "0.5", "0.5"],
+                          capsys)
+    assert line == "error: --fractions [nan, 0.5, 0.5]: must be >= 0 and sum to 1"
+
+
+def test_01_negative_time_ps_names_the_flag(prepared, tmp_path, capsys):
+    line = one_line_error("01_run_md_baselines", ["--molecule", str(prepared / "ethanol"), "--out", str(tmp_path),
+                                                  "--time-ps", "-1"], capsys)
+    assert line == "error: --time-ps must be > 0 ps, got -1.0"
+
+
+def test_05b_checks_qm_config_and_plain_dts_even_without_timing(tmp_path, capsys):
+    (tmp_path / "hyb" / "water").mkdir(parents=True)
+    (tmp_path / "hyb" / "water" / "k4.npz").write_bytes(b"x")
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("temperature_K: 300\ntemperature_K: 310\n")
+    base = ["--baseline", str(tmp_path / "md"), "--hybrid-runs", str(tmp_path / "hyb"), "--out-dir", str(tmp_path / "e")]
+    line = one_line_error("05b_eval_qm", base + ["--no-timing", "--qm-config", str(dup)], capsys)
+    assert f"{dup}: line 2 invalid YAML (duplicate key 'temperature_K'" in line
+    line = one_line_error("05b_eval_qm", base + ["--plain-dts", "nan"], capsys)
+    assert line == "error: --plain-dts [nan]: every step must be a finite number > 0 fs"

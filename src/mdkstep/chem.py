@@ -39,6 +39,12 @@ class PrepConfig:
         allowed = ("nagl", "ambertools", "gasteiger", "forcefield")
         if self.charge_method not in allowed:
             raise ValueError(f"key 'charge_method': {self.charge_method!r} is not one of {list(allowed)}")
+        if self.minimize_max_iterations < 0:
+            raise ValueError(f"key 'minimize_max_iterations': must be >= 0 (0 = until converged), "
+                             f"got {self.minimize_max_iterations}")
+        if not self.minimize_tolerance_kj_mol_nm > 0:
+            raise ValueError(f"key 'minimize_tolerance_kj_mol_nm': must be a number > 0, "
+                             f"got {self.minimize_tolerance_kj_mol_nm}")
 
 
 @dataclass
@@ -87,7 +93,11 @@ def read_smi(path: str | Path) -> tuple[list[SmiEntry], list[str]]:
     entries: list[SmiEntry] = []
     errors: list[str] = []
     seen: dict[str, int] = {}
-    for no, raw in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise MdkstepError(f"{path}: not a text .smi file (byte {e.start} is not UTF-8)") from None
+    for no, raw in enumerate(text.splitlines(), start=1):
         # a '#' starts a comment only at line start or after whitespace (it is also the SMILES triple bond)
         line = re.split(r"\s#", raw, maxsplit=1)[0].strip() if not raw.lstrip().startswith("#") else ""
         if not line:

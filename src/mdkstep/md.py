@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .mm import apply_constraints_and_hmr, choose_platform, make_integrator
+from .mm import apply_constraints_and_hmr, choose_platform, make_integrator, openmm_seed
 from .dynamics import kinetic_energy, n_dof
 from .system import System
 from .runner import content_hash, lock_path_for, run_chunked
@@ -93,6 +93,7 @@ def _fingerprint(system, mol: System, cfg: MDConfig, spec: RunSpec, platform: st
             "start_state_sha": None if start_state is None else content_hash(*map(np.asarray, start_state))}
 
 
+
 class OpenMMStepper:
     """The :class:`~mdkstep.runner.Stepper` of an OpenMM Context: frames every
     ``save_interval`` steps, state = OpenMM's own checkpoint (positions, velocities, RNG)."""
@@ -112,7 +113,7 @@ class OpenMMStepper:
         if self.start_state is not None:
             ctx.setVelocities(self.start_state[1])
         else:
-            ctx.setVelocitiesToTemperature(cfg.temperature_K, self.spec.seed)
+            ctx.setVelocitiesToTemperature(cfg.temperature_K, openmm_seed(self.spec.seed))
         ctx.applyVelocityConstraints(cfg.constraint_tolerance)
         n_eq = int(round(self.spec.equilibration_ps * 1000.0 / cfg.dt_fs))
         if n_eq:
@@ -172,7 +173,7 @@ def run_trajectory(mol: System, cfg: MDConfig, spec: RunSpec, start_state: tuple
     system = build_system(mol, cfg)
     masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
     integ = make_integrator(cfg.dt_fs, cfg.temperature_K, spec.friction_per_ps, cfg.constraint_tolerance)
-    integ.setRandomNumberSeed(spec.seed)  # must precede Context creation to take effect
+    integ.setRandomNumberSeed(openmm_seed(spec.seed))  # must precede Context creation to take effect
     platform = choose_platform(cfg.platform, system.getNumParticles())
     ctx = openmm.Context(system, integ, platform)
     dof = n_dof(len(masses), system.getNumConstraints(), com_removed=True)
@@ -215,12 +216,12 @@ def equilibrate(mol: System, cfg: MDConfig, n_rep: int, seed: int, equil_ps: flo
         system = build_system(mol, cfg)
         integ = make_integrator(cfg.dt_fs, cfg.temperature_K, max(cfg.friction_per_ps, min_friction_per_ps),
                                 cfg.constraint_tolerance)
-        integ.setRandomNumberSeed(seed + 1000 * r + 1)  # before the Context exists, or it is ignored
+        integ.setRandomNumberSeed(openmm_seed(seed + 1000 * r + 1))  # before the Context exists, or it is ignored
         ctx = openmm.Context(system, integ, choose_platform(cfg.platform, system.getNumParticles()))
         ctx.setPositions(mol.positions_nm)
         ctx.applyConstraints(cfg.constraint_tolerance)
         openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 2000)
-        ctx.setVelocitiesToTemperature(cfg.temperature_K, seed + 1000 * r + 1)
+        ctx.setVelocitiesToTemperature(cfg.temperature_K, openmm_seed(seed + 1000 * r + 1))
         ctx.applyVelocityConstraints(cfg.constraint_tolerance)
         if n_eq:
             integ.step(n_eq)
@@ -245,7 +246,7 @@ def raw_steps_per_s(mol: System, cfg: MDConfig, n_steps: int = 20000, seed: int 
         ctx = openmm.Context(system, integ, choose_platform(cfg.platform, system.getNumParticles()))
         ctx.setPositions(mol.positions_nm)
         ctx.applyConstraints(1e-8)
-        ctx.setVelocitiesToTemperature(cfg.temperature_K, seed)
+        ctx.setVelocitiesToTemperature(cfg.temperature_K, openmm_seed(seed))
         integ.step(500)
         t0 = time.perf_counter()
         integ.step(n_steps)

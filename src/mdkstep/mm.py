@@ -111,3 +111,13 @@ def make_integrator(dt_fs: float, temperature_K: float, friction_per_ps: float,
 
 def log_platform(platform) -> None:
     LOG.info("OpenMM platform: %s", platform.getName())
+
+
+def openmm_seed(seed: int) -> int:
+    """``seed`` as an OpenMM random seed that is never 0: OpenMM reads 0 as "pick a new random
+    seed" (for ``setRandomNumberSeed`` and ``setVelocitiesToTemperature``), which made replica 0
+    of the default ``--seed 0`` irreproducible. Positive 31-bit seeds are kept as they are."""
+    seed = int(seed)
+    if 0 < seed < 2**31 - 1:
+        return seed
+    return seed % (2**31 - 1) or 2**31 - 2

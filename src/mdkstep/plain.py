@@ -74,12 +74,12 @@ class OpenMMRunner:
                  friction_per_ps: float, seed: int = 0, platform: str = "auto", constraint_tolerance: float = 1e-8):
         import openmm
 
-        from .mm import choose_platform, make_integrator
+        from .mm import choose_platform, make_integrator, openmm_seed
 
         self.dt_fs = dt_fs
         self.n_atoms = system.getNumParticles()
         self.integ = make_integrator(dt_fs, temperature_K, friction_per_ps, constraint_tolerance)
-        self.integ.setRandomNumberSeed(seed)  # before the Context exists, or it is ignored
+        self.integ.setRandomNumberSeed(openmm_seed(seed))  # before the Context exists, or it is ignored
         self.context = openmm.Context(system, self.integ, choose_platform(platform, self.n_atoms))
         self.context.setPositions(x0)
         self.context.applyConstraints(constraint_tolerance)

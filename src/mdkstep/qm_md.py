@@ -24,7 +24,7 @@ import numpy as np
 
 from .system import System, from_molecule_dir, from_smi_file
 from .dynamics import kinetic_energy, n_dof
-from .runner import content_hash, lock_path_for, pack_json, run_chunked, unpack_json
+from .runner import content_hash, lock_path_for, pack_json, run_chunked, tidy_finished, unpack_json
 from .trajectory import ChunkedTrajectoryWriter, make_metadata
 from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, remove_com
 
@@ -473,6 +473,9 @@ def main_from_args(args, required_engine: str | None = None) -> int:
     from .utils import atomic_write_json, check_writable, parse_shard, setup_logging
 
     setup_logging(args.log_level)
+    for flag, value, strict in (("--time-ps", args.time_ps, True), ("--equil-ps", args.equil_ps, False)):
+        if value is not None and not (value > 0 if strict else value >= 0):
+            raise MdkstepError(f"{flag} must be {'> 0' if strict else '>= 0'} ps, got {value}")
     overrides: dict[str, Any] = {"production_ps": args.time_ps, "equilibration_ps": args.equil_ps,
                                  "omp_num_threads": args.omp_num_threads}
     if args.device != "auto":
@@ -493,6 +496,7 @@ def main_from_args(args, required_engine: str | None = None) -> int:
             spec = QMRunSpec(args.out / s.name / f"replica_{r}.npz", args.seed + 1000 * r, f"replica{r}", r)
             if spec.out_path.exists() and not args.overwrite:
                 LOG.info("%s exists, skipping (use --overwrite to redo)", spec.out_path)
+                tidy_finished(spec.out_path)
                 continue
             jobs.append(QMJob(s, spec, cfg, progress=args.num_workers == 1 and not args.no_progress))
     LOG.info("%d trajectories (%d molecules x %d replicas) with %s %s, %d worker(s)", len(jobs), len(systems),

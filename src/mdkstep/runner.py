@@ -275,6 +275,32 @@ def _check_chunks(writers: Sequence[ChunkedTrajectoryWriter], done_chunks: int, 
                                f"{hint}")
 
 
+def _published(w: ChunkedTrajectoryWriter) -> bool:
+    """True when ``w``'s final file is in place and its chunks are gone (it was finalized)."""
+    return w.out_path.is_file() and not w.chunk_files()
+
+
+def tidy_finished(out_path: str | Path, state_path: str | Path | None = None) -> None:
+    """Remove what a session killed right after publishing ``out_path`` left beside it: the
+    ``.parts`` folder (with its resume file), ``state_path``, temporaries and the stale lock.
+    Call it when a finished output is skipped; it does nothing while a live process holds the lock."""
+    out = Path(out_path)
+    lock, parts = lock_path_for(out), out.with_name(out.name + ".parts")
+    extra = [Path(state_path)] if state_path is not None else []
+    if not out.is_file() or not (parts.exists() or lock.exists() or any(p.exists() for p in extra)):
+        return
+    try:
+        with output_lock(lock, str(out)):
+            if parts.exists():
+                LOG.info("removing %s, left by a run killed after it published %s", parts, out.name)
+                shutil.rmtree(parts, ignore_errors=True)
+            for p in extra:
+                p.unlink(missing_ok=True)
+            _remove_temps(out.parent, f".{out.name}.*")
+    except MdkstepError:  # another process is writing it: not ours to tidy
+        return
+
+
 # ---------------------------------------------------------------------------- the loop
 
 def run_chunked(stepper: Stepper, writers: Sequence[ChunkedTrajectoryWriter], *, n_frames: int, chunk_frames: int,
@@ -301,6 +327,9 @@ def run_chunked(stepper: Stepper, writers: Sequence[ChunkedTrajectoryWriter], *,
         frames = _run_chunks(stepper, writers, state_path, fp, n_frames, chunk_frames, done, label, progress,
                              progress_unit)
         for w in writers:
+            if done == n_chunks and _published(w):  # a session killed after publishing it: keep it
+                shutil.rmtree(w.parts, ignore_errors=True)
+                continue
             w.finalize(n_frames=n_frames)
         state_path.unlink(missing_ok=True)
     return RunResult(n_frames=n_frames, resumed_at_chunk=done, frames_this_session=frames,
@@ -320,7 +349,8 @@ def _resume_or_start(stepper: Stepper, writers: Sequence[ChunkedTrajectoryWriter
             raise MdkstepError(f"{state_path}: the partial run has other settings (n_frames {manifest.get('n_frames')}"
                                f" -> {n_frames}, chunk_frames {manifest.get('chunk_frames')} -> {chunk_frames}); {hint}")
         done, frames_done = int(manifest["done_chunks"]), int(manifest["frames_done"])
-        _check_chunks(writers, done, frames_done, state_path, hint)
+        finished = done == -(-n_frames // chunk_frames)
+        _check_chunks([w for w in writers if not (finished and _published(w))], done, frames_done, state_path, hint)
         for w in writers:
             w.discard_chunks_from(done)
         stepper.set_state(state)
@@ -377,4 +407,4 @@ def is_leftover(path: str | Path) -> bool:
 
 
 __all__ = ["Stepper", "RunResult", "run_chunked", "content_hash", "file_sha256", "fingerprint_changes",
-           "output_lock", "lock_path_for", "pack_json", "unpack_json", "write_state", "read_state", "is_leftover"]
+           "output_lock", "lock_path_for", "tidy_finished", "pack_json", "unpack_json", "write_state", "read_state", "is_leftover"]

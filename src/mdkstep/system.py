@@ -82,7 +82,13 @@ class System:
         if self.system_xml is None:
             raise MdkstepError(f"system {self.name} ({self.source}) has no OpenMM system.xml: prepare it with "
                                "src/00_prep_mols.py")
-        return openmm.XmlSerializer.deserialize(self.system_xml)
+        try:
+            return openmm.XmlSerializer.deserialize(self.system_xml)
+        except Exception as e:  # OpenMM raises a bare Exception for a truncated or malformed XML
+            where = Path(self.path) / "system.xml" if self.path is not None else f"system {self.name} ({self.source})"
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise MdkstepError(f"{where}: not a readable OpenMM System XML ({msg}); re-run src/00_prep_mols.py "
+                               "for this molecule") from None
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -97,6 +103,10 @@ def _read_topology_json(path: Path):
         raise MdkstepError(f"{path}: invalid topology file ({e})") from None
 
 
+def _first(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+
+
 def from_molecule_dir(path: str | Path) -> System:
     """A stage-00 folder: ``topology.json``, ``system.xml`` and ``molecule.pdb``; errors name the file."""
     from openmm import app, unit
@@ -109,7 +119,10 @@ def from_molecule_dir(path: str | Path) -> System:
         if not f.is_file():
             raise MdkstepError(f"{f}: missing (re-run src/00_prep_mols.py for this molecule)")
     info = _read_topology_json(files["topology.json"])
-    pos = app.PDBFile(str(files["molecule.pdb"])).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    try:
+        pos = app.PDBFile(str(files["molecule.pdb"])).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    except Exception as e:  # noqa: BLE001 - OpenMM's PDB reader raises many kinds
+        raise MdkstepError(f"{files['molecule.pdb']}: not a readable PDB ({_first(e)})") from None
     return System(name=info.name, atomic_numbers=info.atomic_numbers, masses=info.masses, positions_nm=np.asarray(pos),
                   charge=info.net_charge, bonds=info.bonds, angles=info.angles, dihedrals=info.dihedrals,
                   smiles=info.smiles, source=f"dir:{path.name}", system_xml=files["system.xml"].read_text(),

@@ -356,6 +356,23 @@ def load_datasets(dataset_file: Path, splits: tuple[Path, Path], cfg: TrainConfi
     return train_ds, val_ds
 
 
+#: train-config keys that a --resume may change (the step budget and logging); any other change is refused
+RESUME_MAY_CHANGE = frozenset({"max_steps", "epochs", "log_every", "wandb", "wandb_project"})
+
+
+def check_resume_settings(ck: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """A --resume with another seed, lr, batch size, loss weight, ... would splice two runs into
+    one model: refused in one line that names what changed."""
+    from .runner import fingerprint_changes
+
+    old = {k: v for k, v in (ck.get("train_config") or {}).items() if k not in RESUME_MAY_CHANGE}
+    new = {k: v for k, v in asdict(cfg).items() if k not in RESUME_MAY_CHANGE and k in old}
+    changes = fingerprint_changes(old, new)
+    if changes:
+        raise MdkstepError(f"{path}: --resume with other training settings ({'; '.join(changes)}); pass the "
+                           "settings of the interrupted run, or --overwrite to start over")
+
+
 def init_model(model_cfg: ModelConfig, cfg: TrainConfig, train_ds: KStepDataset, paths: RunPaths, resume: bool,
                pretrained: Path | None, allow_k_change: bool
                ) -> tuple[torch.nn.Module, dict[str, float], dict[str, Any], dict | None, float]:
@@ -367,6 +384,7 @@ def init_model(model_cfg: ModelConfig, cfg: TrainConfig, train_ds: KStepDataset,
     if resume and paths.last.is_file():
         ck = read_checkpoint(paths.last)
         check_compatible(ck, str(paths.last), k=cfg.k, model_config=model_cfg)
+        check_resume_settings(ck, cfg, paths.last)
         model.load_state_dict(ck["model_state"])
         state.update({k: ck[k] for k in state if k in ck})
         LOG.info("resuming from %s at step %d (epoch %d)", paths.last, state["step"], state["epoch"])

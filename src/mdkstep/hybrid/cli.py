@@ -94,7 +94,7 @@ def prepare_outputs(args) -> tuple[list[Path], Path]:
     from .run import replica_paths
 
     outs = replica_paths(args.out, args.replicas)
-    if all(p.exists() for p in outs) and not args.overwrite:
+    if all(p.exists() for p in outs) and not args.overwrite and not is_resuming(args):  # a resume file: a session
         raise MdkstepError(f"{outs[0]} exists; pass --overwrite to redo it")
     return outs, args.out.with_suffix(".stats.json")
 
