@@ -22,7 +22,7 @@ class BenchConfig:
     mm_smiles: str | None = "data/bench_mm.smi"  #: "SMILES name" lines; null = no MM part
     mm_prep_config: str = "configs/prep.yaml"
     mm_temperature_K: float = 300.0
-    mm_friction_per_ps: float = 1.0  #: Langevin friction of every NVT method (plain and hybrid)
+    mm_friction_per_ps: float = 1.0  #: Langevin friction of every plain NVT method (the hybrid's bath is configs/hybrid.yaml's)
     mm_ref_dt_fs: float = 2.0  #: reference step (HBonds); its replicas give the noise floor
     mm_hmr_dt_fs: float = 4.0  #: plain step with hydrogen mass repartitioning
     mm_hmr_mass_amu: float = 3.0

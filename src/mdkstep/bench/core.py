@@ -170,12 +170,15 @@ def one_jump_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- hybrid
 
 def hybrid_config(path: str, overrides: dict[str, Any], k: int, dt_fs: float, temperature_K: float,
-                  friction_per_ps: float, **extra: Any):
-    """HybridConfig from YAML + overrides with k, dt, temperature and the mode's friction set."""
+                  **extra: Any):
+    """HybridConfig from YAML + overrides with k, dt and temperature set. The hybrid's
+    thermostat friction is its own (configs/hybrid.yaml, as stages 06/06b use it), not the plain
+    methods': its local O-steps are part of the integrator (they move the heat a learned jump
+    misplaces between elements), measured in README "Friction of the hybrid's bath"."""
     from ..config import load_config
     from ..hybrid import HybridConfig
 
-    cfg = load_config(HybridConfig, path, {"friction_per_ps": friction_per_ps, **overrides, **extra})
+    cfg = load_config(HybridConfig, path, {**overrides, **extra})
     return cfg.resolved(k=k, dt_fs=dt_fs, temperature_K=temperature_K)
 
 

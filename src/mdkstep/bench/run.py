@@ -120,7 +120,7 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
     del start
     topo = mode.topology(mol)
     bonds = np.asarray(topo["bonds"], dtype=int).reshape(-1, 2)
-    temperature, friction = mode.thermostat()
+    temperature, _friction = mode.thermostat()  # the plain methods' friction; the hybrid has its own
     methods = mode.plain_methods(mol, x0, v0)
     trajs: dict[str, Path] = {ref.name: runs["r1"]}
     for i, m in enumerate(methods):
@@ -134,7 +134,7 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
         methods.append(m)
         engines[m.name] = mode.engine(mol)
         jumpers[m.name] = load_jumper(ck, engines[m.name], bonds, k, ref.dt_fs)
-        hcfgs[m.name] = hybrid_config(s["hybrid_config"], s["hybrid_overrides"], k, ref.dt_fs, temperature, friction)
+        hcfgs[m.name] = hybrid_config(s["hybrid_config"], s["hybrid_overrides"], k, ref.dt_fs, temperature)
         out = folder / f"{m.name}.npz"
         LOG.info("%s %s: hybrid k=%d (%g ps)", mode.name, mol, k, s["time_ps"])
         hyb_stats[m.name] = run_hybrid_production(engines[m.name], jumpers[m.name], hcfgs[m.name], x0, v0,
@@ -148,7 +148,7 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
         if m.kind == "plain":
             nve[m.name] = mode.plain_nve(mol, m, x0, v0)
         else:
-            hc = hybrid_config(s["hybrid_config"], s["hybrid_overrides"], m.k, ref.dt_fs, temperature, friction,
+            hc = hybrid_config(s["hybrid_config"], s["hybrid_overrides"], m.k, ref.dt_fs, temperature,
                                ensemble="nve", energy_filter=False)
             nve[m.name] = hybrid_nve(mode.engine(mol), jumpers[m.name], hc, x0, v0, s["nve_ps"])
 
