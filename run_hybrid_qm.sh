@@ -4,14 +4,14 @@
 # Settings: OUT=outputs/qm  CHECKPOINT ($OUT/train/best.pt when trained, else the shipped models/qm_k$K.pt from
 #           `make models`: K=8, 16, 32)  K=4  CORRECTOR=kick  TIME_PS (tiny 0.5, FULL=1: 10)
 #           REPLICAS=1  DEVICE=auto (FULL=1: cuda)  QM_CONFIG=configs/qm_quick.yaml (FULL=1: configs/qm.yaml)
-#           HYBRID_CONFIG=configs/hybrid.yaml  MOLECULES (default: every folder of $OUT/md)  PY=.venv/bin/python
+#           HYBRID_CONFIG=configs/hybrid_qm.yaml  MOLECULES (default: every folder of $OUT/md)  PY=.venv/bin/python
 #           OVERWRITE=1 redoes finished runs (default: finished ones are skipped, interrupted ones resume)
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,8p' "$0"; exit 0;; esac
 cd "$(dirname "$0")"
 FULL=${FULL:-0}; OUT=${OUT:-outputs/qm}; K=${K:-4}; CORRECTOR=${CORRECTOR:-kick}; REPLICAS=${REPLICAS:-1}
 SHIPPED=models/qm_k$K.pt; { [ -f "$OUT/train/best.pt" ] || [ ! -f "$SHIPPED" ]; } && DEFAULT_CK=$OUT/train/best.pt || DEFAULT_CK=$SHIPPED
-CHECKPOINT=${CHECKPOINT:-$DEFAULT_CK}; HYBRID_CONFIG=${HYBRID_CONFIG:-configs/hybrid.yaml}; PY=${PY:-.venv/bin/python}
+CHECKPOINT=${CHECKPOINT:-$DEFAULT_CK}; HYBRID_CONFIG=${HYBRID_CONFIG:-configs/hybrid_qm.yaml}; PY=${PY:-.venv/bin/python}
 if [ "$FULL" = 1 ]; then TIME_PS=${TIME_PS:-10}; DEVICE=${DEVICE:-cuda}; QM_CONFIG=${QM_CONFIG:-configs/qm.yaml}
 else TIME_PS=${TIME_PS:-0.5}; DEVICE=${DEVICE:-auto}; QM_CONFIG=${QM_CONFIG:-configs/qm_quick.yaml}; fi
 MOLECULES=${MOLECULES:-$( (ls "$OUT/md" 2>/dev/null || true) | tr '\n' ' ')}

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qm-config", type=Path, default=Path("configs/qm.yaml"),
                    help="QM YAML of the baselines: engine, method, dt_fs, temperature (default: configs/qm.yaml)")
     p.add_argument("--qm-set", action="append", default=[], metavar="KEY=VALUE", help="override a QM config key (repeatable)")
-    add_hybrid_arguments(p)
+    add_hybrid_arguments(p, default_config="configs/hybrid_qm.yaml")
     return p
 
 

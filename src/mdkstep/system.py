@@ -82,13 +82,21 @@ class System:
         if self.system_xml is None:
             raise MdkstepError(f"system {self.name} ({self.source}) has no OpenMM system.xml: prepare it with "
                                "src/00_prep_mols.py")
+        where = Path(self.path) / "system.xml" if self.path is not None else f"system {self.name} ({self.source})"
         try:
-            return openmm.XmlSerializer.deserialize(self.system_xml)
+            system = openmm.XmlSerializer.deserialize(self.system_xml)
         except Exception as e:  # OpenMM raises a bare Exception for a truncated or malformed XML
-            where = Path(self.path) / "system.xml" if self.path is not None else f"system {self.name} ({self.source})"
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
             raise MdkstepError(f"{where}: not a readable OpenMM System XML ({msg}); re-run src/00_prep_mols.py "
                                "for this molecule") from None
+        complete = self.system_xml.rstrip().endswith("</System>")
+        if not complete or system.getNumParticles() != self.n_atoms:
+            # a cut-off XML can still parse (OpenMM's parser may stop quietly at the cut)
+            why = "truncated: no closing </System>" if not complete else \
+                f"{system.getNumParticles()} particles for {self.n_atoms} atoms"
+            raise MdkstepError(f"{where}: not a readable OpenMM System XML ({why}); re-run src/00_prep_mols.py "
+                               "for this molecule")
+        return system
 
 
 # ----------------------------------------------------------------------------- loaders

@@ -58,7 +58,7 @@ class BenchConfig:
     qm_model_overrides: dict[str, Any] = field(default_factory=dict)
     qm_train_config: str = "configs/train_qm.yaml"
     qm_train_overrides: dict[str, Any] = field(default_factory=dict)
-    qm_hybrid_config: str = "configs/hybrid.yaml"
+    qm_hybrid_config: str = "configs/hybrid_qm.yaml"
     qm_hybrid_overrides: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

@@ -17,10 +17,12 @@ from ..config import load_config, to_dict
 from ..utils import LOG, MdkstepError, atomic_write_json, check_writable_file, seed_everything
 
 
-def add_hybrid_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of the hybrid run common to 06 and 06b (not the engine / molecule ones)."""
-    p.add_argument("--hybrid-config", "--config", type=Path, default=Path("configs/hybrid.yaml"),
-                   help="hybrid integrator YAML (default: configs/hybrid.yaml)")
+def add_hybrid_arguments(p: argparse.ArgumentParser, default_config: str = "configs/hybrid.yaml") -> None:
+    """Options of the hybrid run common to 06 and 06b (not the engine / molecule ones); the
+    default hybrid YAML differs by mode (MM configs/hybrid.yaml, QM configs/hybrid_qm.yaml:
+    the best-measured bath friction differs)."""
+    p.add_argument("--hybrid-config", "--config", type=Path, default=Path(default_config),
+                   help=f"hybrid integrator YAML (default: {default_config})")
     p.add_argument("--time-ps", type=float, default=10.0, help="simulated time per replica, ps (default 10)")
     p.add_argument("--k", type=int, default=None, help="jump length in steps; must equal the checkpoint's k")
     p.add_argument("--corrector", choices=("kick", "verlet"), default=None,

@@ -28,7 +28,7 @@ class HybridConfig:
     ensemble: str = "nvt"  #: nve | nvt
     temperature_K: float | None = None  #: NVT target, K; None = the MD config's
     thermostat: str = "langevin"  #: NVT only: langevin | csvr | none (none is an error in NVT)
-    friction_per_ps: float = 1.0  #: Langevin friction, 1/ps of simulated time
+    friction_per_ps: float = 20.0  #: Langevin friction of the bath halves, 1/ps (best measured for MM k = 8; README)
     tau_ps: float = 0.1  #: CSVR time constant, ps
     delta_scale: float = 1.0  #: multiplies the predicted (dx, dv)
     max_attempts: int = 3  #: jump attempts per cycle before the physics fallback
