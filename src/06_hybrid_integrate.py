@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from mdkstep.config import load_config, run_cli, to_dict
-from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, exact_jumper, is_exact_checkpoint, is_resuming,
-                                load_model, prepare_outputs, resolve_hybrid_config, run_and_report,
-                                run_exact_and_report, start_frames)
+from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, is_exact_checkpoint, is_resuming, load_model,
+                                prepare_outputs, resolve_hybrid_config, run_model, start_frames)
 from mdkstep.utils import LOG, MdkstepError, setup_logging
 
 
@@ -72,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     from mdkstep.checkpoint import check_compatible, read_checkpoint
     from mdkstep.engines.factory import make_engine
-    from mdkstep.model.jumper import ModelJumper
     from mdkstep.md import MDConfig
     from mdkstep.system import from_molecule_dir
 
@@ -99,13 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"molecule": mol.name, "smiles": mol.smiles, "constraints": md_cfg.constraints,
             "hydrogen_mass_amu": md_cfg.hydrogen_mass_amu, "forcefield": mol.forcefield, "seed": args.seed,
             "checkpoint": str(args.checkpoint), "start": start}
-    if is_exact_checkpoint(ck):  # exact mode: generalized HMC with the learned shear stride
-        run_exact_and_report(args, engine, exact_jumper(model, mol, engine, hcfg), hcfg, x0, v0, mol.name, meta,
-                             {"md_config": to_dict(md_cfg), "start": start}, device, mol.dihedrals)
-        return 0
-    jumper = ModelJumper(model, mol.atomic_numbers, engine.masses, mol.bonds, device=device)
-    run_and_report(args, engine, jumper, hcfg, x0, v0, mol.name, meta,
-                   {"md_config": to_dict(md_cfg), "start": start}, device)
+    run_model(args, engine, model, ck, mol, hcfg, x0, v0, meta, {"md_config": to_dict(md_cfg), "start": start}, device)
     return 0
 
 

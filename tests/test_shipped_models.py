@@ -12,18 +12,10 @@ import pytest
 import torch
 
 from conftest import ROOT
+from test_model import random_orthogonal
 
 SHIPPED = sorted((ROOT / "models").glob("*.pt"))
 F64 = torch.float64
-
-
-def random_orthogonal(seed: int, det: float) -> np.ndarray:
-    """A random rotation (det +1) or rotation-reflection (det -1)."""
-    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.sign(np.linalg.det(q)) != det:
-        q[:, 0] *= -1.0
-    return q
 
 
 def chain_molecule(atom_types: list[int], n: int, seed: int) -> dict[str, np.ndarray]:

@@ -143,6 +143,19 @@ def exact_jumper(model, system, engine, hcfg):
     return ShearJumper(model, system.atomic_numbers, engine.masses, system.bonds, hcfg.k * hcfg.dt_ps)
 
 
+def run_model(args, engine, model, ck: dict, system, hcfg, x0: np.ndarray, v0: np.ndarray,
+              meta: dict[str, Any], extra_stats: dict[str, Any], device: str) -> dict[str, Any]:
+    """06/06b's last step: the exact sampler for a shear checkpoint, else the direct-jump hybrid
+    with a :class:`~mdkstep.model.jumper.ModelJumper`; returns the run's stats."""
+    if is_exact_checkpoint(ck):  # exact mode: generalized HMC with the learned shear stride
+        return run_exact_and_report(args, engine, exact_jumper(model, system, engine, hcfg), hcfg, x0, v0,
+                                    system.name, meta, extra_stats, device, system.dihedrals)
+    from ..model.jumper import ModelJumper
+
+    jumper = ModelJumper(model, system.atomic_numbers, engine.masses, system.bonds, device=device)
+    return run_and_report(args, engine, jumper, hcfg, x0, v0, system.name, meta, extra_stats, device)
+
+
 def run_exact_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, name: str,
                          meta: dict[str, Any], extra_stats: dict[str, Any], device: str,
                          dihedrals: np.ndarray | None = None) -> dict[str, Any]:
