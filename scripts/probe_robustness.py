@@ -313,8 +313,7 @@ def perturbed_checkpoint(w: Work) -> Path:
 def bad_cases(w: Work, quick: bool) -> list[tuple[str, str, list[str], str]]:
     """(stage, what, argv, needle): the error line must contain the needle (case-insensitive)."""
     b, mol, o = w.bad, str(w.mol), w.o
-    md0, qmd0, ds, ck, qck = (str(w.md / "water" / "replica_0.npz"), str(w.qmd / "water" / "replica_0.npz"),
-                              str(w.ds / "dataset_k4.npz"), str(w.ck), str(w.qck))
+    ds, ck = str(w.ds / "dataset_k4.npz"), str(w.ck)
     spl = [str(w.splits / "train.json"), str(w.splits / "val.json")]
     blk = str(w.blocked)
     md = lambda *a: ["--molecule", mol, "--out", str(o / "bad01"), "--time-ps", "0.02", *MD_ARGS, *a]
