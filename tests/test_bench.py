@@ -39,7 +39,7 @@ def tiny_config(tmp_path) -> dict:
         "qm_overrides": {"equilibration_ps": 0.01, "minimize_steps": 3}, "qm_plain_dts_fs": [0.5],
         "qm_time_ps": 0.02, "qm_nve_ps": 0.005, "qm_timing_ps": 0.005, "qm_ks": [4], "qm_train_ps": 0.03,
         "qm_model_config": f"{c}/model_qm.yaml", "qm_model_overrides": {**tiny_model, "arch": "egnn"},
-        "qm_train_config": f"{c}/train_qm.yaml", "qm_train_overrides": tiny_train, "qm_hybrid_config": f"{c}/hybrid.yaml",
+        "qm_train_config": f"{c}/train_qm.yaml", "qm_train_overrides": tiny_train, "qm_hybrid_config": f"{c}/hybrid_qm.yaml",
     }
 
 

@@ -476,3 +476,15 @@ def test_langevin_with_default_energy_filter_reaches_target(tmp_path, corrector,
     etot = np.array([(lambda tr: tr.energies + tr.kinetic)(load_trajectory(p)) for p in replica_paths(tmp_path / "h.npz", 16)])
     assert etot.std(axis=1).min() > 0.1  # the thermostat exchanges energy with the bath
     assert stats["fallbacks"] == 0
+
+
+def test_shipped_hybrid_configs_differ_only_in_the_measured_friction():
+    """configs/hybrid.yaml (MM, 06) and configs/hybrid_qm.yaml (QM, 06b, the bench's QM part)
+    are the same settings but for the bath friction chosen by measurement (README)."""
+    from mdkstep.config import load_config, to_dict
+
+    mm = to_dict(load_config(HybridConfig, "configs/hybrid.yaml"))
+    qm = to_dict(load_config(HybridConfig, "configs/hybrid_qm.yaml"))
+    assert (mm.pop("friction_per_ps"), qm.pop("friction_per_ps")) == (20.0, 50.0)
+    assert mm == qm
+    assert HybridConfig().friction_per_ps == 20.0

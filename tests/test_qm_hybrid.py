@@ -69,7 +69,7 @@ def test_06b_and_05b_on_water(qm_water, tmp_path, monkeypatch):
     out = root / "hybrid" / "water" / "k4_kick.npz"
     engine = _run06b(["--checkpoint", str(ck), "--start-from", str(root / "md/water/replica_0.npz"),
                       "--qm-config", str(ROOT / "configs/qm_quick.yaml"),
-                      "--hybrid-config", str(ROOT / "configs/hybrid.yaml"), "--out", str(out),
+                      "--hybrid-config", str(ROOT / "configs/hybrid_qm.yaml"), "--out", str(out),
                       "--time-ps", "0.006", "--replicas", "2", "--no-progress", "--log-level", "WARNING"], monkeypatch)
     stats = json.loads(out.with_suffix(".stats.json").read_text())
     assert stats["n_cycles"] == 6 and stats["k"] == 4 and stats["dt_fs"] == 0.25
