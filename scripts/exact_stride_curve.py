@@ -26,7 +26,7 @@ from mdkstep.checkpoint import model_from_checkpoint, save_checkpoint, shear_pay
 from mdkstep.dynamics import kinetic_energy
 from mdkstep.engines.xtb_engine import XTBEngine
 from mdkstep.exact import ShearJumper, init_chain
-from mdkstep.model import ModelConfig, build_model
+from mdkstep.model.shear import untrained_shear_kicks
 from mdkstep.system import from_trajectory
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import KB_KJ_PER_MOL_K
@@ -47,12 +47,6 @@ def proposal_stats(jumper: ShearJumper, engine, x: np.ndarray, v: np.ndarray, kT
             "median_abs_dH_kJ_mol": float(np.median(adh)) if adh.size else None,
             "p90_abs_dH_kJ_mol": float(np.quantile(adh, 0.9)) if adh.size else None,
             "nonfinite": int((~ok).sum()), "force_calls": engine.counters.calls - calls0}
-
-
-def untrained_kicks(dtype=torch.float64):
-    """delta = 0 (velocity Verlet at tau); a tiny net: its size does not matter at delta = 0."""
-    torch.manual_seed(0)
-    return build_model(ModelConfig(kind="shear", hidden=8, n_layers=1, n_rbf=4, max_hops=3, cutoff_nm=None)).to(dtype)
 
 
 def main() -> int:
@@ -77,7 +71,7 @@ def main() -> int:
     kT = KB_KJ_PER_MOL_K * a.temperature
     rows = []
     for tau_fs in a.taus_fs:
-        kicks = untrained_kicks()
+        kicks = untrained_shear_kicks()
         j = ShearJumper(kicks, system.atomic_numbers, traj.masses, system.bonds, tau_fs / 1000.0)
         rows.append({"model": "untrained (Metropolized Verlet)", **proposal_stats(j, engine, x, v, kT)})
         if a.save_untrained is not None:

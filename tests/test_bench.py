@@ -40,6 +40,8 @@ def tiny_config(tmp_path) -> dict:
         "qm_time_ps": 0.02, "qm_nve_ps": 0.005, "qm_timing_ps": 0.005, "qm_ks": [4], "qm_train_ps": 0.03,
         "qm_model_config": f"{c}/model_qm.yaml", "qm_model_overrides": {**tiny_model, "arch": "egnn"},
         "qm_train_config": f"{c}/train_qm.yaml", "qm_train_overrides": tiny_train, "qm_hybrid_config": f"{c}/hybrid_qm.yaml",
+        "qm_exact_ks": [4], "qm_mvv_dts_fs": [0.5],
+        "qm_exact_train_overrides": {"steps": 3, "batch_size": 16, "val_max_windows": 64, "log_every": 1},
     }
 
 
@@ -64,7 +66,8 @@ def test_bench_end_to_end_every_key(bench_run):
     # MM: reference, HMR 4 fs, Verlet max-stable 3 fs (the loose scan threshold), hybrid k4; QM: 0.25, 0.5, hybrid k4
     got = {(r["mode"], r["method"]) for r in recs}
     assert got == {("mm", "plain_2fs"), ("mm", "plain_4fs_hmr"), ("mm", "plain_3fs_maxstable"), ("mm", "hybrid_k4"),
-                   ("qm", "plain_0.25fs"), ("qm", "plain_0.5fs"), ("qm", "hybrid_k4")}
+                   ("qm", "plain_0.25fs"), ("qm", "plain_0.5fs"), ("qm", "hybrid_k4"), ("qm", "mvv_0.5fs"),
+                   ("qm", "exact_k4")}
     must = ("force_calls_per_ps", "wall_s_per_ps", "wall_s_per_ps_min", "force_call_reduction", "wall_speedup",
             "bond_w1_A", "bond_w1_A_replica", "angle_w1_deg", "rdf_l1", "vacf_l2", "max_structure_ratio",
             "temperature_mean_K", "nve_drift_kj_mol_ps", "nan_frames")
@@ -76,6 +79,10 @@ def test_bench_end_to_end_every_key(bench_run):
         if r["kind"] == "hybrid":
             assert r["model_ms_per_jump"] > 0 and r["force_calls_source"] == "engine_counter"
             assert r["fallbacks"] is not None and r["jumps_attempted"] > 0
+        if r["kind"] == "exact":  # exact mode and Metropolized Verlet: acceptance, engine-counted calls
+            assert 0.0 <= r["acceptance"] <= 1.0 and r["force_calls_source"] == "engine_counter" and r["k"] in (2, 4)
+            assert r["model_ms_per_jump"] > 0 and r["jumps_attempted"] > 0
+        assert r["ess_per_force_call_U"] is None or r["ess_per_force_call_U"] > 0
     for mode, dt in (("mm", 2.0), ("qm", 0.25)):
         ref = next(r for r in recs if r["mode"] == mode and r["reference"])
         assert ref["dt_fs"] == dt and ref["force_call_reduction"] == 1.0
@@ -90,7 +97,7 @@ def test_bench_end_to_end_every_key(bench_run):
     assert result["meta"]["modes"]["mm"]["verlet_scan"]["ethanol"]["largest_stable_dt_fs"] == 3.0
     assert result["meta"]["machine"]["cores"] >= 1
     for r in recs:  # break-even: the inline-trained models' cost from this run's training runs and training
-        if r["kind"] == "hybrid":
+        if r["kind"] == "hybrid" or r["method"] == "exact_k4":
             assert r["model_source"] == "trained" and r["model_cost_force_calls"] > 0 and r["model_cost_wall_s"] > 0
         else:
             assert r["model_source"] is None and r["break_even_ps_force_calls"] is None
@@ -98,6 +105,7 @@ def test_bench_end_to_end_every_key(bench_run):
     assert [c["replica"] for c in checks] == [0, 1, 2] and all(c["n_dof"] == 6 for c in checks)
     assert all(c["mean_temperature_K"] > 0 and "ks_p" in c for c in checks)
     md = (out / "bench.md").read_text()
+    assert "exact_k4" in md and "mvv_0.5fs" in md and "Exact-mode shear models" in md
     assert "hybrid_k4" in md and "### Fidelity" in md and "### Break-even" in md and "### Reference check" in md
     assert (out / "pareto.png").stat().st_size > 1000
     readme = (bench_run / "README.md").read_text()

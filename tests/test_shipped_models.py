@@ -40,7 +40,8 @@ def jump(model, mol: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def check_shipped(path) -> None:
-    """Equivariance of the jump and checkpoint == card, for one shipped checkpoint."""
+    """Equivariance of the jump and checkpoint == card, for one shipped checkpoint (exact
+    mode's shear models: :func:`check_shipped_shear`)."""
     from mdkstep.checkpoint import model_from_checkpoint
     from mdkstep.shipped import SHIPPED_KEYS, read_card, sha256
 
@@ -51,8 +52,10 @@ def check_shipped(path) -> None:
     for key in ("model_config", "train_config", "k", "dt_fs", "engine", "atom_types"):
         assert card[key] == ck[key], f"{path.name}: card's {key} differs from the checkpoint's"
     assert card["checkpoint_sha256"] == sha256(path), f"{path.name}: the card describes another file"
-    assert path.stem == card["name"] == f"{card['mode']}_k{ck['k']}"
     assert (path.with_suffix(".md")).is_file()
+    if ck["model_config"].get("kind") == "shear":
+        return check_shipped_shear(path, model, ck, card)
+    assert path.stem == card["name"] == f"{card['mode']}_k{ck['k']}"
     oj = card["one_jump"]
     assert {"model", "no_move", "ballistic"} <= set(oj), f"{path.name}: one-jump metrics lack a predictor"
     assert card["data"]["molecules"] and card["training"]["steps"] >= 1
@@ -70,6 +73,44 @@ def check_shipped(path) -> None:
         err = float((out_m[key] - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
         assert err < 1e-6, f"{path.name}: {key} is not E(3)-equivariant (relative error {err:.2g})"
     assert float(out["dx"].abs().max()) > 0, f"{path.name}: the jump moves nothing"
+
+
+def check_shipped_shear(path, kicks, ck, card) -> None:
+    """An exact-mode shear model: its card says it lowered the teacher-forced |dH| (when trained
+    >= 500 steps), and on a
+    chain of its elements with harmonic bonds its stride is reversible (Phi R Phi = R to 1e-10)
+    and its first-kick correction is E(3)-equivariant."""
+    from mdkstep.model.shear import graph_template, outer_kick, shear_map
+
+    assert path.stem == card["name"] == f"{card['mode']}_exact_k{ck['k']}" and card["kind"] == "shear"
+    tf = card["teacher_forced"]
+    if card["training"]["steps"] >= 500:  # a real training (the smoke's 40 steps may not help yet)
+        assert tf["after"]["median_abs_dH_kJ_mol"] < tf["before"]["median_abs_dH_kJ_mol"], f"{path.name}: no gain"
+    assert np.isfinite(tf["after"]["median_abs_dH_kJ_mol"])
+    assert card["data"]["molecules"] and card["training"]["steps"] >= 1
+    mol = chain_molecule(ck["atom_types"], 8, seed=5)
+    bonds = torch.as_tensor(mol["bonds"])
+
+    def force_fn(x: torch.Tensor):  # harmonic bonds, 2e5 kJ/mol/nm^2 about 0.12 nm (torch: differentiable)
+        with torch.enable_grad():
+            xg = x if x.requires_grad else x.detach().requires_grad_(True)
+            r = torch.linalg.vector_norm(xg[bonds[:, 0]] - xg[bonds[:, 1]], dim=-1)
+            u = (1e5 * (r - 0.12) ** 2).sum()
+            (g,) = torch.autograd.grad(u, xg)
+        return u.reshape(1), -g
+
+    tmpl = graph_template(mol["z"], mol["masses"], mol["bonds"], dtype=F64)
+    tau = int(ck["k"]) * float(ck["dt_fs"]) / 1000.0
+    x0, v0 = torch.as_tensor(mol["pos"]), torch.as_tensor(mol["vel"])
+    with torch.no_grad():
+        x1, v1 = shear_map(kicks, tmpl, x0, v0, tau, force_fn)
+        x2, v2 = shear_map(kicks, tmpl, x1, -v1, tau, force_fn)
+    assert float((x2 - x0).abs().max()) < 1e-10 and float((v2 + v0).abs().max()) < 1e-10, f"{path.name}: not reversible"
+    q = torch.as_tensor(random_orthogonal(7, -1.0))
+    f = torch.as_tensor(mol["forces"])
+    with torch.no_grad():
+        a, a_rot = outer_kick(kicks, tmpl, x0, f, tau), outer_kick(kicks, tmpl, x0 @ q.T + 0.3, f @ q.T, tau)
+    assert float((a_rot - a @ q.T).abs().max() / a.abs().max()) < 1e-6, f"{path.name}: kick not E(3)-equivariant"
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no models/*.pt yet (run `make models`)")
@@ -96,7 +137,7 @@ def smoke_models(tmp_path_factory):
 def test_smoke_models_pass_the_shipped_checks(smoke_models):
     tmp, _, _ = smoke_models
     paths = sorted((tmp / "models").glob("*.pt"))
-    assert [p.name for p in paths] == ["mm_k4.pt", "mm_k8.pt", "qm_k8.pt"]
+    assert [p.name for p in paths] == ["mm_k4.pt", "mm_k8.pt", "qm_exact_k8.pt", "qm_k8.pt"]
     for p in paths:
         check_shipped(p)
     card = json.loads((tmp / "models" / "qm_k8.json").read_text())

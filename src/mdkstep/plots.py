@@ -148,8 +148,8 @@ def pareto_grid(panels: dict[str, Sequence[dict[str, Any]]], path: Path, ratio_o
             if not x or y is None or not np.isfinite(y):
                 continue
             ys.append(y)
-            hybrid = r["kind"] == "hybrid"
-            ax.scatter(x, y, marker="^" if hybrid else "o", c="C3" if hybrid else "C0", zorder=3)
+            style = {"hybrid": ("^", "C3"), "exact": ("s", "C2")}.get(r["kind"], ("o", "C0"))
+            ax.scatter(x, y, marker=style[0], c=style[1], zorder=3)
             # alternate label offsets: methods at the same cost (4 fs HMR / 4 fs plain) stay readable
             ax.annotate(r["method"], (x, y), fontsize=7, xytext=(4, 4 if i % 2 else -10), textcoords="offset points")
         ax.axhline(1.0, ls="--", c="gray", lw=0.8, label="replica floor")

@@ -63,6 +63,11 @@ class ModelsConfig:
     qm_model_overrides_by_k: dict[str, Any] = field(default_factory=dict)
     qm_train_config: str = "configs/train_qm.yaml"
     qm_train_overrides: dict[str, Any] = field(default_factory=dict)
+    # exact mode (issue 12): shear models qm_exact_k<K>.pt on the same QM training runs
+    qm_exact_ks: list[int] = field(default_factory=list)  #: strides (in qm_dt_fs steps) of the exact-mode models
+    qm_exact_model_config: str = "configs/model_shear.yaml"
+    qm_exact_train_config: str = "configs/train_exact.yaml"
+    qm_exact_train_overrides: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.threads < 1:
@@ -77,6 +82,8 @@ class ModelsConfig:
             ks = getattr(self, f"{p}_ks")
             if not ks or min(ks) < 1:
                 raise ValueError(f"key '{p}_ks' must list jump lengths >= 1")
+            if min(self.qm_exact_ks, default=1) < 1:
+                raise ValueError("key 'qm_exact_ks' must list jump lengths >= 1")
             if p in self.modes and not getattr(self, f"{p}_molecules"):
                 raise ValueError(f"key '{p}_molecules' must list at least one .smi entry")
             for k, v in getattr(self, f"{p}_model_overrides_by_k").items():
@@ -85,8 +92,15 @@ class ModelsConfig:
 
 
 def model_name(mode: str, k: int) -> str:
-    """File stem of a shipped model: ``mm_k8``, ``qm_k16``."""
+    """File stem of a shipped model: ``mm_k8``, ``qm_k16``; exact mode's ``qm_exact_k16``
+    (``mode`` = "qm_exact")."""
     return f"{mode}_k{int(k)}"
+
+
+def model_names(cfg: ModelsConfig) -> list[str]:
+    """Every model a config makes, direct-jump and exact mode."""
+    names = [model_name(p, k) for p in cfg.modes for k in getattr(cfg, f"{p}_ks")]
+    return names + ([model_name("qm_exact", k) for k in cfg.qm_exact_ks] if "qm" in cfg.modes else [])
 
 
 def shipped_path(models_dir: str | Path, mode: str, k: int) -> Path:
@@ -249,8 +263,10 @@ def one_jump_table(final: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_card(mode: str, k: int, ck: dict[str, Any], data: dict[str, Any], final: dict[str, Any],
-              train_dir: Path, checkpoint: Path, source: Path) -> dict[str, Any]:
-    """The JSON model card of one shipped model."""
+              train_dir: Path, checkpoint: Path, source: Path, name: str | None = None) -> dict[str, Any]:
+    """The JSON model card of one shipped model: a jump model's one-jump metrics beside the
+    trivial predictors, or a shear model's (exact mode) teacher-forced |dH| before / after."""
+    from .bench.core import teacher_forced_summary
     from .bench.core import training_cost
     from .bench.run import machine_info
 
@@ -259,16 +275,18 @@ def make_card(mode: str, k: int, ck: dict[str, Any], data: dict[str, Any], final
     train_wall = tc.get("wall_s")
     total_wall = train_wall + data["wall_s"] if train_wall is not None and data["wall_s"] is not None else None
     return {
-        "name": model_name(mode, k), "mode": mode, "engine": ck["engine"], "k": int(ck["k"]), "dt_fs": ck["dt_fs"],
+        "name": name or model_name(mode, k), "mode": mode, "kind": (ck["model_config"] or {}).get("kind", "jump"),
+        "engine": ck["engine"], "k": int(ck["k"]), "dt_fs": ck["dt_fs"],
         "stride_fs": int(ck["k"]) * float(ck["dt_fs"]), "atom_types": ck["atom_types"],
         "model_config": ck["model_config"], "train_config": ck["train_config"],
         "data": data,
-        "training": {"steps": summ.get("steps", tc.get("steps")), "epochs": summ.get("epochs"),
+        "training": {"steps": summ.get("steps", tc.get("steps", final.get("steps"))), "epochs": summ.get("epochs"),
                      "best_val_loss": summ.get("best_val"), "n_parameters": summ.get("n_parameters"),
                      "device": summ.get("device"), "wall_s": train_wall, "sessions": tc.get("sessions")},
         "cost": {"force_calls": data["force_calls"], "data_wall_s": data["wall_s"], "train_wall_s": train_wall,
                  "total_wall_s": total_wall},
-        "one_jump": one_jump_table(final),
+        "one_jump": None if final.get("kind") == "shear" else one_jump_table(final),
+        "teacher_forced": teacher_forced_summary(final) if final.get("kind") == "shear" else None,
         "checkpoint": checkpoint.name, "checkpoint_sha256": sha256(checkpoint), "source_sha256": sha256(source),
         "created": _dt.date.today().isoformat(), "machine": machine_info(),
     }
@@ -280,7 +298,7 @@ def _num(v: Any, digits: int = 4) -> str:
 
 def card_markdown(card: dict[str, Any]) -> str:
     """The model card for people (the JSON card in words and one table)."""
-    d, t, c, oj = card["data"], card["training"], card["cost"], card["one_jump"]
+    d, t, c, oj = card["data"], card["training"], card["cost"], card.get("one_jump")
     mols = ", ".join(f"{m['name']} ({_num(m['ps'])} ps, seed {m['seed']}, mean T {_num(m.get('mean_temperature_K'))} K, "
                      f"KS p vs Gamma {_num(m.get('ks_p_gamma'), 2)})" for m in d["molecules"])
     lines = [f"# {card['name']}: {card['mode'].upper()} k = {card['k']} ({card['stride_fs']:g} fs per jump)", "",
@@ -293,8 +311,18 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"{card['model_config'].get('hidden')}, {card['model_config'].get('n_layers')} layers)",
              f"- total wall: {_num(c['total_wall_s'])} s; machine: {card['machine'].get('cpu')} "
              f"({card['machine'].get('cores')} cores, GPU {card['machine'].get('gpu') or 'none'})",
-             f"- elements: {card['atom_types']}; checkpoint {card['checkpoint']} (sha256 {card['checkpoint_sha256'][:12]}…)",
-             "", f"One-jump {oj['split']} metrics beside the trivial predictors:", "",
+             f"- elements: {card['atom_types']}; checkpoint {card['checkpoint']} (sha256 {card['checkpoint_sha256'][:12]}…)"]
+    if oj is None:  # exact mode: what the Metropolis test will see
+        tf = card["teacher_forced"]
+        lines += ["", f"Exact mode (kind: shear, n_inner {card['model_config'].get('n_inner')}): teacher-forced |dH| "
+                  f"on the {tf['split']} windows, kJ/mol (untrained = velocity Verlet at {card['stride_fs']:g} fs):", "",
+                  "| model | median | p90 | mean |", "|---|---|---|---|"]
+        for label, r in (("untrained (velocity Verlet)", tf.get("before")), ("trained", tf.get("after"))):
+            if r:
+                lines.append(f"| {label} | {_num(r.get('median_abs_dH_kJ_mol'))} | {_num(r.get('p90_abs_dH_kJ_mol'))} "
+                             f"| {_num(r.get('mean_abs_dH_kJ_mol'))} |")
+        return "\n".join(lines) + "\n"
+    lines += ["", f"One-jump {oj['split']} metrics beside the trivial predictors:", "",
              "| predictor | bond RMSE Å | angle RMSE ° | dihedral RMSE ° | position RMSE Å | velocity RMSE nm/ps |",
              "|---|---|---|---|---|---|"]
     for p in ("model", "no_move", "ballistic"):
@@ -306,17 +334,18 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ship(mode: str, k: int, best: Path, final: dict[str, Any], data: dict[str, Any], out_dir: Path) -> Path:
-    """Strip ``best`` into ``out_dir/<mode>_k<K>.pt`` and write its cards; skipped when the
-    card already describes this very ``best`` (same sha256)."""
-    dst = shipped_path(out_dir, mode, k)
+def ship(mode: str, k: int, best: Path, final: dict[str, Any], data: dict[str, Any], out_dir: Path,
+         name: str | None = None) -> Path:
+    """Strip ``best`` into ``out_dir/<name>.pt`` (default ``<mode>_k<K>``) and write its cards;
+    skipped when the card already describes this very ``best`` (same sha256)."""
+    dst = Path(out_dir) / f"{name or model_name(mode, k)}.pt"
     card = read_card(dst) if dst.is_file() else None
     if card and card.get("source_sha256") == sha256(best):
         LOG.info("%s: up to date", dst)
         return dst
     out_dir.mkdir(parents=True, exist_ok=True)
     ck = strip_checkpoint(best, dst)
-    card = make_card(mode, k, ck, data, final, best.parent, dst, best)
+    card = make_card(mode, k, ck, data, final, best.parent, dst, best, name=name)
     atomic_write_json(dst.with_suffix(".json"), card)
     atomic_write_text(dst.with_suffix(".md"), card_markdown(card))
     LOG.info("%s: shipped (%s)", dst, dst.with_suffix(".md"))
@@ -329,7 +358,7 @@ def make_models(cfg: ModelsConfig, only: list[str] | None = None) -> list[Path]:
     from .bench.run import set_threads
 
     cfg.validate()
-    known = {model_name(p, k) for p in cfg.modes for k in getattr(cfg, f"{p}_ks")}
+    known = set(model_names(cfg))
     unknown = sorted(set(only or []) - known)
     if unknown:
         raise MdkstepError(f"--only {unknown[0]}: not a model of this config (known: {', '.join(sorted(known))})")
@@ -337,7 +366,8 @@ def make_models(cfg: ModelsConfig, only: list[str] | None = None) -> list[Path]:
     shipped = []
     for p in cfg.modes:
         ks = [k for k in getattr(cfg, f"{p}_ks") if not only or model_name(p, k) in only]
-        if not ks:
+        exact_ks = [k for k in (cfg.qm_exact_ks if p == "qm" else []) if not only or model_name("qm_exact", k) in only]
+        if not ks and not exact_ks:
             continue
         m = make_mode(cfg, p)
         _, runs = training_data(m, cfg)
@@ -345,4 +375,17 @@ def make_models(cfg: ModelsConfig, only: list[str] | None = None) -> list[Path]:
         for k in ks:
             best, final = train_one(m, cfg, k, runs)
             shipped.append(ship(p, k, best, final, data, Path(cfg.out_dir)))
+        for k in exact_ks:
+            best, final = train_exact_one(m, cfg, k, runs)
+            shipped.append(ship(p, k, best, final, data, Path(cfg.out_dir), name=model_name("qm_exact", k)))
     return shipped
+
+
+def train_exact_one(m, cfg: ModelsConfig, k: int, runs: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    """The bench's ensure_exact_model for stride k on every QM training run; (best.pt, final metrics)."""
+    from .bench.core import ensure_exact_model
+
+    out = m.root / "models" / f"exact_k{k}"
+    best, _ = ensure_exact_model(m.name, k, list(runs.values()), out, cfg.qm_exact_model_config,
+                                 cfg.qm_exact_train_config, cfg.qm_exact_train_overrides, None)
+    return best, json.loads((out / "final_metrics.json").read_text())

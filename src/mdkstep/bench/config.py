@@ -60,6 +60,13 @@ class BenchConfig:
     qm_train_overrides: dict[str, Any] = field(default_factory=dict)
     qm_hybrid_config: str = "configs/hybrid_qm.yaml"
     qm_hybrid_overrides: dict[str, Any] = field(default_factory=dict)
+    # exact mode (issue 12): generalized HMC with a learned shear stride, Langevin at the plain friction
+    qm_exact_ks: list[int] = field(default_factory=list)  #: exact-mode rows exact_k<K> (models/qm_exact_k<K>.pt, else trained here)
+    qm_mvv_dts_fs: list[float] = field(default_factory=list)  #: Metropolized velocity Verlet rows mvv_<dt>fs (the untrained shear map)
+    qm_exact_checkpoints: dict[str, str] = field(default_factory=dict)  #: k -> shear checkpoint (before any shipped model)
+    qm_exact_model_config: str = "configs/model_shear.yaml"
+    qm_exact_train_config: str = "configs/train_exact.yaml"
+    qm_exact_train_overrides: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.threads < 1 or self.timing_repeats < 1:
@@ -73,7 +80,9 @@ class BenchConfig:
         for key in ("mm_ks", "qm_ks"):
             if not getattr(self, key) or min(getattr(self, key)) < 1:
                 raise ValueError(f"key '{key}' must list jump lengths >= 1")
-        for key in ("mm_checkpoints", "qm_checkpoints"):
+        if any(k < 1 for k in self.qm_exact_ks) or any(not dt > 0 for dt in self.qm_mvv_dts_fs):
+            raise ValueError("keys 'qm_exact_ks' / 'qm_mvv_dts_fs' must list jump lengths >= 1 / strides > 0 fs")
+        for key in ("mm_checkpoints", "qm_checkpoints", "qm_exact_checkpoints"):
             for k in getattr(self, key):
                 if not str(k).isdigit():
                     raise ValueError(f"key '{key}': {k!r} is not a jump length (write e.g. 8: path/best.pt)")

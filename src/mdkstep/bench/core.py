@@ -107,6 +107,47 @@ def ensure_model(mode_name: str, k: int, dataset_trajs: list[Path], out: Path, m
     return best, json.loads(final.read_text()) if final.is_file() else res.get("final_metrics", {})
 
 
+def ensure_exact_model(mode_name: str, k: int, dataset_trajs: list[Path], out: Path, model_cfg_path: str,
+                       train_cfg_path: str, train_over: dict[str, Any], given: str | None) -> tuple[Path, dict[str, Any]]:
+    """Exact mode's shear checkpoint for stride k: ``given`` when set (must exist), else trained
+    now into ``out`` (mdkstep.exact_training on a time-split dataset of ``dataset_trajs``) unless
+    ``out/best.pt`` exists. Returns it and the teacher-forced |dH| (kJ/mol) before / after
+    training on the test split (else val); {} for a given checkpoint."""
+    from ..config import load_config
+    from ..dataset import build_dataset, write_split_files
+    from ..exact_training import ExactTrainConfig, train_shear
+    from ..model import ModelConfig
+
+    if given:
+        ck = Path(given)
+        if not ck.is_file():
+            raise MdkstepError(f"{mode_name}_exact_checkpoints: {ck} (k={k}) not found; remove the entry to train one here")
+        return ck, {}
+    best, final = out / "best.pt", out / "final_metrics.json"
+    if not (best.is_file() and final.is_file()):
+        ds_file, splits = out / "dataset.npz", out / "splits"
+        summary = build_dataset(dataset_trajs, k, ds_file, split="time")
+        write_split_files(splits, summary, [str(ds_file)])
+        mcfg = load_config(ModelConfig, model_cfg_path)
+        tcfg = load_config(ExactTrainConfig, train_cfg_path, {**train_over, "k": k})
+        LOG.info("%s exact k=%d: training shear kicks on %d windows (%s, %s)", mode_name, k,
+                 summary["counts"]["train"], model_cfg_path, train_cfg_path)
+        t0 = time.perf_counter()
+        res = train_shear(ds_file, (splits / "train.json", splits / "val.json"), mcfg, tcfg, out,
+                          overwrite=out.exists(), test_split=splits / "test.json")
+        record_training_cost(out, time.perf_counter() - t0, res)
+    return best, teacher_forced_summary(json.loads(final.read_text()))
+
+
+def teacher_forced_summary(final: dict[str, Any]) -> dict[str, Any]:
+    """{split, before, after}: a shear model's teacher-forced |dH| (median, p90 kJ/mol) on the
+    test split (else val) before and after training, from its final_metrics.json."""
+    after = final.get("teacher_forced_after") or {}
+    split = "test" if "test" in after else "val"
+    return {"split": split, "before": (final.get("teacher_forced_before") or {}).get(split),
+            "after": after.get(split)}
+
+
 def record_training_cost(out: Path, wall_s: float, summary: dict[str, Any]) -> dict[str, Any]:
     """Add this training session's wall time (s) to ``out/train_cost.json`` (sessions of a
     resumed run add up); returns the record {wall_s, steps, sessions}."""
@@ -322,6 +363,22 @@ def fidelity(run: Trajectory, method: Method, ref_method: Method, floors: FloorC
     out["max_structure_ratio"] = max(s_ratios) if s_ratios else None
     out["faithful"] = bool(s_ratios) and max(s_ratios) <= ratio_ok
     return out
+
+
+def sampling_efficiency(run: Trajectory, force_calls_per_ps: float | None) -> dict[str, Any]:
+    """tau_int of the potential energy (fs; Sokal window, mdkstep.metrics) of one production
+    trajectory, whether the run is >= 50 tau_int long, and the effective samples of U per
+    force call = 1 / (tau_int x force calls per unit time): the figure that compares plain,
+    hybrid and exact runs on sampling (issue 12). None where the run is too short to give a
+    positive estimate."""
+    from ..metrics import iat_reliable, integrated_autocorr_time
+
+    frame_fs = float(run.metadata["dt_fs"]) * int(run.metadata["save_interval"])
+    tau = integrated_autocorr_time(np.asarray(run.energies, dtype=float))
+    tau_fs = tau * frame_fs if np.isfinite(tau) and tau > 0 else None  # <= 0: a run far too short to estimate it
+    ess = 1000.0 / (tau_fs * force_calls_per_ps) if tau_fs and force_calls_per_ps else None
+    return {"tau_int_U_fs": tau_fs, "tau_int_U_reliable": bool(tau_fs) and iat_reliable(tau, run.n_frames),
+            "ess_per_force_call_U": ess}
 
 
 def trajectory_summary(run: Trajectory, bonds: np.ndarray) -> dict[str, Any]:

@@ -52,15 +52,18 @@ def wall_line(meta: dict[str, Any]) -> str:
 def cost_table(records: list[dict[str, Any]]) -> list[str]:
     head = ("| molecule | method | force calls/ps | wall s/ps: median (min, spread) | ms/force call | model ms/jump "
             "| calls ÷ vs ref | wall speed-up vs ref | calls ÷ vs best plain | wall speed-up vs best plain "
-            "| NaN frames | fallbacks/jumps |")
+            "| NaN frames | fallbacks/jumps | acceptance | τ_int(U) fs | ESS(U)/force call (vs best plain) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
         fb = f"{r['fallbacks']}/{r['jumps_attempted']}" if r["kind"] == "hybrid" else "–"
+        acc = fmt(r.get("acceptance"), 3) if r["kind"] == "exact" else "–"
+        tau = fmt(r.get("tau_int_U_fs"), 3) + ("" if r.get("tau_int_U_reliable") else " (short run)")
+        ess = f"{fmt(r.get('ess_per_force_call_U'), 3)} ({_x(r.get('ess_gain_vs_best_plain'))})"
         lines.append(f"| {r['molecule']} | {r['method']} | {fmt(r['force_calls_per_ps'], 4)} | {_wall(r)} "
                      f"| {fmt(r['force_ms_per_call'], 3)} | {fmt(r['model_ms_per_jump'], 3)} "
                      f"| {_x(r['force_call_reduction'])} | {_x(r['wall_speedup'])} "
                      f"| {_x(r['force_call_reduction_vs_best_plain'])} | {_x(r['wall_speedup_vs_best_plain'])} "
-                     f"| {r['nan_frames']} | {fb} |")
+                     f"| {r['nan_frames']} | {fb} | {acc} | {tau} | {ess} |")
     return lines
 
 
@@ -93,7 +96,7 @@ def _duration(ps: float | None) -> str:
 def break_even_section(records: list[dict[str, Any]]) -> list[str]:
     """### Break-even: per hybrid row, its model's cost (training data + training), the saving
     per simulated ps vs the best faithful plain method, and when the model has paid for itself."""
-    rows = [r for r in records if r["kind"] == "hybrid" and r.get("model_source")]
+    rows = [r for r in records if r["kind"] != "plain" and r.get("model_source")]
     if not rows:
         return []
     head = ("| molecule | method | model | data force calls | data + training wall s | vs (best faithful plain) "
@@ -178,6 +181,14 @@ def markdown(result: dict[str, Any]) -> str:
                   for k, v in mmeta["models"].items() if v.get("one_jump_test")]
         if models:
             out += ["One-jump test RMSE of the models: " + "; ".join(models) + ".", ""]
+        shear = [f"{name}: median |dH| {fmt((v['teacher_forced'].get('before') or {}).get('median_abs_dH_kJ_mol'), 3)} "
+                 f"-> {fmt((v['teacher_forced'].get('after') or {}).get('median_abs_dH_kJ_mol'), 3)} kJ/mol"
+                 for name, v in mmeta["models"].items() if v.get("teacher_forced")]
+        if shear:
+            out += ["Exact-mode shear models, teacher-forced on held-out windows (untrained = velocity Verlet at the "
+                    "stride -> trained): " + "; ".join(shear) + ". Exact rows sample exp(-H/kT) exactly (Metropolis "
+                    "test on the one force call; a rejection flips v); mvv rows are the same sampler with delta = 0 "
+                    "(Metropolized velocity Verlet).", ""]
         out += ["### Cost", ""] + cost_table(rows) + ["", "### Fidelity", ""] + fidelity_table(rows) + [""]
         out += break_even_section(rows)
         out += reference_check_section(mmeta.get("reference_check"))

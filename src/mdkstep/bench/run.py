@@ -23,9 +23,9 @@ from ..trajectory import load_trajectory
 from ..utils import LOG, MdkstepError
 from .config import BenchConfig
 from .breakeven import BREAK_EVEN_KEYS, add_break_even, model_cost
-from .core import (FloorCache, Method, Mode, data_cost, ensure_model, fidelity, hybrid_config, hybrid_nve, hybrid_timer,
-                   interleaved_timing, load_jumper, one_jump_summary, run_hybrid_production, trajectory_summary,
-                   training_cost, training_run)
+from .core import (FloorCache, Method, Mode, data_cost, ensure_exact_model, ensure_model, fidelity, interleaved_timing,
+                   one_jump_summary, sampling_efficiency, trajectory_summary, training_cost, training_run)
+from .learned import exact_method_names, learned_methods
 
 #: keys every record carries (None where a key does not apply, e.g. model_ms_per_jump of plain MD)
 RECORD_KEYS = (
@@ -40,7 +40,8 @@ RECORD_KEYS = (
     "max_structure_ratio", "faithful", "temperature_mean_K", "temperature_std_K", "temperature_per_element_K",
     "nve_ps", "nve_stable", "nve_drift_kj_mol_ps", "nve_drift_kj_mol_ps_per_atom", "etot_std_kj_mol",
     "etot_over_ekin_fluct", "nan_frames", "jumps_attempted", "jumps_accepted", "retries", "fallbacks",
-    "fallback_fraction", "element_T_max_dev", "element_T_max_dev_replica",
+    "fallback_fraction", "element_T_max_dev", "element_T_max_dev_replica", "acceptance", "tau_int_U_fs",
+    "tau_int_U_reliable", "ess_per_force_call_U", "ess_gain_vs_best_plain",
 ) + BREAK_EVEN_KEYS  # model_source, model_cost_*, saving_*_per_ps, break_even_ps_* (bench/breakeven.py)
 
 #: faithful also needs every element's mean temperature within this fraction of reference
@@ -108,10 +109,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return float(a / b) if a and b else None
 
 
-def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, Path],
-                 runs: dict[str, Path]) -> list[dict[str, Any]]:
+def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, Path], runs: dict[str, Path],
+                 exact_checkpoints: dict[str, tuple[int, Path | None]] | None = None) -> list[dict[str, Any]]:
     """Every method on one molecule: production runs, NVE segments, interleaved timing,
-    fidelity vs the reference replicas; one record per method."""
+    fidelity vs the reference replicas; one record per method. ``checkpoints``: jump models
+    by k (hybrid rows); ``exact_checkpoints``: exact-mode rows, name -> (k, shear checkpoint,
+    or None for Metropolized velocity Verlet)."""
+    exact_checkpoints = exact_checkpoints or {}
     s = mode_settings(mode, cfg)
     ref = mode.reference()
     folder = mode.root / "runs" / mol
@@ -127,41 +131,26 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
         if not m.reference:
             LOG.info("%s %s: plain %s (%g ps)", mode.name, mol, m.name, s["time_ps"])
             trajs[m.name] = mode.run_plain(mol, m, cfg.seed + 10 + i, folder / f"{m.name}.npz", s["time_ps"])
-    hyb_stats: dict[str, dict[str, Any]] = {}
-    timers, jumpers, hcfgs, engines = {}, {}, {}, {}
-    for k, ck in checkpoints.items():
-        m = Method(f"hybrid_k{k}", "hybrid", ref.dt_fs, k=k, note=f"model {ck}")
+    learned = learned_methods(mode, cfg, mol, ref, s, checkpoints, exact_checkpoints, bonds)
+    stats: dict[str, dict[str, Any]] = {}
+    for i, lm in enumerate(learned):
+        m = lm.method
         methods.append(m)
-        engines[m.name] = mode.engine(mol)
-        jumpers[m.name] = load_jumper(ck, engines[m.name], bonds, k, ref.dt_fs)
-        hcfgs[m.name] = hybrid_config(s["hybrid_config"], s["hybrid_overrides"], k, ref.dt_fs, temperature)
+        seed = cfg.seed + 50 + m.k + (1000 + i if m.kind == "exact" else 0)  # hybrid: the seed of earlier benches
         out = folder / f"{m.name}.npz"
-        LOG.info("%s %s: hybrid k=%d (%g ps)", mode.name, mol, k, s["time_ps"])
-        hyb_stats[m.name] = run_hybrid_production(engines[m.name], jumpers[m.name], hcfgs[m.name], x0, v0,
-                                                  s["time_ps"], out, cfg.seed + 50 + k,
-                                                  {**mode.run_meta(mol), "seed": cfg.seed + 50 + k})
+        LOG.info("%s %s: %s (%g ps)", mode.name, mol, m.name, s["time_ps"])
+        stats[m.name] = lm.production(x0, v0, s["time_ps"], out, seed, {**mode.run_meta(mol), "seed": seed})
         trajs[m.name] = out
+    by_name = {lm.method.name: lm for lm in learned}
 
     LOG.info("%s %s: NVE segments (%g ps each)", mode.name, mol, s["nve_ps"])
-    nve = {}
-    for m in methods:
-        if m.kind == "plain":
-            nve[m.name] = mode.plain_nve(mol, m, x0, v0)
-        else:
-            hc = hybrid_config(s["hybrid_config"], s["hybrid_overrides"], m.k, ref.dt_fs, temperature,
-                               ensemble="nve", energy_filter=False)
-            nve[m.name] = hybrid_nve(mode.engine(mol), jumpers[m.name], hc, x0, v0, s["nve_ps"])
+    nve = {m.name: (mode.plain_nve(mol, m, x0, v0) if m.kind == "plain" else by_name[m.name].nve(x0, v0, s["nve_ps"]))
+           for m in methods}
 
     LOG.info("%s %s: interleaved timing, %d repeats of %g ps per method", mode.name, mol, cfg.timing_repeats,
              s["timing_ps"])
-    timing_jumpers = {}
-    for m in methods:
-        if m.kind == "plain":
-            timers[m.name] = mode.plain_timer(mol, m, x0, v0)
-        else:
-            eng = mode.engine(mol)
-            timing_jumpers[m.name] = load_jumper(checkpoints[m.k], eng, bonds, m.k, ref.dt_fs)
-            timers[m.name] = hybrid_timer(eng, timing_jumpers[m.name], hcfgs[m.name], x0, v0, s["timing_ps"], cfg.seed)
+    timers = {m.name: (mode.plain_timer(mol, m, x0, v0) if m.kind == "plain"
+                       else by_name[m.name].timer(x0, v0, s["timing_ps"], cfg.seed)) for m in methods}
     timing = interleaved_timing(timers, cfg.timing_repeats)
 
     LOG.info("%s %s: fidelity vs the reference replicas", mode.name, mol)
@@ -174,27 +163,20 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
     for m in methods:
         run = floors.replicas[1] if m.reference else load_trajectory(trajs[m.name])
         rec: dict[str, Any] = {"mode": mode.name, "molecule": mol, "method": m.name, "kind": m.kind, "dt_fs": m.dt_fs,
-                               "k": m.k if m.kind == "hybrid" else None, "hmr": m.hmr, "reference": m.reference,
+                               "k": m.k if m.kind != "plain" else None, "hmr": m.hmr, "reference": m.reference,
                                "note": m.note, "n_atoms": run.n_atoms}
         rec.update(trajectory_summary(run, bonds))
         rec.update(fidelity(run, m, ref, floors, cfg.fidelity_ratio_ok))
         t = timing[m.name]
         rec.update({key: t[key] for key in ("wall_s_per_ps", "wall_s_per_ps_min", "wall_s_per_ps_repeats",
                                             "timing_spread", "force_ms_per_call")})
-        if m.kind == "hybrid":
-            st = hyb_stats[m.name]
-            rec.update({"force_calls": st["force_calls"], "force_calls_per_ps": st["force_calls_per_ps"],
-                        "force_calls_source": "engine_counter",
-                        "model_ms_per_jump": float(np.median(timing_jumpers[m.name].ms)),
-                        "jumps_attempted": st["jumps_attempted"], "jumps_accepted": st["jumps_accepted"],
-                        "retries": st["retries"], "fallbacks": st["fallbacks"],
-                        "fallback_fraction": st["fallbacks"] / st["jumps_attempted"] if st["jumps_attempted"] else None,
-                        "nan_frames": st["nan_frames"] + rec["nan_frames"],
-                        "temperature_per_element_K": st.get("temperature_per_element_K") or rec["temperature_per_element_K"]})
-        else:
+        if m.kind == "plain":
             rec.update(plain_calls(trajs[m.name], m))
             rec.update({"model_ms_per_jump": None, "jumps_attempted": None, "jumps_accepted": None, "retries": None,
-                        "fallbacks": None, "fallback_fraction": None})
+                        "fallbacks": None, "fallback_fraction": None, "acceptance": None})
+        else:
+            rec.update(by_name[m.name].record(stats[m.name], rec))
+        rec.update(sampling_efficiency(run, rec["force_calls_per_ps"]))
         rec["element_T_max_dev"] = element_temperature_deviation(rec["temperature_per_element_K"], ref_elements)
         rec["element_T_max_dev_replica"] = element_floor
         rec["faithful"] = bool(rec["faithful"]) and rec["element_T_max_dev"] is not None \
@@ -235,7 +217,8 @@ def plain_calls(traj: Path, m: Method) -> dict[str, Any]:
 
 def add_ratios(records: list[dict[str, Any]]) -> None:
     """force_call_reduction / wall_speedup against the reference and against the best
-    faithful plain method of the same molecule (docs/force-calls.md)."""
+    faithful plain method of the same molecule (docs/force-calls.md), and the effective
+    samples per force call relative to that method's (ess_gain_vs_best_plain)."""
     ref = next(r for r in records if r["reference"])
     best = best_plain(records)
     for r in records:
@@ -244,6 +227,8 @@ def add_ratios(records: list[dict[str, Any]]) -> None:
         r["best_plain_method"] = best["method"] if best else None
         r["force_call_reduction_vs_best_plain"] = _ratio(best["force_calls_per_ps"], r["force_calls_per_ps"]) if best else None
         r["wall_speedup_vs_best_plain"] = _ratio(best["wall_s_per_ps"], r["wall_s_per_ps"]) if best else None
+        r["ess_gain_vs_best_plain"] = _ratio(r.get("ess_per_force_call_U"), best.get("ess_per_force_call_U")) \
+            if best else None
 
 
 def run_mode(mode: Mode, cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -268,9 +253,17 @@ def run_mode(mode: Mode, cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[s
         costs[f"hybrid_k{k}"] = cost
         models[f"k{k}"] = {"checkpoint": str(ck), "source": cost["source"], "one_jump_test": one_jump_summary(metrics),
                            "cost": cost}
+    exact_checkpoints = {}
+    for name, k in exact_method_names(s.get("mvv_dts_fs", []), s.get("exact_ks", []), ref.dt_fs).items():
+        ck, metrics, cost = bench_exact_model(mode, cfg, k, [runs[m]["train"] for m in mols]) \
+            if name.startswith("exact_") else (None, {}, None)
+        exact_checkpoints[name] = (k, ck)
+        if ck is not None:
+            costs[name] = cost
+            models[name] = {"checkpoint": str(ck), "source": cost["source"], "teacher_forced": metrics, "cost": cost}
     records = []
     for mol in mols:
-        recs = run_molecule(mode, cfg, mol, checkpoints, runs[mol])
+        recs = run_molecule(mode, cfg, mol, checkpoints, runs[mol], exact_checkpoints)
         add_break_even(recs, costs)
         records += recs
     meta = {"molecules": mols, "reference": ref.name, "models": models, "settings": s}
@@ -314,6 +307,29 @@ def bench_model(mode: Mode, cfg: BenchConfig, k: int, train_runs: list[Path]) ->
     if card:
         LOG.info("%s k=%d: the shipped model %s", mode.name, k, ck)
         metrics = {card["one_jump"].get("split", "test"): card["one_jump"]}
+    cost = model_cost(source, card, data_cost(train_runs) if source == "trained" else None,
+                      training_cost(out) if source == "trained" else None)
+    return ck, metrics, cost
+
+
+def bench_exact_model(mode: Mode, cfg: BenchConfig, k: int,
+                      train_runs: list[Path]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Exact mode's shear checkpoint for k: ``<mode>_exact_checkpoints`` ("given"), else the
+    shipped ``<models_dir>/<mode>_exact_k<K>.pt`` ("shipped"), else trained here on the
+    training runs ("trained"). Returns it, its teacher-forced |dH| (kJ/mol) and its cost."""
+    from ..shipped import read_card, shipped_path
+
+    s = mode_settings(mode, cfg)
+    given = s["exact_checkpoints"].get(str(k)) or s["exact_checkpoints"].get(k)
+    path = shipped_path(cfg.models_dir, f"{mode.name}_exact", k)
+    source = "given" if given else "shipped" if cfg.use_shipped_models and path.is_file() else "trained"
+    given = given or (str(path) if source == "shipped" else None)
+    card = read_card(given) if source == "shipped" else None
+    out = mode.root / "models" / f"exact_k{k}"
+    ck, metrics = ensure_exact_model(mode.name, k, train_runs, out, s["exact_model_config"], s["exact_train_config"],
+                                     s["exact_train_overrides"], given)
+    if card:
+        metrics = card.get("teacher_forced", {})
     cost = model_cost(source, card, data_cost(train_runs) if source == "trained" else None,
                       training_cost(out) if source == "trained" else None)
     return ck, metrics, cost

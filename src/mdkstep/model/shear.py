@@ -177,3 +177,11 @@ def n_forwards_per_stride(kicks: ShearKicks) -> int:
     """Model forwards per stride: 2L - 1 inner kicks plus a(x')."""
     return len(kicks.palindrome) + 1
 
+
+
+def untrained_shear_kicks(dtype: torch.dtype = torch.float64) -> ShearKicks:
+    """delta = 0 exactly: the stride is one velocity-Verlet step of tau, so with the Metropolis
+    test this is Metropolized velocity Verlet (exact mode's honest peer). A tiny network: its
+    size does not matter when every output layer is zero."""
+    torch.manual_seed(0)
+    return build_model(ModelConfig(kind="shear", hidden=8, n_layers=1, n_rbf=4, max_hops=3, cutoff_nm=None)).to(dtype)
