@@ -365,20 +365,28 @@ def fidelity(run: Trajectory, method: Method, ref_method: Method, floors: FloorC
     return out
 
 
-def sampling_efficiency(run: Trajectory, force_calls_per_ps: float | None) -> dict[str, Any]:
-    """tau_int of the potential energy (fs; Sokal window, mdkstep.metrics) of one production
-    trajectory, whether the run is >= 50 tau_int long, and the effective samples of U per
-    force call = 1 / (tau_int x force calls per unit time): the figure that compares plain,
-    hybrid and exact runs on sampling (issue 12). None where the run is too short to give a
-    positive estimate."""
-    from ..metrics import iat_reliable, integrated_autocorr_time
+def sampling_efficiency(run: Trajectory, force_calls_per_ps: float | None,
+                        dihedrals: np.ndarray | None = None) -> dict[str, Any]:
+    """Integrated autocorrelation times (fs; Sokal window, mdkstep.metrics) of one production
+    trajectory's potential energy U and of its slowest dihedral, whether the run is >= 50 of
+    them long, and the effective samples per force call = 1 / (tau_int x force calls per unit
+    time): the figures that compare plain, hybrid and exact runs on sampling (issue 12). In
+    NVT, U's tau is set mostly by the thermostat (its friction), the slowest dihedral's by the
+    conformational dynamics. None where the run is too short to give a positive estimate."""
+    from ..metrics import iat_reliable, integrated_autocorr_time, slowest_dihedral_iat
 
     frame_fs = float(run.metadata["dt_fs"]) * int(run.metadata["save_interval"])
-    tau = integrated_autocorr_time(np.asarray(run.energies, dtype=float))
-    tau_fs = tau * frame_fs if np.isfinite(tau) and tau > 0 else None  # <= 0: a run far too short to estimate it
-    ess = 1000.0 / (tau_fs * force_calls_per_ps) if tau_fs and force_calls_per_ps else None
-    return {"tau_int_U_fs": tau_fs, "tau_int_U_reliable": bool(tau_fs) and iat_reliable(tau, run.n_frames),
-            "ess_per_force_call_U": ess}
+    out: dict[str, Any] = {}
+    series = {"U": integrated_autocorr_time(np.asarray(run.energies, dtype=float))}
+    if dihedrals is not None and len(np.asarray(dihedrals).reshape(-1, 4)):
+        series["dihedral"] = slowest_dihedral_iat(run.positions, dihedrals)[0]
+    for name, tau in series.items():
+        tau_fs = tau * frame_fs if np.isfinite(tau) and tau > 0 else None  # <= 0: far too short to estimate
+        out[f"tau_int_{name}_fs"] = tau_fs
+        out[f"tau_int_{name}_reliable"] = bool(tau_fs) and iat_reliable(tau, run.n_frames)
+        out[f"ess_per_force_call_{name}"] = 1000.0 / (tau_fs * force_calls_per_ps) if tau_fs and force_calls_per_ps \
+            else None
+    return out
 
 
 def trajectory_summary(run: Trajectory, bonds: np.ndarray) -> dict[str, Any]:

@@ -41,7 +41,8 @@ RECORD_KEYS = (
     "nve_ps", "nve_stable", "nve_drift_kj_mol_ps", "nve_drift_kj_mol_ps_per_atom", "etot_std_kj_mol",
     "etot_over_ekin_fluct", "nan_frames", "jumps_attempted", "jumps_accepted", "retries", "fallbacks",
     "fallback_fraction", "element_T_max_dev", "element_T_max_dev_replica", "acceptance", "tau_int_U_fs",
-    "tau_int_U_reliable", "ess_per_force_call_U", "ess_gain_vs_best_plain",
+    "tau_int_U_reliable", "ess_per_force_call_U", "tau_int_dihedral_fs", "tau_int_dihedral_reliable",
+    "ess_per_force_call_dihedral", "ess_gain_vs_best_plain", "ess_gain_dihedral_vs_best_plain",
 ) + BREAK_EVEN_KEYS  # model_source, model_cost_*, saving_*_per_ps, break_even_ps_* (bench/breakeven.py)
 
 #: faithful also needs every element's mean temperature within this fraction of reference
@@ -176,7 +177,7 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
                         "fallbacks": None, "fallback_fraction": None, "acceptance": None})
         else:
             rec.update(by_name[m.name].record(stats[m.name], rec))
-        rec.update(sampling_efficiency(run, rec["force_calls_per_ps"]))
+        rec.update(sampling_efficiency(run, rec["force_calls_per_ps"], np.asarray(topo.get("dihedrals", []))))
         rec["element_T_max_dev"] = element_temperature_deviation(rec["temperature_per_element_K"], ref_elements)
         rec["element_T_max_dev_replica"] = element_floor
         rec["faithful"] = bool(rec["faithful"]) and rec["element_T_max_dev"] is not None \
@@ -227,8 +228,8 @@ def add_ratios(records: list[dict[str, Any]]) -> None:
         r["best_plain_method"] = best["method"] if best else None
         r["force_call_reduction_vs_best_plain"] = _ratio(best["force_calls_per_ps"], r["force_calls_per_ps"]) if best else None
         r["wall_speedup_vs_best_plain"] = _ratio(best["wall_s_per_ps"], r["wall_s_per_ps"]) if best else None
-        r["ess_gain_vs_best_plain"] = _ratio(r.get("ess_per_force_call_U"), best.get("ess_per_force_call_U")) \
-            if best else None
+        for key, name in (("ess_gain_vs_best_plain", "U"), ("ess_gain_dihedral_vs_best_plain", "dihedral")):
+            r[key] = _ratio(r.get(f"ess_per_force_call_{name}"), best.get(f"ess_per_force_call_{name}")) if best else None
 
 
 def run_mode(mode: Mode, cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
