@@ -42,6 +42,7 @@ class BenchConfig:
     mm_train_overrides: dict[str, Any] = field(default_factory=dict)
     mm_hybrid_config: str = "configs/hybrid.yaml"
     mm_hybrid_overrides: dict[str, Any] = field(default_factory=dict)
+    mm_hybrid_overrides_by_k: dict[str, Any] = field(default_factory=dict)  #: k -> extra hybrid overrides, e.g. {4: {friction_per_ps: 50}}
     # ---------------------------------------------------------------- QM (GFN2-xTB via tblite)
     qm_smiles: str | None = "data/bench_qm.smi"  #: null = no QM part
     qm_config: str = "configs/qm.yaml"  #: engine, thermostat and equilibration settings
@@ -60,6 +61,7 @@ class BenchConfig:
     qm_train_overrides: dict[str, Any] = field(default_factory=dict)
     qm_hybrid_config: str = "configs/hybrid_qm.yaml"
     qm_hybrid_overrides: dict[str, Any] = field(default_factory=dict)
+    qm_hybrid_overrides_by_k: dict[str, Any] = field(default_factory=dict)  #: k -> extra hybrid overrides
     # exact mode (issue 12): generalized HMC with a learned shear stride, Langevin at the plain friction
     qm_exact_ks: list[int] = field(default_factory=list)  #: exact-mode rows exact_k<K> (models/qm_exact_k<K>.pt, else trained here)
     qm_mvv_dts_fs: list[float] = field(default_factory=list)  #: Metropolized velocity Verlet rows mvv_<dt>fs (the untrained shear map)
@@ -82,6 +84,10 @@ class BenchConfig:
                 raise ValueError(f"key '{key}' must list jump lengths >= 1")
         if any(k < 1 for k in self.qm_exact_ks) or any(not dt > 0 for dt in self.qm_mvv_dts_fs):
             raise ValueError("keys 'qm_exact_ks' / 'qm_mvv_dts_fs' must list jump lengths >= 1 / strides > 0 fs")
+        for key in ("mm_hybrid_overrides_by_k", "qm_hybrid_overrides_by_k"):
+            for k, v in getattr(self, key).items():
+                if not str(k).isdigit() or not isinstance(v, dict):
+                    raise ValueError(f"key '{key}': {k!r} must map a jump length to hybrid overrides")
         for key in ("mm_checkpoints", "qm_checkpoints", "qm_exact_checkpoints"):
             for k in getattr(self, key):
                 if not str(k).isdigit():

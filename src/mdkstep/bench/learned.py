@@ -174,15 +174,17 @@ class ExactMethod:
 
 def learned_methods(mode, cfg, mol: str, ref: Method, settings: dict[str, Any], checkpoints: dict[int, Path],
                     exact_checkpoints: dict[str, tuple[int, Path | None]], bonds: np.ndarray) -> list:
-    """Every learned method of one molecule: a hybrid per jump-model checkpoint (by k), then
+    """Every learned method of one molecule: a hybrid per jump-model checkpoint (by k; the
+    hybrid config with ``hybrid_overrides`` and that k's ``hybrid_overrides_by_k``), then
     exact mode per shear checkpoint and Metropolized Verlet per ``mvv_dts_fs`` (name -> (k,
     checkpoint or None))."""
     temperature, friction = mode.thermostat()
     out: list = []
+    by_k = settings.get("hybrid_overrides_by_k") or {}
     for k, ck in checkpoints.items():
         m = Method(f"hybrid_k{k}", "hybrid", ref.dt_fs, k=k, note=f"model {ck}")
-        out.append(HybridMethod(mode, mol, m, ck, bonds, settings["hybrid_config"], settings["hybrid_overrides"],
-                                temperature))
+        over = {**settings["hybrid_overrides"], **(by_k.get(str(k)) or by_k.get(k) or {})}
+        out.append(HybridMethod(mode, mol, m, ck, bonds, settings["hybrid_config"], over, temperature))
     for name, (k, ck) in exact_checkpoints.items():
         note = f"exact mode, shear model {ck}" if ck else f"Metropolized velocity Verlet at {k * ref.dt_fs:g} fs"
         m = Method(name, "exact", ref.dt_fs, k=k, note=note)
