@@ -35,6 +35,7 @@ def tiny_config(tmp_path) -> dict:
         "mm_nve_ps": 0.1, "mm_timing_ps": 0.05, "mm_ks": [4], "mm_train_ps": 0.4,
         "mm_model_config": f"{c}/model.yaml", "mm_model_overrides": tiny_model,
         "mm_train_config": f"{c}/train.yaml", "mm_train_overrides": tiny_train, "mm_hybrid_config": f"{c}/hybrid.yaml",
+        "mm_hybrid_overrides_by_k": {4: {"friction_per_ps": 30.0}},
         "qm_smiles": str(tmp_path / "qm.smi"), "qm_config": f"{c}/qm.yaml",
         "qm_overrides": {"equilibration_ps": 0.01, "minimize_steps": 3}, "qm_plain_dts_fs": [0.5],
         "qm_time_ps": 0.02, "qm_nve_ps": 0.005, "qm_timing_ps": 0.005, "qm_ks": [4], "qm_train_ps": 0.03,
@@ -104,6 +105,9 @@ def test_bench_end_to_end_every_key(bench_run):
     checks = result["meta"]["modes"]["qm"]["reference_check"]["water"]
     assert [c["replica"] for c in checks] == [0, 1, 2] and all(c["n_dof"] == 6 for c in checks)
     assert all(c["mean_temperature_K"] > 0 and "ks_p" in c for c in checks)
+    from mdkstep.trajectory import load_trajectory
+
+    assert load_trajectory(out / "mm" / "runs" / "ethanol" / "hybrid_k4.npz").metadata["friction"] == 30.0  # by k
     md = (out / "bench.md").read_text()
     assert "exact_k4" in md and "mvv_0.5fs" in md and "Exact-mode shear models" in md
     assert "hybrid_k4" in md and "### Fidelity" in md and "### Break-even" in md and "### Reference check" in md
