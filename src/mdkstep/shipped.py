@@ -281,7 +281,7 @@ def make_card(mode: str, k: int, ck: dict[str, Any], data: dict[str, Any], final
         "model_config": ck["model_config"], "train_config": ck["train_config"],
         "data": data,
         "training": {"steps": summ.get("steps", tc.get("steps", final.get("steps"))), "epochs": summ.get("epochs"),
-                     "best_val_loss": summ.get("best_val"), "n_parameters": summ.get("n_parameters"),
+                     "best_val_loss": summ.get("best_val"), "n_parameters": summ.get("n_parameters") or count_parameters(checkpoint),
                      "device": summ.get("device"), "wall_s": train_wall, "sessions": tc.get("sessions")},
         "cost": {"force_calls": data["force_calls"], "data_wall_s": data["wall_s"], "train_wall_s": train_wall,
                  "total_wall_s": total_wall},
@@ -290,6 +290,14 @@ def make_card(mode: str, k: int, ck: dict[str, Any], data: dict[str, Any], final
         "checkpoint": checkpoint.name, "checkpoint_sha256": sha256(checkpoint), "source_sha256": sha256(source),
         "created": _dt.date.today().isoformat(), "machine": machine_info(),
     }
+
+
+def count_parameters(checkpoint: Path) -> int:
+    """Trainable parameters of a checkpoint's model (for cards whose training summary lacks it)."""
+    from .checkpoint import model_from_checkpoint
+
+    model, _ = model_from_checkpoint(checkpoint)
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
 def _num(v: Any, digits: int = 4) -> str:
