@@ -252,3 +252,23 @@ def test_kinetic_check_gamma_law():
     cold = kinetic_check(0.9 * v, masses, 300.0)
     assert not cold["temperature_ok"] and not cold["gamma_ok"]
     assert decorrelation_stride(np.repeat(rng.normal(size=300), 10)) >= 10  # 10-frame plateaus
+
+
+@pytest.mark.parametrize("name", ["bench.yaml", "bench_full.yaml"])
+def test_shipped_bench_configs_resolve_their_models(name):
+    """The committed bench configs load and validate; every k they name has a shipped model
+    (direct jump and exact mode) where configs/bench.yaml relies on one; k = 4's bath is 50 /ps."""
+    from mdkstep.bench.config import BenchConfig
+    from mdkstep.bench.learned import exact_method_names
+    from mdkstep.config import load_config
+    from mdkstep.shipped import shipped_path
+
+    cfg = load_config(BenchConfig, ROOT / "configs" / name)
+    cfg.validate()
+    assert cfg.mm_hybrid_overrides_by_k[4]["friction_per_ps"] == 50.0
+    names = exact_method_names(cfg.qm_mvv_dts_fs, cfg.qm_exact_ks, cfg.qm_ref_dt_fs)
+    assert names == {"mvv_1fs": 4, "mvv_2fs": 8, "exact_k16": 16}
+    if name == "bench.yaml":
+        for mode, ks in (("mm", cfg.mm_ks), ("qm", cfg.qm_ks), ("qm_exact", cfg.qm_exact_ks)):
+            for k in ks:
+                assert shipped_path(ROOT / cfg.models_dir, mode, k).is_file(), (mode, k)

@@ -172,7 +172,7 @@ class ExactMethod:
                 "nan_frames": rec["nan_frames"]}
 
 
-def learned_methods(mode, cfg, mol: str, ref: Method, settings: dict[str, Any], checkpoints: dict[int, Path],
+def learned_methods(mode, mol: str, ref: Method, settings: dict[str, Any], checkpoints: dict[int, Path],
                     exact_checkpoints: dict[str, tuple[int, Path | None]], bonds: np.ndarray) -> list:
     """Every learned method of one molecule: a hybrid per jump-model checkpoint (by k; the
     hybrid config with ``hybrid_overrides`` and that k's ``hybrid_overrides_by_k``), then

@@ -132,7 +132,7 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
         if not m.reference:
             LOG.info("%s %s: plain %s (%g ps)", mode.name, mol, m.name, s["time_ps"])
             trajs[m.name] = mode.run_plain(mol, m, cfg.seed + 10 + i, folder / f"{m.name}.npz", s["time_ps"])
-    learned = learned_methods(mode, cfg, mol, ref, s, checkpoints, exact_checkpoints, bonds)
+    learned = learned_methods(mode, mol, ref, s, checkpoints, exact_checkpoints, bonds)
     stats: dict[str, dict[str, Any]] = {}
     for i, lm in enumerate(learned):
         m = lm.method
