@@ -85,10 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     prepare_outputs(args)
     model, device = load_model(args, args.checkpoint)
     engine = make_engine("openmm", mol, md_cfg)
-    if is_exact_checkpoint(ck):  # before any equilibration: exact mode needs an unconstrained system
-        from mdkstep.exact_run import check_unconstrained
-
-        check_unconstrained(engine)
     if is_resuming(args):  # the state comes from the hybrid checkpoint
         x0 = v0 = np.zeros((args.replicas, len(engine.masses), 3))
         start = "resumed (start state: see the trajectory metadata)"

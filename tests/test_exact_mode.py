@@ -1,6 +1,6 @@
 """Exact mode end to end (issue 12): the shear model kind in configs and checkpoints, 04's
 dispatch, the exact sampler through the chunked run loop (files, resume, stats), the
-constraint refusal, 06b with a shear checkpoint, and the autocorrelation-time estimator.
+constraint mismatch refusal, 06b with a shear checkpoint, and the autocorrelation-time estimator.
 Contracts only, on analytic engines (and GFN2-xTB water for the 06b CLI); no timings."""
 from __future__ import annotations
 
@@ -160,13 +160,13 @@ class ConstrainedMorse(MorseCluster):
         return 3
 
 
-def test_constraints_are_refused_in_one_line(tmp_path):
+def test_a_jumper_without_the_engines_constraints_is_refused_in_one_line(tmp_path):
     jumper = ShearJumper(random_shear(), MorseCluster.Z, MorseCluster.MASSES, MorseCluster.BONDS, TAU_FS / 1000)
     x0, v0 = morse_states(1, np.random.default_rng(1))
     with pytest.raises(MdkstepError) as e:
         run_exact_chunked(ConstrainedMorse(), jumper, hcfg(), x0, v0, 10, tmp_path / "c.npz", np.random.default_rng(0))
     msg = str(e.value)
-    assert "\n" not in msg and "unconstrained systems only" in msg and "3 constraints" in msg
+    assert "\n" not in msg and "3 constraints" in msg and "projects onto 0" in msg
     assert not list(tmp_path.iterdir()) or not (tmp_path / "c.npz").exists()
 
 

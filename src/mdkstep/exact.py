@@ -14,8 +14,13 @@ Boltzmann distribution exp(-H/kT) exactly: the model's quality sets the acceptan
 Langevin integrator with a learned stride: not exact); with ``friction_per_ps: 0`` as well,
 the chain is NVE with Phi.
 
-Engine-agnostic (any :class:`~mdkstep.engines.base.ForceEngine`; unconstrained systems
-only). States are batches of R replicas, arrays (R, N, 3). Units: nm, ps, kJ/mol, amu, K.
+Engine-agnostic (any :class:`~mdkstep.engines.base.ForceEngine`). With distance constraints
+(``ShearJumper(..., constraints=...)``, MM's HBonds) the map is RATTLE-projected
+(mdkstep.constraints), the O-steps are projected onto the tangent space, and every proposal
+is checked for reversibility (Phi(R Phi(x, v)) = R(x, v) to ``REVERSIBILITY_TOL``) and
+rejected where the Newton solve failed or found another root -- the check that keeps
+constrained HMC exact (Lelievre, Rousset & Stoltz 2019); it costs model forwards, no force
+call. States are batches of R replicas, arrays (R, N, 3). Units: nm, ps, kJ/mol, amu, K.
 """
 from __future__ import annotations
 
@@ -24,11 +29,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .constraints import ConstraintFailure, DistanceConstraints
 from .dynamics import kinetic_energy, ou_step
 from .engines.base import ForceEngine
 from .model.graph import GraphBatch
-from .model.shear import ShearKicks, graph_template, outer_kick, stride
+from .model.shear import ShearKicks, graph_template, inner_path, outer_kick, stride
 from .utils import KB_KJ_PER_MOL_K
+
+#: a constrained proposal whose reverse misses the start by more than this (nm, nm/ps) is rejected
+REVERSIBILITY_TOL = 1e-8
 
 
 # ----------------------------------------------------------------------- the jumper
@@ -47,11 +56,14 @@ class ShearJumper:
         kicks: the learned corrections (an untrained one is velocity Verlet at step tau).
         z (N,) atomic numbers, masses (N,) amu, bonds (B,2) atom indices (graph hops only).
         tau_ps: stride tau = k dt, ps.
+        constraints: distance constraints (RATTLE-projected map), or None.
     """
 
-    def __init__(self, kicks: ShearKicks, z: np.ndarray, masses: np.ndarray, bonds: np.ndarray, tau_ps: float):
+    def __init__(self, kicks: ShearKicks, z: np.ndarray, masses: np.ndarray, bonds: np.ndarray, tau_ps: float,
+                 constraints: DistanceConstraints | None = None):
         if not tau_ps > 0:
             raise ValueError(f"tau_ps must be > 0, got {tau_ps}")
+        self.cons = constraints if constraints is not None and len(constraints) else None
         self.kicks = kicks.eval()
         self.z = np.asarray(z, dtype=np.int64)
         self.masses = np.asarray(masses, dtype=float)
@@ -75,18 +87,45 @@ class ShearJumper:
     def _np(self, t: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
         return t.detach().to("cpu", torch.float64).numpy().reshape(shape)
 
+    @classmethod
+    def for_engine(cls, kicks: ShearKicks, engine: ForceEngine, bonds: np.ndarray, tau_ps: float) -> "ShearJumper":
+        """The jumper of ``engine``'s molecule with the engine's distance constraints (if any)."""
+        return cls(kicks, engine.atomic_numbers, engine.masses, bonds, tau_ps,
+                   constraints=DistanceConstraints.from_engine(engine))
+
+    @property
+    def n_constraints(self) -> int:
+        return len(self.cons) if self.cons is not None else 0
+
     @torch.no_grad()
     def outer_kick(self, x: np.ndarray, f: np.ndarray) -> np.ndarray:
-        """a(x) = (tau/2) F/m + delta_a(x, F) (R,N,3) nm/ps at x (R,N,3) nm with forces f."""
-        a = outer_kick(self.kicks, self.template(len(x)), self._t(x), self._t(f), self.tau_ps)
+        """a(x) = (tau/2) F/m + delta_a(x, F) (R,N,3) nm/ps at x (R,N,3) nm with forces f
+        (projected onto the tangent space with constraints)."""
+        a = outer_kick(self.kicks, self.template(len(x)), self._t(x), self._t(f), self.tau_ps, self.cons)
         return self._np(a, x.shape)
+
+    @torch.no_grad()
+    def on_manifold(self, x: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(x, v) (R,N,3) projected onto the constraint manifold and its tangent space (no-op without)."""
+        if self.cons is None:
+            return x, v
+        xt, vt = self.cons.project_state(self._t(x), self._t(v))
+        return self._np(xt, x.shape), self._np(vt, x.shape)
+
+    @torch.no_grad()
+    def tangent(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """v (R,N,3) projected onto the tangent space at x (no-op without constraints)."""
+        if self.cons is None:
+            return v
+        return self._np(self.cons.velocities(self._t(x), self._t(v)), v.shape)
 
     @torch.no_grad()
     def propose(self, engine: ForceEngine, x: np.ndarray, v: np.ndarray,
                 a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Phi(x, v) with the cached first kick a = a(x): one force call per replica.
 
-        Returns (x', v', U(x') (R,), F(x'), a(x')), arrays (R,N,3) nm, nm/ps, kJ/(mol nm), nm/ps."""
+        Returns (x', v', U(x') (R,), F(x'), a(x')), arrays (R,N,3) nm, nm/ps, kJ/(mol nm), nm/ps.
+        Raises :class:`~mdkstep.constraints.ConstraintFailure` when a constrained drift fails."""
         shape = x.shape
         calls: dict[str, np.ndarray] = {}
 
@@ -96,9 +135,46 @@ class ShearJumper:
             return torch.as_tensor(u, dtype=self.dtype), self._t(f)
 
         x1, v1, _, _, a1 = stride(self.kicks, self.template(len(x)), self._t(x), self._t(v), self._t(a),
-                                  self.tau_ps, force_fn)
+                                  self.tau_ps, force_fn, self.cons)
         # U and F are returned exactly as the engine gave them (float64), whatever the model dtype
         return self._np(x1, shape), self._np(v1, shape), calls["u"], calls["f"], self._np(a1, shape)
+
+    @torch.no_grad()
+    def reversible(self, x: np.ndarray, v: np.ndarray, a: np.ndarray, x1: np.ndarray, v1: np.ndarray,
+                   a1: np.ndarray) -> np.ndarray:
+        """(R,) bool: the inner path from (x', -v') with a(x') returns to (x, -v) within
+        REVERSIBILITY_TOL (always True without constraints, where it holds by construction)."""
+        if self.cons is None:
+            return np.ones(len(x), dtype=bool)
+        try:
+            xb, vb = inner_path(self.kicks, self.template(len(x)), self._t(x1), self._t(a1 - v1), self.tau_ps,
+                                self.cons)
+        except ConstraintFailure:
+            return np.zeros(len(x), dtype=bool)
+        xb, vb = self._np(xb, x.shape), self._np(vb, x.shape)
+        ex = np.abs(xb - x).max(axis=(1, 2))
+        ev = np.abs(vb + a + v).max(axis=(1, 2))
+        return (ex < REVERSIBILITY_TOL) & (ev < REVERSIBILITY_TOL * max(1.0, float(np.abs(v).max())))
+
+    def propose_checked(self, engine: ForceEngine, x: np.ndarray, v: np.ndarray, a: np.ndarray):
+        """:meth:`propose` plus the reversibility check: (x', v', U', F', a', valid (R,) bool).
+
+        A replica whose constrained drift fails is invalid (its proposal is (x, v) itself, no
+        force call); the others are proposed one by one then."""
+        try:
+            x1, v1, u1, f1, a1 = self.propose(engine, x, v, a)
+        except ConstraintFailure:
+            outs, valid = [], np.ones(len(x), dtype=bool)
+            for r in range(len(x)):
+                try:
+                    outs.append(self.propose(engine, x[r:r + 1], v[r:r + 1], a[r:r + 1]))
+                except ConstraintFailure:
+                    valid[r] = False
+                    outs.append((x[r:r + 1], v[r:r + 1], np.full(1, np.nan), np.zeros_like(x[r:r + 1]),
+                                 a[r:r + 1]))
+            x1, v1, u1, f1, a1 = (np.concatenate(c) for c in zip(*outs))
+            return x1, v1, u1, f1, a1, valid & self.reversible(x, v, a, x1, v1, a1)
+        return x1, v1, u1, f1, a1, self.reversible(x, v, a, x1, v1, a1)
 
 
 # -------------------------------------------------------------------------- sampler
@@ -139,6 +215,7 @@ def init_chain(jumper: ShearJumper, engine: ForceEngine, x: np.ndarray, v: np.nd
     """Chain state at x (R,N,3) nm, v (R,N,3) nm/ps (or (N,3) for one replica): R force calls."""
     x = np.array(x, dtype=float).reshape(-1, jumper.z.shape[0], 3)
     v = np.array(v, dtype=float).reshape(x.shape)
+    x, v = jumper.on_manifold(x, v)
     u, f = engine_forces(engine, x)
     return ChainState(x, v, u, f, jumper.outer_kick(x, f))
 
@@ -170,17 +247,22 @@ class StepResult:
 
 def exact_step(jumper: ShearJumper, engine: ForceEngine, state: ChainState, cfg: ExactConfig,
                rng: np.random.Generator) -> StepResult:
-    """O(tau/2), the proposal Phi (one force call per replica), the test, O(tau/2)."""
+    """O(tau/2), the proposal Phi (one force call per replica), the test, O(tau/2).
+
+    With constraints the O-steps are projected onto the tangent space and an irreversible
+    proposal (:meth:`ShearJumper.propose_checked`) gets dH = +inf: rejected by the test."""
     m, kT, half = jumper.masses, cfg.kT, 0.5 * jumper.tau_ps
-    v = o_step(state.v, m, half, cfg.friction_per_ps, kT, rng)
-    x1, v1, u1, f1, a1 = jumper.propose(engine, state.x, v, state.a)
+    v = jumper.tangent(state.x, o_step(state.v, m, half, cfg.friction_per_ps, kT, rng))
+    x1, v1, u1, f1, a1, valid = jumper.propose_checked(engine, state.x, v, state.a)
     dH = (u1 + kinetic_energy(v1, m)) - (state.u + kinetic_energy(v, m))
-    acc = metropolis_accept(dH, kT, rng) if cfg.metropolis else np.ones(len(dH), dtype=bool)
+    if cfg.metropolis:
+        dH = np.where(valid, dH, np.inf)
+    acc = metropolis_accept(dH, kT, rng) if cfg.metropolis else valid
     sel = acc[:, None, None]
     # rejection: stay at x with -v (the momentum flip that makes generalized HMC exact)
     new = ChainState(x=np.where(sel, x1, state.x), v=np.where(sel, v1, -v), u=np.where(acc, u1, state.u),
                      f=np.where(sel, f1, state.f), a=np.where(sel, a1, state.a))
-    new.v = o_step(new.v, m, half, cfg.friction_per_ps, kT, rng)
+    new.v = jumper.tangent(new.x, o_step(new.v, m, half, cfg.friction_per_ps, kT, rng))
     return StepResult(new, acc, dH)
 
 

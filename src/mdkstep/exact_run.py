@@ -13,8 +13,8 @@ effective samples per force call (:mod:`mdkstep.metrics`).
 Settings come from the hybrid config (:class:`~mdkstep.hybrid.config.HybridConfig`):
 temperature_K, friction_per_ps (Langevin O-steps), metropolis, ensemble (nve: no O-steps and
 no test, Phi alone), save_interval_cycles (strides per frame), chunk_frames; the jump
-model's keys (corrector, guards, energy filter, ...) do not apply. Unconstrained systems
-only (no RATTLE projections yet). Units: nm, nm/ps, kJ/mol, ps, K.
+model's keys (corrector, guards, energy filter, ...) do not apply. Constrained systems (MM,
+HBonds) run the RATTLE-projected map (mdkstep.constraints). Units: nm, nm/ps, kJ/mol, ps, K.
 """
 from __future__ import annotations
 
@@ -36,12 +36,11 @@ from .utils import KB_KJ_PER_MOL_K, MdkstepError
 CHAIN_KEYS = ("x", "v", "u", "f", "a")
 
 
-def check_unconstrained(engine: ForceEngine) -> None:
-    """Exact mode needs an unconstrained system: a one-line error otherwise."""
-    if engine.n_constraints:
-        raise MdkstepError(f"exact mode (a kind: shear checkpoint) supports unconstrained systems only, but "
-                           f"{engine.name} has {engine.n_constraints} constraints (set constraints: none in the MD "
-                           "config; RATTLE-projected shears are not implemented yet)")
+def check_constraints(engine: ForceEngine, jumper: ShearJumper) -> None:
+    """The jumper must project onto the engine's constraints: a one-line error otherwise."""
+    if jumper.n_constraints != engine.n_constraints:
+        raise MdkstepError(f"exact mode: {engine.name} has {engine.n_constraints} constraints but the shear jumper "
+                           f"projects onto {jumper.n_constraints} (build it with ShearJumper.for_engine)")
 
 
 def exact_config(hcfg) -> ExactConfig:
@@ -72,7 +71,8 @@ class ExactStepper:
         self.dH: list[np.ndarray] = []
         self.accepted: list[np.ndarray] = []
         self.calls_before, self.wall_before = 0, 0.0
-        self.dof = n_dof(len(jumper.masses), 0, com_removed=False)  # per-atom O-steps thermalize the COM too
+        # per-atom O-steps thermalize the COM too
+        self.dof = n_dof(len(jumper.masses), jumper.n_constraints, com_removed=False)
         self._mark()
 
     def _mark(self) -> None:
@@ -155,7 +155,7 @@ def run_exact_chunked(engine: ForceEngine, jumper: ShearJumper, hcfg, x0: np.nda
     Returns the statistics (see :func:`exact_stats`)."""
     from .hybrid.run import checkpoint_path, replica_paths
 
-    check_unconstrained(engine)
+    check_constraints(engine, jumper)
     hcfg.validate()
     cfg = exact_config(hcfg)
     cfg.validate()
@@ -175,8 +175,9 @@ def run_exact_chunked(engine: ForceEngine, jumper: ShearJumper, hcfg, x0: np.nda
     meta_base = make_metadata(**{**dict(
         dt_fs=hcfg.dt_fs, save_interval=every * hcfg.k, engine=engine.describe().get("engine", engine.name),
         method="exact_shear" + ("_metropolis" if cfg.metropolis else ""), temperature_K=cfg.temperature_K,
-        friction=cfg.friction_per_ps, seed=None, molecule="unknown", smiles=None, constraints="none",
-        ensemble=hcfg.ensemble, thermostat="langevin" if cfg.friction_per_ps else "none", n_constraints=0,
+        friction=cfg.friction_per_ps, seed=None, molecule="unknown", smiles=None,
+        constraints="hbonds" if engine.n_constraints else "none", ensemble=hcfg.ensemble,
+        thermostat="langevin" if cfg.friction_per_ps else "none", n_constraints=engine.n_constraints,
         k=hcfg.k, steps_per_cycle=hcfg.k, cycle_ps=jumper.tau_ps, n_replicas=n_rep, metropolis=cfg.metropolis,
         n_inner=jumper.kicks.n_inner, hybrid=asdict(hcfg), engine_info=engine.describe()), **(metadata or {})})
     static = {"atom_types": np.asarray(engine.atomic_numbers), "masses": np.asarray(engine.masses, dtype=float)}
@@ -239,4 +240,4 @@ def exact_stats(stepper: ExactStepper, engine: ForceEngine, hcfg, cfg: ExactConf
     return out
 
 
-__all__ = ["ExactStepper", "run_exact_chunked", "exact_stats", "exact_config", "check_unconstrained"]
+__all__ = ["ExactStepper", "run_exact_chunked", "exact_stats", "exact_config", "check_constraints"]

@@ -43,6 +43,7 @@ class BenchConfig:
     mm_hybrid_config: str = "configs/hybrid.yaml"
     mm_hybrid_overrides: dict[str, Any] = field(default_factory=dict)
     mm_hybrid_overrides_by_k: dict[str, Any] = field(default_factory=dict)  #: k -> extra hybrid overrides, e.g. {4: {friction_per_ps: 50}}
+    mm_mvv_dts_fs: list[float] = field(default_factory=list)  #: Metropolized RATTLE velocity Verlet rows mvv_<dt>fs (exact mode, untrained)
     # ---------------------------------------------------------------- QM (GFN2-xTB via tblite)
     qm_smiles: str | None = "data/bench_qm.smi"  #: null = no QM part
     qm_config: str = "configs/qm.yaml"  #: engine, thermostat and equilibration settings
@@ -82,8 +83,9 @@ class BenchConfig:
         for key in ("mm_ks", "qm_ks"):
             if not getattr(self, key) or min(getattr(self, key)) < 1:
                 raise ValueError(f"key '{key}' must list jump lengths >= 1")
-        if any(k < 1 for k in self.qm_exact_ks) or any(not dt > 0 for dt in self.qm_mvv_dts_fs):
-            raise ValueError("keys 'qm_exact_ks' / 'qm_mvv_dts_fs' must list jump lengths >= 1 / strides > 0 fs")
+        if any(k < 1 for k in self.qm_exact_ks) or any(not dt > 0 for dt in self.qm_mvv_dts_fs + self.mm_mvv_dts_fs):
+            raise ValueError("keys 'qm_exact_ks' / 'qm_mvv_dts_fs' / 'mm_mvv_dts_fs' must list jump lengths >= 1 / "
+                             "strides > 0 fs")
         for key in ("mm_hybrid_overrides_by_k", "qm_hybrid_overrides_by_k"):
             for k, v in getattr(self, key).items():
                 if not str(k).isdigit() or not isinstance(v, dict):

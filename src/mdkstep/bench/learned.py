@@ -8,8 +8,8 @@ the same start, a timer for the interleaved timing, and the record fields that o
 knows (force calls, acceptance, model ms per jump). Exact mode's bath is Langevin at the
 plain methods' friction (``mode.thermostat()``): the sampler is then the reference's
 Langevin dynamics with a Metropolis-corrected long stride, and its VACF is comparable.
-Exact mode runs unconstrained systems only (QM here; MM's HBonds would need RATTLE-projected
-shears). Units: nm, ps, kJ/mol, amu, K; dt in fs.
+Exact mode on a constrained system (MM, HBonds) runs the RATTLE-projected shear map
+(mdkstep.constraints). Units: nm, ps, kJ/mol, amu, K; dt in fs.
 """
 from __future__ import annotations
 
@@ -82,10 +82,8 @@ class ExactMethod:
 
         from ..checkpoint import check_compatible, model_from_checkpoint
         from ..exact import ShearJumper
-        from ..exact_run import check_unconstrained
         from ..model.shear import untrained_shear_kicks
 
-        check_unconstrained(engine)
         if self.checkpoint is None:
             kicks = untrained_shear_kicks()
         else:
@@ -94,8 +92,7 @@ class ExactMethod:
             if abs(float(ck["dt_fs"]) - self.method.dt_fs) > 1e-9:
                 raise MdkstepError(f"{self.checkpoint}: trained at dt_fs={ck['dt_fs']}, the benchmark runs "
                                    f"{self.method.dt_fs}")
-        return ShearJumper(kicks, engine.atomic_numbers, engine.masses, self.bonds,
-                           self.method.k * self.method.dt_fs / 1000.0)
+        return ShearJumper.for_engine(kicks, engine, self.bonds, self.method.k * self.method.dt_fs / 1000.0)
 
     def production(self, x0: np.ndarray, v0: np.ndarray, time_ps: float, out: Path, seed: int,
                    meta: dict[str, Any]) -> dict[str, Any]:

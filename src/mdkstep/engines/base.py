@@ -145,6 +145,10 @@ class ForceEngine(ABC):
         """Atom index pairs (n_constraints, 2) of the distance constraints (empty without)."""
         return np.zeros((0, 2), dtype=int)
 
+    def constraint_lengths(self) -> np.ndarray:
+        """Distances (n_constraints,) nm of the pairs of :meth:`constraint_pairs`."""
+        return np.zeros(0)
+
     def describe(self) -> dict:
         """Metadata describing the engine (for trajectory metadata and reports)."""
         return {"engine": self.name}

@@ -27,6 +27,8 @@ class OpenMMEngine(ForceEngine):
         self._n_constraints = system.getNumConstraints()
         self._pairs = np.array([system.getConstraintParameters(i)[:2] for i in range(self._n_constraints)],
                                dtype=int).reshape(-1, 2)
+        self._lengths = np.array([system.getConstraintParameters(i)[2].value_in_unit(openmm.unit.nanometer)
+                                  for i in range(self._n_constraints)], dtype=float)
 
     @property
     def n_constraints(self) -> int:
@@ -41,6 +43,9 @@ class OpenMMEngine(ForceEngine):
 
     def constraint_pairs(self) -> np.ndarray:
         return self._pairs.copy()
+
+    def constraint_lengths(self) -> np.ndarray:
+        return self._lengths.copy()
 
     def constrain_positions(self, positions_nm: np.ndarray) -> np.ndarray:
         if not self._n_constraints:

@@ -135,12 +135,10 @@ def model_dtype(ck: dict):
 
 def exact_jumper(model, system, engine, hcfg):
     """The :class:`~mdkstep.exact.ShearJumper` of a loaded shear model on ``system`` (stride
-    k*dt of the resolved hybrid config); constrained engines are a one-line error."""
+    k*dt of the resolved hybrid config), RATTLE-projected onto the engine's constraints if any."""
     from ..exact import ShearJumper
-    from ..exact_run import check_unconstrained
 
-    check_unconstrained(engine)
-    return ShearJumper(model, system.atomic_numbers, engine.masses, system.bonds, hcfg.k * hcfg.dt_ps)
+    return ShearJumper.for_engine(model, engine, system.bonds, hcfg.k * hcfg.dt_ps)
 
 
 def run_model(args, engine, model, ck: dict, system, hcfg, x0: np.ndarray, v0: np.ndarray,

@@ -26,8 +26,12 @@ D k_1 D k_2 ... D k_L D ... k_2 D k_1 D, 2L drifts of h = tau/(2L) and 2L-1 inne
 * a(x') is reused as the next stride's first kick: a stride costs 2L model forwards and one
   force call.
 
-Unconstrained systems only (no RATTLE projections yet): MM with HBonds constraints is not
-supported by this map. Units: nm, ps, kJ/mol, amu; forces kJ/(mol nm), kicks nm/ps.
+With distance constraints (MM, HBonds) every drift is RATTLE's (SHAKE along the gradients at
+the drift's start, velocities onto the tangent space at its end) and every kick is projected
+onto the tangent space (mdkstep.constraints): each piece is then measure-preserving and
+reversible on the constraint manifold's phase space, so the composition keeps both
+properties (up to the Newton solve, which exact mode checks). Units: nm, ps, kJ/mol, amu;
+forces kJ/(mol nm), kicks nm/ps.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..constraints import DistanceConstraints
 from . import build_model
 from .common import KStepModel
 from .config import ModelConfig
@@ -137,39 +142,57 @@ def graph_template(z: np.ndarray, masses: np.ndarray, bonds: np.ndarray, n_copie
                             [bonds] * n_copies, max_hops=max_hops, dtype=dtype, device=device)
 
 
-def outer_kick(kicks: ShearKicks, tmpl: GraphBatch, x: torch.Tensor, f: torch.Tensor, tau: float) -> torch.Tensor:
-    """a(x) = (tau/2) F(x)/m + delta_a(x, F(x)) (N,3) nm/ps; tau ps, f kJ/(mol nm)."""
-    return (0.5 * tau) * f / tmpl.masses.unsqueeze(-1) + kicks.delta_outer(tmpl, x, f)
+def outer_kick(kicks: ShearKicks, tmpl: GraphBatch, x: torch.Tensor, f: torch.Tensor, tau: float,
+               cons: DistanceConstraints | None = None) -> torch.Tensor:
+    """a(x) = (tau/2) F(x)/m + delta_a(x, F(x)) (N,3) nm/ps; tau ps, f kJ/(mol nm). With
+    constraints, its projection P(x) a(x) onto the tangent space (the RATTLE kick)."""
+    a = (0.5 * tau) * f / tmpl.masses.unsqueeze(-1) + kicks.delta_outer(tmpl, x, f)
+    return a if cons is None else cons.velocities(x, a)
+
+
+def drift(x: torch.Tensor, v: torch.Tensor, h: float,
+          cons: DistanceConstraints | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x += h v; with constraints the RATTLE drift: SHAKE along the gradients at x, then
+    v = P(x') (x' - x)/h (mdkstep.constraints)."""
+    if cons is None:
+        return x + h * v, v
+    x1 = cons.positions(x, x + h * v)
+    return x1, cons.velocities(x1, (x1 - x) / h)
 
 
 def inner_path(kicks: ShearKicks, tmpl: GraphBatch, x: torch.Tensor, v: torch.Tensor,
-               tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drifts and inner kicks between the two outer kicks: D k_1 D ... k_L ... D k_1 D."""
+               tau: float, cons: DistanceConstraints | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drifts and inner kicks between the two outer kicks: D k_1 D ... k_L ... D k_1 D
+    (constrained: every drift RATTLE's, every kick projected onto the tangent space)."""
     h = tau / (2 * kicks.n_inner)
     for level in kicks.palindrome:
-        x = x + h * v
+        x, v = drift(x, v, h, cons)
         v = v + kicks.delta_inner(level, tmpl, x)
-    return x + h * v, v
+        if cons is not None:
+            v = cons.velocities(x, v)
+    return drift(x, v, h, cons)
 
 
 def stride(kicks: ShearKicks, tmpl: GraphBatch, x: torch.Tensor, v: torch.Tensor, a0: torch.Tensor, tau: float,
-           force_fn: ForceFn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+           force_fn: ForceFn, cons: DistanceConstraints | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One stride from (x nm, v nm/ps) with the cached first kick a0 = a(x) (nm/ps).
 
     Calls ``force_fn`` once, at x'. Returns (x', v', U(x') (G,) kJ/mol, F(x') kJ/(mol nm),
-    a(x') nm/ps: the next stride's first kick)."""
-    x1, v1 = inner_path(kicks, tmpl, x, v + a0, tau)
+    a(x') nm/ps: the next stride's first kick). With constraints, x and v must lie on the
+    manifold and its tangent space (a0 projected: :func:`outer_kick` with ``cons``)."""
+    x1, v1 = inner_path(kicks, tmpl, x, v + a0, tau, cons)
     u1, f1 = force_fn(x1)
-    a1 = outer_kick(kicks, tmpl, x1, f1, tau)
+    a1 = outer_kick(kicks, tmpl, x1, f1, tau, cons)
     return x1, v1 + a1, u1, f1, a1
 
 
 def shear_map(kicks: ShearKicks, tmpl: GraphBatch, x: torch.Tensor, v: torch.Tensor, tau: float,
-              force_fn: ForceFn) -> tuple[torch.Tensor, torch.Tensor]:
+              force_fn: ForceFn, cons: DistanceConstraints | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Phi(x, v) as a function of (x, v) alone (computes F(x) and a(x) itself: two force
     calls); differentiable when ``force_fn`` is, e.g. for Jacobians."""
     _, f0 = force_fn(x)
-    x1, v1, _, _, _ = stride(kicks, tmpl, x, v, outer_kick(kicks, tmpl, x, f0, tau), tau, force_fn)
+    x1, v1, _, _, _ = stride(kicks, tmpl, x, v, outer_kick(kicks, tmpl, x, f0, tau, cons), tau, force_fn, cons)
     return x1, v1
 
 
