@@ -36,6 +36,8 @@ def tiny_config(tmp_path) -> dict:
         "mm_model_config": f"{c}/model.yaml", "mm_model_overrides": tiny_model,
         "mm_train_config": f"{c}/train.yaml", "mm_train_overrides": tiny_train, "mm_hybrid_config": f"{c}/hybrid.yaml",
         "mm_hybrid_overrides_by_k": {4: {"friction_per_ps": 30.0}},
+        "mm_mvv_dts_fs": [4.0], "mm_exact_ks": [2],  # exact mode on the HBonds system (RATTLE-projected)
+        "mm_exact_train_overrides": {"steps": 3, "batch_size": 16, "val_max_windows": 64, "log_every": 1},
         "qm_smiles": str(tmp_path / "qm.smi"), "qm_config": f"{c}/qm.yaml",
         "qm_overrides": {"equilibration_ps": 0.01, "minimize_steps": 3}, "qm_plain_dts_fs": [0.5],
         "qm_time_ps": 0.02, "qm_nve_ps": 0.005, "qm_timing_ps": 0.005, "qm_ks": [4], "qm_train_ps": 0.03,
@@ -67,6 +69,7 @@ def test_bench_end_to_end_every_key(bench_run):
     # MM: reference, HMR 4 fs, Verlet max-stable 3 fs (the loose scan threshold), hybrid k4; QM: 0.25, 0.5, hybrid k4
     got = {(r["mode"], r["method"]) for r in recs}
     assert got == {("mm", "plain_2fs"), ("mm", "plain_4fs_hmr"), ("mm", "plain_3fs_maxstable"), ("mm", "hybrid_k4"),
+                   ("mm", "mvv_4fs"), ("mm", "exact_k2"),
                    ("qm", "plain_0.25fs"), ("qm", "plain_0.5fs"), ("qm", "hybrid_k4"), ("qm", "mvv_0.5fs"),
                    ("qm", "exact_k4")}
     must = ("force_calls_per_ps", "wall_s_per_ps", "wall_s_per_ps_min", "force_call_reduction", "wall_speedup",
@@ -98,7 +101,7 @@ def test_bench_end_to_end_every_key(bench_run):
     assert result["meta"]["modes"]["mm"]["verlet_scan"]["ethanol"]["largest_stable_dt_fs"] == 3.0
     assert result["meta"]["machine"]["cores"] >= 1
     for r in recs:  # break-even: the inline-trained models' cost from this run's training runs and training
-        if r["kind"] == "hybrid" or r["method"] == "exact_k4":
+        if r["kind"] == "hybrid" or r["method"].startswith("exact_"):
             assert r["model_source"] == "trained" and r["model_cost_force_calls"] > 0 and r["model_cost_wall_s"] > 0
         else:
             assert r["model_source"] is None and r["break_even_ps_force_calls"] is None
@@ -109,7 +112,9 @@ def test_bench_end_to_end_every_key(bench_run):
 
     assert load_trajectory(out / "mm" / "runs" / "ethanol" / "hybrid_k4.npz").metadata["friction"] == 30.0  # by k
     md = (out / "bench.md").read_text()
-    assert "exact_k4" in md and "mvv_0.5fs" in md and "Exact-mode shear models" in md
+    assert "exact_k4" in md and "mvv_0.5fs" in md and "mvv_4fs" in md and "Exact-mode shear models" in md
+    mm_exact = load_trajectory(out / "mm" / "runs" / "ethanol" / "exact_k2.npz")
+    assert mm_exact.metadata["constraints"] == "hbonds" and mm_exact.metadata["n_constraints"] == 6
     assert "hybrid_k4" in md and "### Fidelity" in md and "### Break-even" in md and "### Reference check" in md
     assert (out / "pareto.png").stat().st_size > 1000
     readme = (bench_run / "README.md").read_text()

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .constraints import DistanceConstraints
 from .dataset import KStepDataset, WindowBatch
 from .model.graph import GraphBatch
 from .model.shear import ShearKicks, graph_template, inner_path, outer_kick
@@ -36,7 +37,8 @@ from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError
 @dataclass
 class ExactWindows:
     """Windows of one molecule: (B,N,3) arrays nm, nm/ps, kJ/(mol nm); u0, u1 (B,) kJ/mol;
-    z (N,), masses (N,) amu, bonds (M,2)."""
+    z (N,), masses (N,) amu, bonds (M,2); constraints: the rigid bonds of the data (MM's
+    HBonds; :func:`rigid_bonds`) or None."""
 
     z: np.ndarray
     masses: np.ndarray
@@ -49,6 +51,7 @@ class ExactWindows:
     v1: np.ndarray
     f1: np.ndarray
     u1: np.ndarray
+    constraints: DistanceConstraints | None = None
 
     def __len__(self) -> int:
         return int(self.x0.shape[0])
@@ -57,7 +60,27 @@ class ExactWindows:
         """The windows ``idx``."""
         pick = lambda a: a[idx]  # noqa: E731
         return ExactWindows(self.z, self.masses, self.bonds, *(pick(getattr(self, k)) for k in
-                                                                ("x0", "v0", "f0", "u0", "x1", "v1", "f1", "u1")))
+                                                                ("x0", "v0", "f0", "u0", "x1", "v1", "f1", "u1")),
+                            constraints=self.constraints)
+
+
+#: a bond whose length varies less than this (relative std over the windows) was constrained
+RIGID_REL_STD = 1e-6
+
+
+def rigid_bonds(z: np.ndarray, masses: np.ndarray, bonds: np.ndarray, x: np.ndarray) -> DistanceConstraints | None:
+    """The distance constraints the data were generated with, read off the data: the bonds
+    whose length over the frames x (B,N,3) nm is constant to RIGID_REL_STD (OpenMM holds its
+    constraints to ~1e-8); their mean lengths. None when no bond is rigid (QM data). The
+    datasets do not store the engine's constraint list, and this cannot disagree with it."""
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    if len(x) < 2 or not len(bonds):
+        return None
+    r = np.linalg.norm(x[:, bonds[:, 0]] - x[:, bonds[:, 1]], axis=-1)
+    rigid = r.std(axis=0) < RIGID_REL_STD * r.mean(axis=0)
+    if not rigid.any():
+        return None
+    return DistanceConstraints(bonds[rigid], r[:, rigid].mean(axis=0), masses)
 
 
 def windows_from_batch(wb: WindowBatch, u0: np.ndarray, u1: np.ndarray) -> ExactWindows:
@@ -67,7 +90,8 @@ def windows_from_batch(wb: WindowBatch, u0: np.ndarray, u1: np.ndarray) -> Exact
         raise ValueError(f"{wb.molecule}: exact-mode training needs forces at both ends of every window")
     bonds = np.asarray(wb.topology["bonds"], dtype=np.int64).reshape(-1, 2)
     return ExactWindows(wb.z, wb.masses, bonds, wb.x0, wb.v0, np.asarray(wb.f0), np.asarray(u0, float),
-                        wb.x1, wb.v1, np.asarray(wb.f1), np.asarray(u1, float))
+                        wb.x1, wb.v1, np.asarray(wb.f1), np.asarray(u1, float),
+                        constraints=rigid_bonds(wb.z, wb.masses, bonds, np.concatenate([wb.x0, wb.x1])))
 
 
 def dataset_windows(ds: KStepDataset, idx: np.ndarray) -> list[ExactWindows]:
@@ -146,12 +170,13 @@ def per_graph_sum(x: torch.Tensor, n_graphs: int) -> torch.Tensor:
     return x.view(n_graphs, -1).sum(-1)
 
 
-def teacher_forced_stride(kicks: ShearKicks, tmpl: GraphBatch, b: WindowTensors,
-                          tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x', v') of the stride from (x_t, v_t, F_t) with F(x') := F_{t+k}; tau ps."""
-    a0 = outer_kick(kicks, tmpl, b.x0, b.f0, tau)
-    x1, v_mid = inner_path(kicks, tmpl, b.x0, b.v0 + a0, tau)
-    return x1, v_mid + outer_kick(kicks, tmpl, x1, b.f1, tau)
+def teacher_forced_stride(kicks: ShearKicks, tmpl: GraphBatch, b: WindowTensors, tau: float,
+                          cons: DistanceConstraints | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x', v') of the stride from (x_t, v_t, F_t) with F(x') := F_{t+k}; tau ps. With
+    constraints the RATTLE-projected stride (the data's x_t, v_t lie on the manifold)."""
+    a0 = outer_kick(kicks, tmpl, b.x0, b.f0, tau, cons)
+    x1, v_mid = inner_path(kicks, tmpl, b.x0, b.v0 + a0, tau, cons)
+    return x1, v_mid + outer_kick(kicks, tmpl, x1, b.f1, tau, cons)
 
 
 def energy_error(tmpl: GraphBatch, b: WindowTensors, x1: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
@@ -164,9 +189,9 @@ def energy_error(tmpl: GraphBatch, b: WindowTensors, x1: torch.Tensor, v1: torch
 
 
 def exact_loss(kicks: ShearKicks, tmpl: GraphBatch, b: WindowTensors, tau: float, cfg: ExactTrainConfig,
-               scales: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+               scales: dict[str, float], cons: DistanceConstraints | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts (floats; "abs_dH" in kJ/mol). ``scales``: x_scale nm, v_scale nm/ps."""
-    x1, v1 = teacher_forced_stride(kicks, tmpl, b, tau)
+    x1, v1 = teacher_forced_stride(kicks, tmpl, b, tau, cons)
     kT = KB_KJ_PER_MOL_K * cfg.temperature_K
     dH = energy_error(tmpl, b, x1, v1)
     parts = {
@@ -219,7 +244,8 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
         key = (mi, len(idx))
         if key not in templates:
             templates[key] = graph_template(w.z, w.masses, w.bonds, len(idx), kicks.config.max_hops, dtype, device)
-        loss, info = exact_loss(kicks, templates[key], to_tensors(w.subset(idx), dtype, device), tau_ps, cfg, scales)
+        loss, info = exact_loss(kicks, templates[key], to_tensors(w.subset(idx), dtype, device), tau_ps, cfg, scales,
+                                w.constraints)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"train_exact: non-finite loss at step {step}")
@@ -243,7 +269,7 @@ def teacher_forced_abs_dH(kicks: ShearKicks, w: ExactWindows, tau_ps: float) -> 
     ref = next(kicks.parameters())
     tmpl = graph_template(w.z, w.masses, w.bonds, len(w), kicks.config.max_hops, ref.dtype, ref.device)
     b = to_tensors(w, ref.dtype, ref.device)
-    x1, v1 = teacher_forced_stride(kicks, tmpl, b, tau_ps)
+    x1, v1 = teacher_forced_stride(kicks, tmpl, b, tau_ps, w.constraints)
     return energy_error(tmpl, b, x1, v1).abs().cpu().double().numpy()
 
 

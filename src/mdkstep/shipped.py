@@ -63,7 +63,11 @@ class ModelsConfig:
     qm_model_overrides_by_k: dict[str, Any] = field(default_factory=dict)
     qm_train_config: str = "configs/train_qm.yaml"
     qm_train_overrides: dict[str, Any] = field(default_factory=dict)
-    # exact mode (issue 12): shear models qm_exact_k<K>.pt on the same QM training runs
+    # exact mode (issue 12): shear models <mode>_exact_k<K>.pt on the same training runs (MM: RATTLE-projected)
+    mm_exact_ks: list[int] = field(default_factory=list)  #: strides (in mm_dt_fs steps) of the MM exact-mode models
+    mm_exact_model_config: str = "configs/model_shear.yaml"
+    mm_exact_train_config: str = "configs/train_exact.yaml"
+    mm_exact_train_overrides: dict[str, Any] = field(default_factory=dict)
     qm_exact_ks: list[int] = field(default_factory=list)  #: strides (in qm_dt_fs steps) of the exact-mode models
     qm_exact_model_config: str = "configs/model_shear.yaml"
     qm_exact_train_config: str = "configs/train_exact.yaml"
@@ -82,8 +86,8 @@ class ModelsConfig:
             ks = getattr(self, f"{p}_ks")
             if not ks or min(ks) < 1:
                 raise ValueError(f"key '{p}_ks' must list jump lengths >= 1")
-            if min(self.qm_exact_ks, default=1) < 1:
-                raise ValueError("key 'qm_exact_ks' must list jump lengths >= 1")
+            if min(getattr(self, f"{p}_exact_ks"), default=1) < 1:
+                raise ValueError(f"key '{p}_exact_ks' must list jump lengths >= 1")
             if p in self.modes and not getattr(self, f"{p}_molecules"):
                 raise ValueError(f"key '{p}_molecules' must list at least one .smi entry")
             for k, v in getattr(self, f"{p}_model_overrides_by_k").items():
@@ -92,15 +96,15 @@ class ModelsConfig:
 
 
 def model_name(mode: str, k: int) -> str:
-    """File stem of a shipped model: ``mm_k8``, ``qm_k16``; exact mode's ``qm_exact_k16``
-    (``mode`` = "qm_exact")."""
+    """File stem of a shipped model: ``mm_k8``, ``qm_k16``; exact mode's ``qm_exact_k16``,
+    ``mm_exact_k4`` (``mode`` = "qm_exact", "mm_exact")."""
     return f"{mode}_k{int(k)}"
 
 
 def model_names(cfg: ModelsConfig) -> list[str]:
     """Every model a config makes, direct-jump and exact mode."""
     names = [model_name(p, k) for p in cfg.modes for k in getattr(cfg, f"{p}_ks")]
-    return names + ([model_name("qm_exact", k) for k in cfg.qm_exact_ks] if "qm" in cfg.modes else [])
+    return names + [model_name(f"{p}_exact", k) for p in cfg.modes for k in getattr(cfg, f"{p}_exact_ks")]
 
 
 def shipped_path(models_dir: str | Path, mode: str, k: int) -> Path:
@@ -374,7 +378,7 @@ def make_models(cfg: ModelsConfig, only: list[str] | None = None) -> list[Path]:
     shipped = []
     for p in cfg.modes:
         ks = [k for k in getattr(cfg, f"{p}_ks") if not only or model_name(p, k) in only]
-        exact_ks = [k for k in (cfg.qm_exact_ks if p == "qm" else []) if not only or model_name("qm_exact", k) in only]
+        exact_ks = [k for k in getattr(cfg, f"{p}_exact_ks") if not only or model_name(f"{p}_exact", k) in only]
         if not ks and not exact_ks:
             continue
         m = make_mode(cfg, p)
@@ -385,15 +389,18 @@ def make_models(cfg: ModelsConfig, only: list[str] | None = None) -> list[Path]:
             shipped.append(ship(p, k, best, final, data, Path(cfg.out_dir)))
         for k in exact_ks:
             best, final = train_exact_one(m, cfg, k, runs)
-            shipped.append(ship(p, k, best, final, data, Path(cfg.out_dir), name=model_name("qm_exact", k)))
+            shipped.append(ship(p, k, best, final, data, Path(cfg.out_dir), name=model_name(f"{p}_exact", k)))
     return shipped
 
 
 def train_exact_one(m, cfg: ModelsConfig, k: int, runs: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
-    """The bench's ensure_exact_model for stride k on every QM training run; (best.pt, final metrics)."""
+    """The bench's ensure_exact_model for stride k on every training run of mode ``m``; (best.pt,
+    final metrics). MM's HBonds constraints are read off the data (mdkstep.exact_training.rigid_bonds)."""
     from .bench.core import ensure_exact_model
 
     out = m.root / "models" / f"exact_k{k}"
-    best, _ = ensure_exact_model(m.name, k, list(runs.values()), out, cfg.qm_exact_model_config,
-                                 cfg.qm_exact_train_config, cfg.qm_exact_train_overrides, None)
+    p = m.name
+    best, _ = ensure_exact_model(p, k, list(runs.values()), out, getattr(cfg, f"{p}_exact_model_config"),
+                                 getattr(cfg, f"{p}_exact_train_config"), getattr(cfg, f"{p}_exact_train_overrides"),
+                                 None)
     return best, json.loads((out / "final_metrics.json").read_text())

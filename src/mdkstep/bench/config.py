@@ -43,7 +43,13 @@ class BenchConfig:
     mm_hybrid_config: str = "configs/hybrid.yaml"
     mm_hybrid_overrides: dict[str, Any] = field(default_factory=dict)
     mm_hybrid_overrides_by_k: dict[str, Any] = field(default_factory=dict)  #: k -> extra hybrid overrides, e.g. {4: {friction_per_ps: 50}}
-    mm_mvv_dts_fs: list[float] = field(default_factory=list)  #: Metropolized RATTLE velocity Verlet rows mvv_<dt>fs (exact mode, untrained)
+    # exact mode on the HBonds system: the RATTLE-projected shear map (mdkstep.constraints)
+    mm_exact_ks: list[int] = field(default_factory=list)  #: exact-mode rows exact_k<K> (models/mm_exact_k<K>.pt, else trained here)
+    mm_mvv_dts_fs: list[float] = field(default_factory=list)  #: Metropolized RATTLE velocity Verlet rows mvv_<dt>fs (untrained)
+    mm_exact_checkpoints: dict[str, str] = field(default_factory=dict)  #: k -> shear checkpoint (before any shipped model)
+    mm_exact_model_config: str = "configs/model_shear.yaml"
+    mm_exact_train_config: str = "configs/train_exact.yaml"
+    mm_exact_train_overrides: dict[str, Any] = field(default_factory=dict)
     # ---------------------------------------------------------------- QM (GFN2-xTB via tblite)
     qm_smiles: str | None = "data/bench_qm.smi"  #: null = no QM part
     qm_config: str = "configs/qm.yaml"  #: engine, thermostat and equilibration settings
@@ -83,14 +89,14 @@ class BenchConfig:
         for key in ("mm_ks", "qm_ks"):
             if not getattr(self, key) or min(getattr(self, key)) < 1:
                 raise ValueError(f"key '{key}' must list jump lengths >= 1")
-        if any(k < 1 for k in self.qm_exact_ks) or any(not dt > 0 for dt in self.qm_mvv_dts_fs + self.mm_mvv_dts_fs):
-            raise ValueError("keys 'qm_exact_ks' / 'qm_mvv_dts_fs' / 'mm_mvv_dts_fs' must list jump lengths >= 1 / "
-                             "strides > 0 fs")
+        for p in ("mm", "qm"):
+            if any(k < 1 for k in getattr(self, f"{p}_exact_ks")) or any(not dt > 0 for dt in getattr(self, f"{p}_mvv_dts_fs")):
+                raise ValueError(f"keys '{p}_exact_ks' / '{p}_mvv_dts_fs' must list jump lengths >= 1 / strides > 0 fs")
         for key in ("mm_hybrid_overrides_by_k", "qm_hybrid_overrides_by_k"):
             for k, v in getattr(self, key).items():
                 if not str(k).isdigit() or not isinstance(v, dict):
                     raise ValueError(f"key '{key}': {k!r} must map a jump length to hybrid overrides")
-        for key in ("mm_checkpoints", "qm_checkpoints", "qm_exact_checkpoints"):
+        for key in ("mm_checkpoints", "qm_checkpoints", "mm_exact_checkpoints", "qm_exact_checkpoints"):
             for k in getattr(self, key):
                 if not str(k).isdigit():
                     raise ValueError(f"key '{key}': {k!r} is not a jump length (write e.g. 8: path/best.pt)")
