@@ -273,7 +273,9 @@ def test_shipped_bench_configs_resolve_their_models(name):
     assert cfg.mm_hybrid_overrides_by_k[4]["friction_per_ps"] == 50.0
     names = exact_method_names(cfg.qm_mvv_dts_fs, cfg.qm_exact_ks, cfg.qm_ref_dt_fs)
     assert names == {"mvv_1fs": 4, "mvv_2fs": 8, "exact_k16": 16}
+    assert exact_method_names(cfg.mm_mvv_dts_fs, cfg.mm_exact_ks, cfg.mm_ref_dt_fs) == {"mvv_4fs": 2, "exact_k4": 4}
     if name == "bench.yaml":
-        for mode, ks in (("mm", cfg.mm_ks), ("qm", cfg.qm_ks), ("qm_exact", cfg.qm_exact_ks)):
+        for mode, ks in (("mm", cfg.mm_ks), ("qm", cfg.qm_ks), ("qm_exact", cfg.qm_exact_ks),
+                         ("mm_exact", cfg.mm_exact_ks)):
             for k in ks:
                 assert shipped_path(ROOT / cfg.models_dir, mode, k).is_file(), (mode, k)

@@ -127,6 +127,8 @@ class ExactTrainConfig:
     max_windows: int = 0  #: training windows used (a deterministic subsample; 0 = all)
     val_max_windows: int = 2000  #: validation windows for the teacher-forced |dH| report
     dtype: str = "float64"  #: float64 | float32 (the sampler runs the model in the same dtype)
+    lr_schedule: str = "constant"  #: constant | cosine (lr -> 0 over ``steps``)
+    init_checkpoint: str | None = None  #: start from this shear checkpoint's weights (same architecture)
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent configuration."""
@@ -142,6 +144,8 @@ class ExactTrainConfig:
                 raise ValueError(f"key '{key}': {getattr(self, key)} must be a finite number >= 0")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"key 'dtype': {self.dtype!r} is not one of float64|float32")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"key 'lr_schedule': {self.lr_schedule!r} is not one of constant|cosine")
 
 
 @dataclass
@@ -234,6 +238,9 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.Adam([q for q in kicks.parameters() if q.requires_grad], lr=cfg.lr,
                            weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, (lambda s: 0.5 * (1.0 + math.cos(math.pi * s / cfg.steps))) if cfg.lr_schedule == "cosine" else
+        (lambda s: 1.0))
     templates: dict[tuple[int, int], GraphBatch] = {}
     kicks.train()
     history, t0 = [], time.perf_counter()
@@ -254,6 +261,7 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(kicks.parameters(), cfg.grad_clip)
         opt.step()
+        sched.step()
         if step % cfg.log_every == 0 or step == cfg.steps:
             row = {"step": step, "loss": loss_value, **info, "seconds": time.perf_counter() - t0}
             history.append(row)
@@ -327,13 +335,22 @@ def train_shear(dataset_file, splits, model_cfg, cfg: ExactTrainConfig, out, dev
     device = torch.device("cuda" if device_name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     kicks = build_model(model_cfg).to(device=device, dtype=dtype)
+    init_scales = None
+    if cfg.init_checkpoint:
+        from .checkpoint import check_compatible, model_from_checkpoint
+
+        init, ck = model_from_checkpoint(cfg.init_checkpoint, device=device, dtype=dtype)
+        check_compatible(ck, cfg.init_checkpoint, k=train_ds.k, model_config=model_cfg)
+        kicks.load_state_dict(init.state_dict())  # its input/output scale buffers too
+        init_scales = ck.get("scales")
+        LOG.info("shear kicks start from %s (step %s)", cfg.init_checkpoint, ck.get("step"))
     train_w = dataset_windows(train_ds, _subsample(len(train_ds), cfg.max_windows, cfg.seed))
     evals = {"val": KStepDataset(Path(dataset_file), splits[1])}
     if test_split is not None:
         evals["test"] = KStepDataset(Path(dataset_file), test_split)
     eval_w = {k: dataset_windows(d, _subsample(len(d), cfg.val_max_windows, cfg.seed + 1))
               for k, d in evals.items() if len(d)}
-    scales = fit_scales(kicks, train_w, tau_ps)
+    scales = init_scales or fit_scales(kicks, train_w, tau_ps)
 
     def report() -> dict:
         return {k: abs_dH_summary(np.concatenate([teacher_forced_abs_dH(kicks, w, tau_ps) for w in ws]))
