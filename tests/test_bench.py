@@ -131,6 +131,30 @@ def test_bench_rerun_reuses_runs_and_models(bench_run):
     assert ck == k4 / "best.pt" and ck.stat().st_mtime == mtime and "test" in metrics
 
 
+def test_cached_learned_runs_are_reused_only_with_the_same_model(bench_run, tmp_path):
+    """A finished hybrid / exact run is reused when its model file and settings are the ones it
+    was made with; after a new model is shipped it is removed and run again, never reused."""
+    from mdkstep.bench.core import cached_stats, run_fingerprint
+    from mdkstep.hybrid.config import HybridConfig
+
+    out = bench_run / "bench" / "mm" / "runs" / "ethanol" / "hybrid_k4.npz"
+    stats = json.loads(out.with_suffix(".stats.json").read_text())
+    assert cached_stats(out, stats["bench_fingerprint"])["force_calls"] == stats["force_calls"]
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"model a")
+    b.write_bytes(b"model b")
+    cfg = HybridConfig(k=4, dt_fs=2.0, temperature_K=300.0)
+    fa = run_fingerprint(a, cfg, 1.0, 7)
+    assert fa == run_fingerprint(a, cfg, 1.0, 7) and fa != run_fingerprint(b, cfg, 1.0, 7)
+    assert fa != run_fingerprint(a, cfg, 1.0, 8) and run_fingerprint(None, cfg, 1.0, 7)["checkpoint_sha256"] is None
+    run = tmp_path / "run.npz"
+    run.write_bytes(b"x")
+    run.with_suffix(".stats.json").write_text(json.dumps({"bench_fingerprint": fa}))
+    assert cached_stats(run, fa) == {"bench_fingerprint": fa}
+    assert cached_stats(run, run_fingerprint(b, cfg, 1.0, 7)) is None
+    assert not run.exists() and not run.with_suffix(".stats.json").exists()
+
+
 def test_common_interval():
     from mdkstep.bench.core import common_interval_ps
 

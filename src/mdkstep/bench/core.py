@@ -238,18 +238,50 @@ def load_jumper(checkpoint: Path, engine, bonds: np.ndarray, k: int, dt_fs: floa
     return ModelJumper(model, engine.atomic_numbers, engine.masses, bonds, device=device)
 
 
-def run_hybrid_production(engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, time_ps: float, out: Path,
-                          seed: int, meta: dict[str, Any]) -> dict[str, Any]:
-    """NVT hybrid trajectory of ``time_ps`` (resumable; skipped when finished). Returns its stats."""
-    from ..hybrid import run_hybrid
+def run_fingerprint(checkpoint: Path | None, hcfg, time_ps: float, seed: int) -> dict[str, Any]:
+    """What defines a cached learned-method run: the model file's SHA-256 (None: untrained),
+    the resolved hybrid config, the simulated time and the seed."""
+    from dataclasses import asdict
+
+    from ..runner import file_sha256
+
+    return json.loads(json.dumps({"checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
+                                  "hybrid_config": asdict(hcfg), "time_ps": float(time_ps), "seed": int(seed)},
+                                 default=str))
+
+
+def cached_stats(out: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The stats of a finished cached run made with ``fingerprint``, else None; a finished run
+    made with another model or settings (or before fingerprints) is removed and logged, so it
+    is run again instead of being reused silently."""
+    from ..hybrid.run import checkpoint_path
 
     stats_path = out.with_suffix(".stats.json")
-    if out.is_file() and stats_path.is_file():
-        return json.loads(stats_path.read_text())
+    if not (out.is_file() and stats_path.is_file()):
+        return None
+    stats = json.loads(stats_path.read_text())
+    if stats.get("bench_fingerprint") == fingerprint:
+        return stats
+    LOG.info("%s: cached run was made with another model or settings; running it again", out)
+    for p in (out, stats_path, checkpoint_path(out)):
+        p.unlink(missing_ok=True)
+    return None
+
+
+def run_hybrid_production(engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, time_ps: float, out: Path,
+                          seed: int, meta: dict[str, Any], fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """NVT hybrid trajectory of ``time_ps`` (resumable; skipped when finished with the same
+    ``fingerprint``, :func:`run_fingerprint`). Returns its stats."""
+    from ..hybrid import run_hybrid
+
+    stats = cached_stats(out, fingerprint)
+    if stats is not None:
+        return stats
     n_cycles = max(1, int(round(time_ps / hcfg.cycle_ps)))
     stats = run_hybrid(engine, jumper, hcfg, x0, v0, n_cycles, out, np.random.default_rng(seed), resume=True,
                        metadata=meta, progress=True)
-    atomic_write_json(stats_path, stats)
+    stats["bench_fingerprint"] = fingerprint
+    atomic_write_json(out.with_suffix(".stats.json"), stats)
     return stats
 
 

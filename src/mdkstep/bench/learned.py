@@ -13,7 +13,6 @@ Exact mode on a constrained system (MM, HBonds) runs the RATTLE-projected shear 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +20,8 @@ import numpy as np
 
 from ..plain import Segment
 from ..utils import LOG, MdkstepError, atomic_write_json
-from .core import Method, hybrid_config, hybrid_nve, hybrid_timer, load_jumper, run_hybrid_production
+from .core import (Method, cached_stats, hybrid_config, hybrid_nve, hybrid_timer, load_jumper, run_fingerprint,
+                   run_hybrid_production)
 
 
 class HybridMethod:
@@ -43,7 +43,8 @@ class HybridMethod:
     def production(self, x0: np.ndarray, v0: np.ndarray, time_ps: float, out: Path, seed: int,
                    meta: dict[str, Any]) -> dict[str, Any]:
         engine = self.mode.engine(self.mol)
-        return run_hybrid_production(engine, self._jumper(engine), self.hcfg, x0, v0, time_ps, out, seed, meta)
+        return run_hybrid_production(engine, self._jumper(engine), self.hcfg, x0, v0, time_ps, out, seed, meta,
+                                     run_fingerprint(self.checkpoint, self.hcfg, time_ps, seed))
 
     def nve(self, x0: np.ndarray, v0: np.ndarray, time_ps: float) -> Segment:
         engine = self.mode.engine(self.mol)
@@ -98,15 +99,17 @@ class ExactMethod:
                    meta: dict[str, Any]) -> dict[str, Any]:
         from ..exact_run import run_exact_chunked
 
-        stats_path = out.with_suffix(".stats.json")
-        if out.is_file() and stats_path.is_file():
-            return json.loads(stats_path.read_text())
+        fp = run_fingerprint(self.checkpoint, self.hcfg, time_ps, seed)
+        stats = cached_stats(out, fp)
+        if stats is not None:
+            return stats
         engine = self.mode.engine(self.mol)
         jumper = self._jumper(engine)
         n_strides = max(self.hcfg.save_interval_cycles, int(round(time_ps / jumper.tau_ps)))
         stats = run_exact_chunked(engine, jumper, self.hcfg, x0, v0, n_strides, out, np.random.default_rng(seed),
                                   resume=True, metadata=meta, progress=True)
-        atomic_write_json(stats_path, stats)
+        stats["bench_fingerprint"] = fp
+        atomic_write_json(out.with_suffix(".stats.json"), stats)
         return stats
 
     def nve(self, x0: np.ndarray, v0: np.ndarray, time_ps: float) -> Segment:
