@@ -157,6 +157,24 @@ def test_per_element_ke_term_zero_when_perfect_positive_when_h_is_heated():
     assert compute_loss(out, gb, tg, TrainConfig(lambda_ke_element=1.0), scales)[1]["ke_element"] == 0.0
 
 
+
+def test_mass_weighted_dv_term_is_the_kinetic_energy_of_the_velocity_error():
+    """dv_weight: mass weighs each atom's squared velocity error by m_i / mean m, so the term is
+    proportional to sum_i 0.5 m_i |dv_err_i|^2 (the energy a jump injects); uniform is unchanged."""
+    gb = batch_of([random_molecule(8, 1)])
+    err = torch.as_tensor(np.random.default_rng(3).normal(size=gb.vel.shape), dtype=gb.vel.dtype)
+    out = {"dx": torch.zeros_like(gb.pos), "dv": err, "dx_norm": torch.zeros_like(gb.pos), "dv_norm": err}
+    _, tg = _targets_for(gb, torch.zeros_like(gb.pos), torch.zeros_like(gb.vel))
+    scales = {"dx_scale": 1.0, "dv_scale": 1.0, "f_scale": 1.0}
+    uniform = compute_loss(out, gb, tg, TrainConfig(), scales)[1]["dv"]
+    mass = compute_loss(out, gb, tg, TrainConfig(dv_weight="mass"), scales)[1]["dv"]
+    m = gb.masses
+    assert uniform == pytest.approx(float((err**2).sum(-1).mean()))
+    kinetic = float((0.5 * m * (err**2).sum(-1)).sum())
+    assert mass == pytest.approx(2.0 * kinetic / float(m.sum()))
+    with pytest.raises(ValueError, match="dv_weight"):
+        TrainConfig(dv_weight="energy").validate()
+
 def _targets_for(gb, dx: torch.Tensor, dv: torch.Tensor, x2=None, v2=None):
     from mdkstep.dataset import Targets
 

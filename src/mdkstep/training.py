@@ -3,10 +3,11 @@ validation, checkpoints, exact resume).
 
 Rollout levers (issue 11, each off by default so that ablations share seeds and budgets):
 input noise (``input_noise_x/v``), time-reversed windows (``time_reverse_prob``), a
-per-element kinetic-energy term (``lambda_ke_element``) and a two-jump unrolled loss
-(``unroll_jumps: 2``); the model-side lever is ModelConfig ``velocity_output``. Validation
-and the one-jump metrics always use clean one-jump windows, so runs with and without a lever
-are compared on the same footing.
+per-element kinetic-energy term (``lambda_ke_element``), a two-jump unrolled loss
+(``unroll_jumps: 2``) and a mass-weighted velocity term (``dv_weight: mass``); the
+model-side lever is ModelConfig ``velocity_output``. Validation and the one-jump metrics
+always use clean one-jump windows, so runs with and without a lever are compared on the
+same footing.
 
 Losses are computed in normalized units (Δx / dx_scale, Δv / dv_scale) plus structural terms
 on the predicted frame x_t + Δx against the target x_{t+k}: bond lengths (scale 0.001 nm),
@@ -87,6 +88,9 @@ class TrainConfig:
     lambda_ke_element: float = 0.0
     unroll_jumps: int = 1  #: 1 | 2: two-jump unrolled loss t -> t+k -> t+2k (F_{t+k} teacher-forced)
     lambda_jump2: float = 1.0  #: weight of the second jump's loss (unroll_jumps: 2)
+    #: per-atom weight of the dv term: "uniform" (every atom alike, nm/ps) or "mass" (m_i / mean m:
+    #: the kinetic energy 0.5 m |dv_err|^2 of the velocity error, the energy each jump injects)
+    dv_weight: str = "uniform"
 
     def validate(self) -> None:
         if self.rotation_aug not in ("none", "batch", "per_graph"):
@@ -115,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"key 'input_noise_units': {self.input_noise_units!r} is not one of relative|absolute")
         if not 0.0 <= self.time_reverse_prob <= 1.0:
             raise ValueError(f"key 'time_reverse_prob': {self.time_reverse_prob} must be in [0, 1]")
+        if self.dv_weight not in ("uniform", "mass"):
+            raise ValueError(f"key 'dv_weight': {self.dv_weight!r} is not one of uniform|mass")
         if self.unroll_jumps not in (1, 2):
             raise ValueError(f"key 'unroll_jumps': {self.unroll_jumps} must be 1 or 2")
 
@@ -126,7 +132,10 @@ def compute_loss(out: dict[str, torch.Tensor], gb: GraphBatch, tg: Targets, cfg:
     """Total loss and its parts (floats). Positions nm, velocities nm/ps, forces kJ/(mol nm)."""
     parts: dict[str, torch.Tensor] = {}
     parts["dx"] = ((out["dx_norm"] - tg.dx / scales["dx_scale"]) ** 2).sum(-1).mean()
-    parts["dv"] = ((out["dv_norm"] - tg.dv / scales["dv_scale"]) ** 2).sum(-1).mean()
+    dv_err2 = ((out["dv_norm"] - tg.dv / scales["dv_scale"]) ** 2).sum(-1)
+    if cfg.dv_weight == "mass":
+        dv_err2 = dv_err2 * (gb.masses / gb.masses.mean())
+    parts["dv"] = dv_err2.mean()
     x_pred = gb.pos + out["dx"]
     if cfg.lambda_bond and len(tg.bonds):
         parts["bond"] = (((bond_lengths(x_pred, tg.bonds) - bond_lengths(tg.x1, tg.bonds)) / BOND_SCALE_NM) ** 2).mean()
