@@ -11,6 +11,8 @@ Levers (each off in the baseline; settings can be changed with --lever-set):
   ke        (c) per-element kinetic-energy term, lambda_ke_element = 1.0
   twojump   (d) two-jump unrolled loss, unroll_jumps = 2 (F_{t+k} teacher-forced), lambda_jump2 = 1.0
   vdirect   (e) the model predicts v(t+k) directly (velocity_output = direct) instead of dv
+  massdv    (f) mass-weighted velocity term, dv_weight = mass (the kinetic energy of the error)
+  internal  (g) internal-coordinate terms x10: lambda_bond = 1.0, lambda_angle = 0.5
   combo     the union of the single levers that helped the rollout (score below), or --combo
 
 Rollout per model and molecule: R replicas from the last frames of reference replica 0, the
@@ -61,6 +63,8 @@ LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "ke": ("+c per-element KE", {"lambda_ke_element": 1.0}, {}),
     "twojump": ("+d two-jump loss", {"unroll_jumps": 2}, {}),
     "vdirect": ("+e v(t+k) direct", {}, {"velocity_output": "direct"}),
+    "massdv": ("+f mass-weighted dv", {"dv_weight": "mass"}, {}),
+    "internal": ("+g bond/angle terms x10", {"lambda_bond": 1.0, "lambda_angle": 0.5}, {}),
 }
 SINGLE = [n for n in LEVERS if n != "baseline"]
 ALL = ["baseline", *SINGLE, "combo"]

@@ -19,7 +19,8 @@ def test_lever_study_smoke(tmp_path, capsys):
     mod = _script()
     assert mod.main(["--smoke", "--out", str(tmp_path), "--combo", "noise", "twojump"]) == 0
     study = json.loads((tmp_path / "lever_study.json").read_text())
-    assert list(study["models"]) == ["baseline", "noise", "reverse", "ke", "twojump", "vdirect", "combo"]
+    assert list(study["models"]) == ["baseline", "noise", "reverse", "ke", "twojump", "vdirect", "massdv",
+                                    "internal", "combo"]
     assert study["combo"] == ["noise", "twojump"]
     combo = study["models"]["combo"]["settings"]
     assert combo["train_overrides"] == {"input_noise_x": 0.1, "input_noise_v": 0.1, "unroll_jumps": 2}
