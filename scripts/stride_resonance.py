@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Stride resonance: which vibrations a k-step jump samples at (a multiple of) half a period.
+
+A jump of tau = k dt maps a vibration of frequency nu through a phase theta = 2 pi nu tau.
+Where theta is a multiple of pi (m >= 1), the exact flow sends (q, v) to (+-q, +-v): the mode's
+displacement at the next jump no longer depends on its velocity, so neither the thermostat
+(which acts on v) nor the real forces move its distribution at the jump frames, and the
+learned map's small errors decide it (measured: paracetamol's ring-H wags at k = 8, README).
+
+From a reference trajectory with velocities saved every step (e.g. the bench's ref_r0.npz),
+the mass-weighted velocity power spectrum (vibrational density of states, COM motion removed)
+is split by frequency; for each k the fraction of the power above --min-cm (low frequencies
+are ballistic at any stride) whose phase per jump lies within --width pi of m pi is printed,
+overall and for the 100 cm^-1 bands that carry the most resonant power.
+
+Example:
+  python scripts/stride_resonance.py outputs/bench/mm/runs/paracetamol/ref_r0.npz --dt-fs 2 --ks 4 8 12 16
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mdkstep.metrics import remove_com  # noqa: E402
+from mdkstep.trajectory import load_trajectory  # noqa: E402
+from mdkstep.utils import MdkstepError  # noqa: E402
+
+CM_PER_INV_PS = 1.0 / 0.0299792458  #: 1 /ps = 33.356 cm^-1
+
+
+def vdos(velocities: np.ndarray, masses: np.ndarray, frame_ps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies cm^-1, mass-weighted velocity power) of frames (F,N,3) nm/ps spaced frame_ps."""
+    v = remove_com(velocities, masses)
+    spec = (np.abs(np.fft.rfft(v - v.mean(0), axis=0)) ** 2 * masses[None, :, None]).sum(axis=(1, 2))
+    return np.fft.rfftfreq(len(v), frame_ps) * CM_PER_INV_PS, spec
+
+
+def resonant_fraction(freq_cm: np.ndarray, power: np.ndarray, tau_ps: float, width: float,
+                      min_cm: float) -> tuple[float, np.ndarray]:
+    """Fraction of the power above min_cm whose phase 2 nu tau (units of pi) is within width of
+    an integer m >= 1, and the boolean mask of those frequencies."""
+    phase = 2.0 * freq_cm / CM_PER_INV_PS * tau_ps
+    m = np.rint(phase)
+    hit = (m >= 1) & (np.abs(phase - m) <= width) & (freq_cm >= min_cm)
+    above = freq_cm >= min_cm
+    return float(power[hit].sum() / power[above].sum()), hit
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("trajectory", help="trajectory .npz with velocities, saved every integrator step")
+    p.add_argument("--dt-fs", type=float, required=True, help="integrator step of the models, fs (tau = k dt)")
+    p.add_argument("--ks", type=int, nargs="+", default=[4, 8, 12, 16], help="jump lengths to check")
+    p.add_argument("--width", type=float, default=0.1, help="half-width of a resonance, units of pi (default 0.1)")
+    p.add_argument("--min-cm", type=float, default=200.0, help="ignore frequencies below this, cm^-1 (default 200)")
+    a = p.parse_args(argv)
+    try:
+        t = load_trajectory(a.trajectory)
+    except MdkstepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if t.velocities is None or t.n_frames < 256:
+        print(f"error: {a.trajectory}: needs velocities and >= 256 frames", file=sys.stderr)
+        return 2
+    frame_ps = float(np.median(np.diff(t.time_ps)))
+    freq, power = vdos(t.velocities, np.asarray(t.masses, dtype=float), frame_ps)
+    print(f"{a.trajectory}: {t.n_frames} frames every {frame_ps * 1000:.3g} fs; resonance = phase per jump within "
+          f"+-{a.width} pi of m pi (m >= 1), power above {a.min_cm:g} cm^-1")
+    for k in a.ks:
+        tau_ps = k * a.dt_fs / 1000.0
+        frac, hit = resonant_fraction(freq, power, tau_ps, a.width, a.min_cm)
+        bands = {}
+        for f, w in zip(freq[hit], power[hit]):
+            bands[int(f // 100) * 100] = bands.get(int(f // 100) * 100, 0.0) + w
+        top = sorted(bands.items(), key=lambda kv: -kv[1])[:3]
+        total = power[freq >= a.min_cm].sum()
+        desc = ", ".join(f"{b}-{b + 100} cm^-1 {100 * w / total:.1f}%" for b, w in top)
+        print(f"  k = {k:2d} ({k * a.dt_fs:g} fs): resonant power {100 * frac:5.1f}%  [{desc}]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
