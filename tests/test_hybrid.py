@@ -488,3 +488,27 @@ def test_shipped_hybrid_configs_differ_only_in_the_measured_friction():
     assert (mm.pop("friction_per_ps"), qm.pop("friction_per_ps")) == (20.0, 50.0)
     assert mm == qm
     assert HybridConfig().friction_per_ps == 20.0
+
+
+# ------------------------------------------------------------------------------- stride schedule
+
+def test_stride_schedule_of_oracles_is_exact_and_costs_one_call_per_sub_stride(tmp_path):
+    """Two exact jumpers of k = 1 and 3 in turn (cycle k = 4) land on the exact trajectory with
+    two force calls per cycle and replica; a wrong k or corrector is a one-line error."""
+    from mdkstep.hybrid import StrideSchedule
+    from mdkstep.utils import MdkstepError
+
+    eng = HarmonicLattice()
+    c = cfg(corrector="kick")
+    x0, v0 = start(2)
+    a, b = Oracle(eng, 1 * c.dt_ps), Oracle(eng, 3 * c.dt_ps)
+    stats = run(tmp_path, eng, StrideSchedule([(a, 1), (b, 3)]), c, x0, v0, 20)
+    assert a.calls == b.calls == 20 and stats["force_calls"] == 2 + 20 * 2 * 2
+    assert stats["simulated_ps"] == pytest.approx(20 * 4 * c.dt_ps) and stats["fallbacks"] == 0
+    traj = load_trajectory(replica_paths(tmp_path / "h.npz", 2)[0])
+    x_exact, v_exact = eng.propagate(x0[0], v0[0], traj.time_ps[-1])
+    assert np.allclose(traj.positions[-1], x_exact, atol=1e-10) and np.allclose(traj.velocities[-1], v_exact, atol=1e-8)
+    with pytest.raises(MdkstepError, match="sum of its strides"):
+        run(tmp_path, eng, StrideSchedule([(a, 1), (b, 2)]), c, x0, v0, 2, name="bad.npz")
+    with pytest.raises(MdkstepError, match="corrector 'kick'"):
+        run(tmp_path, eng, StrideSchedule([(a, 1), (b, 3)]), cfg(corrector="verlet"), x0, v0, 2, name="bad2.npz")

@@ -5,10 +5,11 @@ jumper lives in :mod:`mdkstep.model.jumper`; the physics step in :mod:`mdkstep.d
 from __future__ import annotations
 
 from .config import CORRECTORS, ENSEMBLES, REJECT_REASONS, THERMOSTATS, HybridConfig
-from .integrator import HybridCounters, HybridIntegrator, Jumper, angular_momentum, set_angular_momentum
+from .integrator import (HybridCounters, HybridIntegrator, Jumper, StrideSchedule, angular_momentum,
+                         set_angular_momentum)
 from .run import checkpoint_path, replica_paths, run_hybrid
 
 __all__ = [
-    "HybridConfig", "HybridCounters", "HybridIntegrator", "Jumper", "angular_momentum", "set_angular_momentum",
+    "HybridConfig", "HybridCounters", "HybridIntegrator", "Jumper", "StrideSchedule", "angular_momentum", "set_angular_momentum",
     "checkpoint_path", "replica_paths", "run_hybrid", "CORRECTORS", "ENSEMBLES", "REJECT_REASONS", "THERMOSTATS",
 ]

@@ -79,6 +79,30 @@ class Jumper(Protocol):
     def __call__(self, x: np.ndarray, v: np.ndarray, f: np.ndarray) -> tuple: ...
 
 
+class StrideSchedule:
+    """Several jumpers used in turn within one cycle: [(jumper_1, k_1), (jumper_2, k_2), ...].
+
+    Each sub-stride is a whole jump (thermostat k_i dt / 2 - jump - projection - one force call
+    - corrector - filter - thermostat k_i dt / 2, with its own guard and fallback of k_i plain
+    steps); a cycle is the whole schedule, sum k_i steps and one force call per sub-stride.
+    Why: a jump of tau moves a vibration of frequency nu through 2 pi nu tau; where that is a
+    multiple of pi the next frame's displacement does not depend on the velocity, so the
+    thermostat cannot reach that mode (scripts/stride_resonance.py). Strides that are resonant
+    for different modes (MM k = 4 and 12, mean 16 fs) leave no mode without a coupling.
+    Only with the "kick" corrector (one call per sub-stride).
+    """
+
+    def __init__(self, strides: list[tuple[Jumper, int]]):
+        if not strides or any(int(k) < 1 for _, k in strides):
+            raise MdkstepError("stride schedule: needs at least one (jumper, k) with k >= 1")
+        self.strides = [(j, int(k)) for j, k in strides]
+
+    @property
+    def k(self) -> int:
+        """Integrator steps of one pass through the schedule."""
+        return sum(k for _, k in self.strides)
+
+
 # ----------------------------------------------------------------------------- angular momentum
 
 def angular_momentum(x: np.ndarray, v: np.ndarray, masses: np.ndarray) -> np.ndarray:
@@ -155,7 +179,15 @@ class HybridIntegrator:
         self.masses = np.asarray(engine.masses, dtype=float)
         self.m3 = self.masses[:, None]
         self.dt = cfg.dt_ps
-        self.tau = cfg.cycle_ps
+        if isinstance(jumper, StrideSchedule):
+            if cfg.corrector != "kick" or jumper.k != cfg.k:
+                raise MdkstepError(f"stride schedule {[k for _, k in jumper.strides]}: needs corrector 'kick' and "
+                                   f"k = {jumper.k} (the sum of its strides), got {cfg.corrector!r} and k = {cfg.k}")
+            self.strides = jumper.strides
+        else:
+            self.strides = [(jumper, int(cfg.k))]
+        self.k_now = self.strides[0][1]  #: steps of the sub-stride being advanced
+        self.tau = self.k_now * self.dt if len(self.strides) > 1 else cfg.cycle_ps  #: its length, ps
         self.n_atoms = len(self.masses)
         self.pairs = np.asarray(engine.constraint_pairs(), dtype=int).reshape(-1, 2)
         if len(self.pairs) != engine.n_constraints:
@@ -245,7 +277,7 @@ class HybridIntegrator:
         """True when the scaled jump s dx moves no atom by FROZEN_FRACTION of the ballistic
         distance k dt max_i |v_i| (COM-free v): impossible for k steps of MD with moving atoms."""
         w = v0 - self._com_v(v0)
-        ballistic = int(self.cfg.k) * self.dt * float(np.sqrt(np.max(np.sum(w * w, axis=1))))
+        ballistic = self.k_now * self.dt * float(np.sqrt(np.max(np.sum(w * w, axis=1))))
         moved = abs(s) * float(np.sqrt(np.max(np.sum(dx * dx, axis=1))))
         return ballistic > 0 and moved < FROZEN_FRACTION * ballistic
 
@@ -299,10 +331,12 @@ class HybridIntegrator:
         return x, v, f, u
 
     def _physics(self, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """The fallback: ``steps_per_cycle`` plain velocity-Verlet steps from replica r's state."""
+        """The fallback: ``steps_per_cycle`` (with a schedule: the sub-stride's k) plain
+        velocity-Verlet steps from replica r's state."""
         x, v, f, u = self.x[r].copy(), self.v[r].copy(), self.f[r].copy(), float(self.u[r])
+        steps = self.cfg.steps_per_cycle if len(self.strides) == 1 else self.k_now
         try:
-            for _ in range(self.cfg.steps_per_cycle):
+            for _ in range(steps):
                 x, v, f, u = velocity_verlet_step(self.engine, x, v, f, self.dt, self.masses)
         except UnstableStep:
             raise MdkstepError(f"hybrid: plain physics fallback blew up (replica {r}, cycle {self.counters.cycles + 1}); "
@@ -373,9 +407,9 @@ class HybridIntegrator:
         self.e_ref = np.array([self.total_energy(r) for r in range(n_rep)])
         self._set_element_dof(self.x[0])
 
-    def _jump(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _jump(self, jumper: Jumper) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         t0 = time.perf_counter()
-        out = self.jumper(self.x.copy(), self.v.copy(), self.f.copy())
+        out = jumper(self.x.copy(), self.v.copy(), self.f.copy())
         self.counters.jumper_ms += 1000.0 * (time.perf_counter() - t0)
         self.counters.jumper_calls += 1
         if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
@@ -388,11 +422,14 @@ class HybridIntegrator:
         return dx, dv, fp
 
     def cycle(self) -> None:
-        """Advance every replica by one cycle (one jumper call for all of them)."""
-        self._half_bath()
-        dx, dv, fp = self._jump()
-        for r in range(self.x.shape[0]):
-            self._advance_replica(r, dx[r], dv[r], fp[r] if fp is not None else None)
+        """Advance every replica by one cycle (one jumper call for all of them per sub-stride)."""
+        for jumper, k in self.strides:
+            if len(self.strides) > 1:
+                self.k_now, self.tau = k, k * self.dt
+            self._half_bath()
+            dx, dv, fp = self._jump(jumper)
+            for r in range(self.x.shape[0]):
+                self._advance_replica(r, dx[r], dv[r], fp[r] if fp is not None else None)
         self.counters.cycles += 1
         self._monitor()
 
