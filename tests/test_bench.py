@@ -36,6 +36,7 @@ def tiny_config(tmp_path) -> dict:
         "mm_model_config": f"{c}/model.yaml", "mm_model_overrides": tiny_model,
         "mm_train_config": f"{c}/train.yaml", "mm_train_overrides": tiny_train, "mm_hybrid_config": f"{c}/hybrid.yaml",
         "mm_hybrid_overrides_by_k": {4: {"friction_per_ps": 30.0}},
+        "mm_schedules": [[4, 4]],  # a stride schedule row (hybrid_k4+4: the k = 4 model twice per cycle)
         "mm_mvv_dts_fs": [4.0], "mm_exact_ks": [2],  # exact mode on the HBonds system (RATTLE-projected)
         "mm_exact_train_overrides": {"steps": 3, "batch_size": 16, "val_max_windows": 64, "log_every": 1},
         "qm_smiles": str(tmp_path / "qm.smi"), "qm_config": f"{c}/qm.yaml",
@@ -69,7 +70,7 @@ def test_bench_end_to_end_every_key(bench_run):
     # MM: reference, HMR 4 fs, Verlet max-stable 3 fs (the loose scan threshold), hybrid k4; QM: 0.25, 0.5, hybrid k4
     got = {(r["mode"], r["method"]) for r in recs}
     assert got == {("mm", "plain_2fs"), ("mm", "plain_4fs_hmr"), ("mm", "plain_3fs_maxstable"), ("mm", "hybrid_k4"),
-                   ("mm", "mvv_4fs"), ("mm", "exact_k2"),
+                   ("mm", "hybrid_k4+4"), ("mm", "mvv_4fs"), ("mm", "exact_k2"),
                    ("qm", "plain_0.25fs"), ("qm", "plain_0.5fs"), ("qm", "hybrid_k4"), ("qm", "mvv_0.5fs"),
                    ("qm", "exact_k4")}
     must = ("force_calls_per_ps", "wall_s_per_ps", "wall_s_per_ps_min", "force_call_reduction", "wall_speedup",
@@ -111,6 +112,9 @@ def test_bench_end_to_end_every_key(bench_run):
     from mdkstep.trajectory import load_trajectory
 
     assert load_trajectory(out / "mm" / "runs" / "ethanol" / "hybrid_k4.npz").metadata["friction"] == 30.0  # by k
+    sched = next(r for r in recs if r["method"] == "hybrid_k4+4")  # two sub-strides of 8 fs: 2 calls per 16 fs cycle
+    assert sched["k"] == 8 and sched["fallbacks"] == 0 and sched["force_calls_per_ps"] >= 125.0
+    assert load_trajectory(out / "mm" / "runs" / "ethanol" / "hybrid_k4+4.npz").metadata["k"] == 8
     md = (out / "bench.md").read_text()
     assert "exact_k4" in md and "mvv_0.5fs" in md and "mvv_4fs" in md and "Exact-mode shear models" in md
     mm_exact = load_trajectory(out / "mm" / "runs" / "ethanol" / "exact_k2.npz")

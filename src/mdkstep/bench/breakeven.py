@@ -31,6 +31,16 @@ def model_cost(source: str, card: dict[str, Any] | None, data: dict[str, Any] | 
             "wall_s": dw + tw if dw is not None and tw is not None else None}
 
 
+def schedule_cost(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cost of a stride schedule's models: the training data once (the models share it: the
+    largest part's force calls and data wall time) plus every model's training wall time."""
+    known = lambda key: [p.get(key) for p in parts] if all(p.get(key) is not None for p in parts) else None  # noqa: E731
+    calls, data_w, train_w = known("force_calls"), known("data_wall_s"), known("train_wall_s")
+    return {"source": "+".join(p["source"] for p in parts), "force_calls": max(calls) if calls else None,
+            "data_wall_s": max(data_w) if data_w else None, "train_wall_s": sum(train_w) if train_w else None,
+            "wall_s": max(data_w) + sum(train_w) if data_w and train_w else None}
+
+
 def break_even_ps(cost: float | None, saving_per_ps: float | None) -> float | None:
     """Simulated ps after which ``cost`` is paid back; None when unknown or nothing is saved."""
     if cost is None or saving_per_ps is None or saving_per_ps <= 0:

@@ -43,6 +43,9 @@ class BenchConfig:
     mm_hybrid_config: str = "configs/hybrid.yaml"
     mm_hybrid_overrides: dict[str, Any] = field(default_factory=dict)
     mm_hybrid_overrides_by_k: dict[str, Any] = field(default_factory=dict)  #: k -> extra hybrid overrides, e.g. {4: {friction_per_ps: 50}}
+    #: stride schedules, e.g. [[4, 12]]: rows hybrid_k4+12 that use the mm_ks models in turn
+    #: (one force call per sub-stride; mdkstep.hybrid.StrideSchedule)
+    mm_schedules: list[list[int]] = field(default_factory=list)
     # exact mode on the HBonds system: the RATTLE-projected shear map (mdkstep.constraints)
     mm_exact_ks: list[int] = field(default_factory=list)  #: exact-mode rows exact_k<K> (models/mm_exact_k<K>.pt, else trained here)
     mm_mvv_dts_fs: list[float] = field(default_factory=list)  #: Metropolized RATTLE velocity Verlet rows mvv_<dt>fs (untrained)
@@ -69,6 +72,7 @@ class BenchConfig:
     qm_hybrid_config: str = "configs/hybrid_qm.yaml"
     qm_hybrid_overrides: dict[str, Any] = field(default_factory=dict)
     qm_hybrid_overrides_by_k: dict[str, Any] = field(default_factory=dict)  #: k -> extra hybrid overrides
+    qm_schedules: list[list[int]] = field(default_factory=list)  #: stride schedules over the qm_ks models
     # exact mode (issue 12): generalized HMC with a learned shear stride, Langevin at the plain friction
     qm_exact_ks: list[int] = field(default_factory=list)  #: exact-mode rows exact_k<K> (models/qm_exact_k<K>.pt, else trained here)
     qm_mvv_dts_fs: list[float] = field(default_factory=list)  #: Metropolized velocity Verlet rows mvv_<dt>fs (the untrained shear map)
@@ -92,6 +96,11 @@ class BenchConfig:
         for p in ("mm", "qm"):
             if any(k < 1 for k in getattr(self, f"{p}_exact_ks")) or any(not dt > 0 for dt in getattr(self, f"{p}_mvv_dts_fs")):
                 raise ValueError(f"keys '{p}_exact_ks' / '{p}_mvv_dts_fs' must list jump lengths >= 1 / strides > 0 fs")
+        for p in ("mm", "qm"):
+            for sched in getattr(self, f"{p}_schedules"):
+                if not isinstance(sched, list) or len(sched) < 2 or any(k not in getattr(self, f"{p}_ks") for k in sched):
+                    raise ValueError(f"key '{p}_schedules': {sched!r} must list two or more jump lengths of '{p}_ks' "
+                                     f"{getattr(self, f'{p}_ks')}")
         for key in ("mm_hybrid_overrides_by_k", "qm_hybrid_overrides_by_k"):
             for k, v in getattr(self, key).items():
                 if not str(k).isdigit() or not isinstance(v, dict):

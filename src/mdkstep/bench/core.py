@@ -238,14 +238,16 @@ def load_jumper(checkpoint: Path, engine, bonds: np.ndarray, k: int, dt_fs: floa
     return ModelJumper(model, engine.atomic_numbers, engine.masses, bonds, device=device)
 
 
-def run_fingerprint(checkpoint: Path | None, hcfg, time_ps: float, seed: int) -> dict[str, Any]:
-    """What defines a cached learned-method run: the model file's SHA-256 (None: untrained),
-    the resolved hybrid config, the simulated time and the seed."""
+def run_fingerprint(checkpoint: Path | list[Path] | None, hcfg, time_ps: float, seed: int) -> dict[str, Any]:
+    """What defines a cached learned-method run: the model file's SHA-256 (None: untrained; a
+    list for a stride schedule), the resolved hybrid config, the simulated time and the seed."""
     from dataclasses import asdict
 
     from ..runner import file_sha256
 
-    return json.loads(json.dumps({"checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
+    sha = [file_sha256(c) for c in checkpoint] if isinstance(checkpoint, list) else \
+        (file_sha256(checkpoint) if checkpoint else None)
+    return json.loads(json.dumps({"checkpoint_sha256": sha,
                                   "hybrid_config": asdict(hcfg), "time_ps": float(time_ps), "seed": int(seed)},
                                  default=str))
 

@@ -25,26 +25,35 @@ from .core import (Method, cached_stats, hybrid_config, hybrid_nve, hybrid_timer
 
 
 class HybridMethod:
-    """``hybrid_k<K>``: the direct-jump hybrid (mdkstep.hybrid) with one checkpoint."""
+    """``hybrid_k<K>``: the direct-jump hybrid (mdkstep.hybrid) with one checkpoint, or
+    ``hybrid_k<K1>+<K2>...``: a stride schedule (``strides`` [(k_i, checkpoint_i)], used in turn,
+    one force call each; method.k = sum k_i)."""
 
     kind = "hybrid"
 
-    def __init__(self, mode, mol: str, method: Method, checkpoint: Path, bonds: np.ndarray, hcfg_path: str,
-                 overrides: dict[str, Any], temperature_K: float):
+    def __init__(self, mode, mol: str, method: Method, checkpoint: Path | None, bonds: np.ndarray, hcfg_path: str,
+                 overrides: dict[str, Any], temperature_K: float, strides: list[tuple[int, Path]] | None = None):
         self.mode, self.mol, self.method, self.checkpoint, self.bonds = mode, mol, method, checkpoint, bonds
+        self.strides = strides
         k, dt = method.k, method.dt_fs
         self.hcfg = hybrid_config(hcfg_path, overrides, k, dt, temperature_K)
         self.hcfg_nve = hybrid_config(hcfg_path, overrides, k, dt, temperature_K, ensemble="nve", energy_filter=False)
         self.timing_jumper = None
+        self.seed_offset = 2000 if strides else 0  #: schedules draw their own seeds (hybrid_k<K>'s stay as before)
 
     def _jumper(self, engine):
+        if self.strides:
+            from ..hybrid import StrideSchedule
+            return StrideSchedule([(load_jumper(ck, engine, self.bonds, k, self.method.dt_fs), k)
+                                   for k, ck in self.strides])
         return load_jumper(self.checkpoint, engine, self.bonds, self.method.k, self.method.dt_fs)
 
     def production(self, x0: np.ndarray, v0: np.ndarray, time_ps: float, out: Path, seed: int,
                    meta: dict[str, Any]) -> dict[str, Any]:
         engine = self.mode.engine(self.mol)
+        cks = [ck for _, ck in self.strides] if self.strides else self.checkpoint
         return run_hybrid_production(engine, self._jumper(engine), self.hcfg, x0, v0, time_ps, out, seed, meta,
-                                     run_fingerprint(self.checkpoint, self.hcfg, time_ps, seed))
+                                     run_fingerprint(cks, self.hcfg, time_ps, seed))
 
     def nve(self, x0: np.ndarray, v0: np.ndarray, time_ps: float) -> Segment:
         engine = self.mode.engine(self.mol)
@@ -59,7 +68,8 @@ class HybridMethod:
         att = st["jumps_attempted"]
         return {"force_calls": st["force_calls"], "force_calls_per_ps": st["force_calls_per_ps"],
                 "force_calls_source": "engine_counter",
-                "model_ms_per_jump": float(np.median(self.timing_jumper.ms)) if self.timing_jumper else None,
+                "model_ms_per_jump": float(np.median(self.timing_jumper.ms)) if getattr(self.timing_jumper, "ms", None)
+                else None,
                 "jumps_attempted": att, "jumps_accepted": st["jumps_accepted"], "retries": st["retries"],
                 "fallbacks": st["fallbacks"], "fallback_fraction": st["fallbacks"] / att if att else None,
                 "acceptance": None, "nan_frames": st["nan_frames"] + rec["nan_frames"],
@@ -175,7 +185,8 @@ class ExactMethod:
 def learned_methods(mode, mol: str, ref: Method, settings: dict[str, Any], checkpoints: dict[int, Path],
                     exact_checkpoints: dict[str, tuple[int, Path | None]], bonds: np.ndarray) -> list:
     """Every learned method of one molecule: a hybrid per jump-model checkpoint (by k; the
-    hybrid config with ``hybrid_overrides`` and that k's ``hybrid_overrides_by_k``), then
+    hybrid config with ``hybrid_overrides`` and that k's ``hybrid_overrides_by_k``), a hybrid
+    per stride schedule (``schedules``: lists of those k, with ``hybrid_overrides``), then
     exact mode per shear checkpoint and Metropolized Verlet per ``mvv_dts_fs`` (name -> (k,
     checkpoint or None))."""
     temperature, friction = mode.thermostat()
@@ -185,12 +196,22 @@ def learned_methods(mode, mol: str, ref: Method, settings: dict[str, Any], check
         m = Method(f"hybrid_k{k}", "hybrid", ref.dt_fs, k=k, note=f"model {ck}")
         over = {**settings["hybrid_overrides"], **(by_k.get(str(k)) or by_k.get(k) or {})}
         out.append(HybridMethod(mode, mol, m, ck, bonds, settings["hybrid_config"], over, temperature))
+    for sched in settings.get("schedules") or []:
+        name = schedule_name(sched)
+        m = Method(name, "hybrid", ref.dt_fs, k=sum(sched), note=f"stride schedule {sched}, models k = {sched} in turn")
+        out.append(HybridMethod(mode, mol, m, None, bonds, settings["hybrid_config"], settings["hybrid_overrides"],
+                                temperature, strides=[(k, checkpoints[k]) for k in sched]))
     for name, (k, ck) in exact_checkpoints.items():
         note = f"exact mode, shear model {ck}" if ck else f"Metropolized velocity Verlet at {k * ref.dt_fs:g} fs"
         m = Method(name, "exact", ref.dt_fs, k=k, note=note)
         out.append(ExactMethod(mode, mol, m, ck, bonds, settings["hybrid_config"], settings["hybrid_overrides"],
                                temperature, friction))
     return out
+
+
+def schedule_name(sched: list[int]) -> str:
+    """Row name of a stride schedule: hybrid_k4+12."""
+    return "hybrid_k" + "+".join(str(int(k)) for k in sched)
 
 
 def exact_method_names(mvv_dts_fs: list[float], exact_ks: list[int], ref_dt_fs: float) -> dict[str, int]:

@@ -22,10 +22,10 @@ import numpy as np
 from ..trajectory import load_trajectory
 from ..utils import LOG, MdkstepError
 from .config import BenchConfig
-from .breakeven import BREAK_EVEN_KEYS, add_break_even, model_cost
+from .breakeven import BREAK_EVEN_KEYS, add_break_even, model_cost, schedule_cost
 from .core import (FloorCache, Method, Mode, data_cost, ensure_exact_model, ensure_model, fidelity, interleaved_timing,
                    one_jump_summary, sampling_efficiency, trajectory_summary, training_cost, training_run)
-from .learned import exact_method_names, learned_methods
+from .learned import exact_method_names, learned_methods, schedule_name
 
 #: keys every record carries (None where a key does not apply, e.g. model_ms_per_jump of plain MD)
 RECORD_KEYS = (
@@ -137,7 +137,7 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
     for i, lm in enumerate(learned):
         m = lm.method
         methods.append(m)
-        seed = cfg.seed + 50 + m.k + (1000 + i if m.kind == "exact" else 0)  # hybrid: the seed of earlier benches
+        seed = cfg.seed + 50 + m.k + (1000 + i if m.kind == "exact" else 0) + getattr(lm, "seed_offset", 0)  # hybrid: as before
         out = folder / f"{m.name}.npz"
         LOG.info("%s %s: %s (%g ps)", mode.name, mol, m.name, s["time_ps"])
         stats[m.name] = lm.production(x0, v0, s["time_ps"], out, seed, {**mode.run_meta(mol), "seed": seed})
@@ -254,6 +254,8 @@ def run_mode(mode: Mode, cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[s
         costs[f"hybrid_k{k}"] = cost
         models[f"k{k}"] = {"checkpoint": str(ck), "source": cost["source"], "one_jump_test": one_jump_summary(metrics),
                            "cost": cost}
+    for sched in s.get("schedules") or []:
+        costs[schedule_name(sched)] = schedule_cost([costs[f"hybrid_k{k}"] for k in sorted(set(sched))])
     exact_checkpoints = {}
     for name, k in exact_method_names(s.get("mvv_dts_fs", []), s.get("exact_ks", []), ref.dt_fs).items():
         ck, metrics, cost = bench_exact_model(mode, cfg, k, [runs[m]["train"] for m in mols]) \

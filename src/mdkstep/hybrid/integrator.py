@@ -102,6 +102,17 @@ class StrideSchedule:
         """Integrator steps of one pass through the schedule."""
         return sum(k for _, k in self.strides)
 
+    @property
+    def ms(self) -> list[float]:
+        """Model milliseconds of every sub-stride jump so far (the jumpers that time themselves)."""
+        return [t for j, _ in self.strides for t in getattr(j, "ms", [])]
+
+    @property
+    def ms_per_jump(self) -> float:
+        """Mean model milliseconds per sub-stride jump (nan before the first)."""
+        ms = self.ms
+        return float(np.mean(ms)) if ms else float("nan")
+
 
 # ----------------------------------------------------------------------------- angular momentum
 
