@@ -8,6 +8,7 @@
 #   scripts/bench_rows.sh sched '{4: models/mm_k4.pt, 12: models/mm_k12.pt}' --set 'mm_schedules=[[4,12]]'
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in -h|--help) sed -n 2,9p "$0"; exit 0;; esac
 if [ $# -lt 2 ]; then sed -n 2,9p "$0"; exit 2; fi
 NAME=$1; CKS=$2; shift 2
 SRC=outputs/bench/mm
