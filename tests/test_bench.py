@@ -307,3 +307,16 @@ def test_shipped_bench_configs_resolve_their_models(name):
                          ("mm_exact", cfg.mm_exact_ks)):
             for k in ks:
                 assert shipped_path(ROOT / cfg.models_dir, mode, k).is_file(), (mode, k)
+
+
+def test_schedule_cost_counts_the_shared_data_once():
+    """A stride schedule's models share the training data: its force calls and data wall time
+    count once, every model's training time adds; an unknown part makes the total unknown."""
+    from mdkstep.bench.breakeven import schedule_cost
+
+    k4 = {"source": "shipped", "force_calls": 100000, "data_wall_s": 60.0, "train_wall_s": 1000.0, "wall_s": 1060.0}
+    k12 = {"source": "shipped", "force_calls": 100000, "data_wall_s": 60.0, "train_wall_s": 2700.0, "wall_s": 2760.0}
+    c = schedule_cost([k4, k12])
+    assert c["force_calls"] == 100000 and c["train_wall_s"] == 3700.0 and c["wall_s"] == 3760.0
+    assert c["source"] == "shipped+shipped"
+    assert schedule_cost([k4, {**k12, "data_wall_s": None}])["wall_s"] is None
