@@ -320,3 +320,17 @@ def test_schedule_cost_counts_the_shared_data_once():
     assert c["force_calls"] == 100000 and c["train_wall_s"] == 3700.0 and c["wall_s"] == 3760.0
     assert c["source"] == "shipped+shipped"
     assert schedule_cost([k4, {**k12, "data_wall_s": None}])["wall_s"] is None
+
+
+def test_learned_seeds_do_not_depend_on_the_other_rows():
+    """A row's seed comes from its own name and k (and learned_seed_offset), never from its position among the
+    learned rows: adding hybrid_k9 must not rerun exact_k4 with another chain."""
+    from mdkstep.bench.config import BenchConfig
+    from mdkstep.bench.core import Method
+    from mdkstep.bench.run import learned_seed
+    cfg = BenchConfig()
+    exact, mvv, hyb = Method("exact_k4", "exact", 2.0, k=4), Method("mvv_4fs", "exact", 4.0, k=1), \
+        Method("hybrid_k4", "hybrid", 2.0, k=4)
+    assert learned_seed(cfg, hyb) == cfg.seed + 54  # the hybrid rows' seeds of every earlier bench
+    assert learned_seed(cfg, exact) != learned_seed(cfg, hyb) and learned_seed(cfg, exact) != learned_seed(cfg, mvv)
+    assert learned_seed(BenchConfig(learned_seed_offset=1), exact) == learned_seed(cfg, exact) + 1

@@ -13,6 +13,9 @@ class BenchConfig:
     out_dir: str = "outputs/bench"  #: everything goes here (bench.json, bench.md, pareto.png, runs)
     threads: int = 1  #: torch and OpenMP threads for every method (the same for all)
     seed: int = 0
+    #: added to every learned row's seed (hybrid / exact / mvv): replicate those rows against the same cached
+    #: references and plain runs (scripts/bench_rows.sh ... --set learned_seed_offset=1)
+    learned_seed_offset: int = 0
     timing_repeats: int = 3  #: interleaved timed repeats per method (min and median reported)
     fidelity_ratio_ok: float = 1.5  #: "faithful" = every structure distance within this many x the replica floor
     ref_replicas: int = 2  #: independent reference replicas per molecule; the floor is the largest distance over their pairs

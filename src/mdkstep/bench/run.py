@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import time
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return float(a / b) if a and b else None
 
 
+def learned_seed(cfg: BenchConfig, m: Method, offset: int = 0) -> int:
+    """The seed of a learned row: hybrid_k<K> rows cfg.seed + 50 + k (as in every bench so far); exact and mvv
+    rows + 1000 + a number from the row's name, so adding or removing rows never changes another row's seed."""
+    seed = cfg.seed + 50 + m.k + offset + cfg.learned_seed_offset
+    if m.kind == "exact":
+        seed += 1000 + zlib.crc32(m.name.encode()) % 1000
+    return seed
+
+
 def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, Path], runs: dict[str, Path],
                  exact_checkpoints: dict[str, tuple[int, Path | None]] | None = None) -> list[dict[str, Any]]:
     """Every method on one molecule: production runs, NVE segments, interleaved timing,
@@ -134,10 +144,10 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
             trajs[m.name] = mode.run_plain(mol, m, cfg.seed + 10 + i, folder / f"{m.name}.npz", s["time_ps"])
     learned = learned_methods(mode, mol, ref, s, checkpoints, exact_checkpoints, bonds)
     stats: dict[str, dict[str, Any]] = {}
-    for i, lm in enumerate(learned):
+    for lm in learned:
         m = lm.method
         methods.append(m)
-        seed = cfg.seed + 50 + m.k + (1000 + i if m.kind == "exact" else 0) + getattr(lm, "seed_offset", 0)  # hybrid: as before
+        seed = learned_seed(cfg, m, getattr(lm, "seed_offset", 0))
         out = folder / f"{m.name}.npz"
         LOG.info("%s %s: %s (%g ps)", mode.name, mol, m.name, s["time_ps"])
         stats[m.name] = lm.production(x0, v0, s["time_ps"], out, seed, {**mode.run_meta(mol), "seed": seed})
