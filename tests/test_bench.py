@@ -334,3 +334,16 @@ def test_learned_seeds_do_not_depend_on_the_other_rows():
     assert learned_seed(cfg, hyb) == cfg.seed + 54  # the hybrid rows' seeds of every earlier bench
     assert learned_seed(cfg, exact) != learned_seed(cfg, hyb) and learned_seed(cfg, exact) != learned_seed(cfg, mvv)
     assert learned_seed(BenchConfig(learned_seed_offset=1), exact) == learned_seed(cfg, exact) + 1
+
+
+def test_schedule_keys_fixed_and_drawn_orders():
+    from mdkstep.bench.config import check_schedule
+    from mdkstep.bench.learned import schedule_name, schedule_orders
+    ks = [8, 9, 10]
+    check_schedule("mm_schedules", [8, 10], ks)
+    check_schedule("mm_schedules", [[8, 10], [9, 9], [10, 8]], ks)
+    assert schedule_name([4, 12]) == "hybrid_k4+12" and schedule_orders([4, 12]) == [[4, 12]]
+    assert schedule_name([[8, 10], [9, 9]]) == "hybrid_k8+10|9+9"
+    for bad in ([8], [8, 12], [[8, 10], [9, 8]], [[8, 10]], [[8, 10], 9]):
+        with pytest.raises(ValueError, match="mm_schedules"):
+            check_schedule("mm_schedules", bad, ks)

@@ -512,3 +512,26 @@ def test_stride_schedule_of_oracles_is_exact_and_costs_one_call_per_sub_stride(t
         run(tmp_path, eng, StrideSchedule([(a, 1), (b, 2)]), c, x0, v0, 2, name="bad.npz")
     with pytest.raises(MdkstepError, match="corrector 'kick'"):
         run(tmp_path, eng, StrideSchedule([(a, 1), (b, 3)]), cfg(corrector="verlet"), x0, v0, 2, name="bad2.npz")
+
+
+def test_random_stride_orders_stay_exact_and_evenly_spaced(tmp_path):
+    """Orders 1 + 3, 3 + 1 and 2 + 2 drawn at random per cycle (one k = 4 cycle each): oracle jumpers
+    land on the exact trajectory, every order is drawn, frames stay 4 steps apart; orders of
+    different totals are a one-line error."""
+    from mdkstep.hybrid import StrideSchedule
+    from mdkstep.utils import MdkstepError
+
+    eng = HarmonicLattice()
+    c = cfg(corrector="kick")
+    x0, v0 = start(2)
+    a, b, h = Oracle(eng, 1 * c.dt_ps), Oracle(eng, 3 * c.dt_ps), Oracle(eng, 2 * c.dt_ps)
+    sched = StrideSchedule([(a, 1), (b, 3)], alternatives=[[(b, 3), (a, 1)], [(h, 2), (h, 2)]])
+    stats = run(tmp_path, eng, sched, c, x0, v0, 30)
+    assert a.calls == b.calls and a.calls > 0 and h.calls > 0 and a.calls + h.calls // 2 == 30
+    assert stats["force_calls"] == 2 + 30 * 2 * 2 and stats["fallbacks"] == 0
+    traj = load_trajectory(replica_paths(tmp_path / "h.npz", 2)[0])
+    assert np.allclose(np.diff(traj.time_ps), 4 * c.dt_ps)
+    x_exact, v_exact = eng.propagate(x0[0], v0[0], traj.time_ps[-1])
+    assert np.allclose(traj.positions[-1], x_exact, atol=1e-10) and np.allclose(traj.velocities[-1], v_exact, atol=1e-8)
+    with pytest.raises(MdkstepError, match="same k"):
+        StrideSchedule([(a, 1), (b, 3)], alternatives=[[(h, 2)]])

@@ -47,7 +47,8 @@ class BenchConfig:
     mm_hybrid_overrides: dict[str, Any] = field(default_factory=dict)
     mm_hybrid_overrides_by_k: dict[str, Any] = field(default_factory=dict)  #: k -> extra hybrid overrides, e.g. {4: {friction_per_ps: 50}}
     #: stride schedules, e.g. [[4, 12]]: rows hybrid_k4+12 that use the mm_ks models in turn
-    #: (one force call per sub-stride; mdkstep.hybrid.StrideSchedule)
+    #: (one force call per sub-stride; mdkstep.hybrid.StrideSchedule); a schedule of orders, e.g.
+    #: [[[8, 10], [9, 9], [10, 8]]]: row hybrid_k8+10|9+9|10+8, one order (equal sums) drawn per cycle
     mm_schedules: list[list[int]] = field(default_factory=list)
     # exact mode on the HBonds system: the RATTLE-projected shear map (mdkstep.constraints)
     mm_exact_ks: list[int] = field(default_factory=list)  #: exact-mode rows exact_k<K> (models/mm_exact_k<K>.pt, else trained here)
@@ -101,9 +102,7 @@ class BenchConfig:
                 raise ValueError(f"keys '{p}_exact_ks' / '{p}_mvv_dts_fs' must list jump lengths >= 1 / strides > 0 fs")
         for p in ("mm", "qm"):
             for sched in getattr(self, f"{p}_schedules"):
-                if not isinstance(sched, list) or len(sched) < 2 or any(k not in getattr(self, f"{p}_ks") for k in sched):
-                    raise ValueError(f"key '{p}_schedules': {sched!r} must list two or more jump lengths of '{p}_ks' "
-                                     f"{getattr(self, f'{p}_ks')}")
+                check_schedule(f"{p}_schedules", sched, getattr(self, f"{p}_ks"))
         for key in ("mm_hybrid_overrides_by_k", "qm_hybrid_overrides_by_k"):
             for k, v in getattr(self, key).items():
                 if not str(k).isdigit() or not isinstance(v, dict):
@@ -114,3 +113,17 @@ class BenchConfig:
                     raise ValueError(f"key '{key}': {k!r} is not a jump length (write e.g. 8: path/best.pt)")
         if not self.mm_scan_dts_fs:
             raise ValueError("key 'mm_scan_dts_fs' must list at least one step")
+
+
+def check_schedule(key: str, sched: Any, ks: list[int]) -> None:
+    """A stride schedule is two or more jump lengths of ``ks`` ([4, 12]) or two or more orders of them with
+    equal sums ([[8, 10], [9, 9]]); anything else is a ValueError naming the key."""
+    def ok_order(o: Any, min_len: int) -> bool:
+        return isinstance(o, list) and len(o) >= min_len and all(isinstance(k, int) and k in ks for k in o)
+    if isinstance(sched, list) and sched and all(isinstance(o, list) for o in sched):
+        if len(sched) >= 2 and all(ok_order(o, 1) for o in sched) and len({sum(o) for o in sched}) == 1:
+            return
+    elif ok_order(sched, 2):
+        return
+    raise ValueError(f"key '{key}': {sched!r} must list two or more jump lengths of {ks} (e.g. [4, 12]), or two or "
+                     f"more orders of them with equal sums (e.g. [[8, 10], [9, 9]])")

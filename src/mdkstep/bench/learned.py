@@ -27,14 +27,18 @@ from .core import (Method, cached_stats, hybrid_config, hybrid_nve, hybrid_timer
 class HybridMethod:
     """``hybrid_k<K>``: the direct-jump hybrid (mdkstep.hybrid) with one checkpoint, or
     ``hybrid_k<K1>+<K2>...``: a stride schedule (``strides`` [(k_i, checkpoint_i)], used in turn,
-    one force call each; method.k = sum k_i)."""
+    one force call each; method.k = sum k_i), or ``hybrid_k8+10|9+9|10+8``: one of several such
+    orders of equal sum drawn per cycle (``strides`` a list of orders)."""
 
     kind = "hybrid"
 
     def __init__(self, mode, mol: str, method: Method, checkpoint: Path | None, bonds: np.ndarray, hcfg_path: str,
-                 overrides: dict[str, Any], temperature_K: float, strides: list[tuple[int, Path]] | None = None):
+                 overrides: dict[str, Any], temperature_K: float,
+                 strides: list[tuple[int, Path]] | list[list[tuple[int, Path]]] | None = None):
         self.mode, self.mol, self.method, self.checkpoint, self.bonds = mode, mol, method, checkpoint, bonds
         self.strides = strides
+        #: the schedule's orders (one, or several drawn per cycle)
+        self.orders = ([strides] if strides and isinstance(strides[0], tuple) else strides) or []
         k, dt = method.k, method.dt_fs
         self.hcfg = hybrid_config(hcfg_path, overrides, k, dt, temperature_K)
         self.hcfg_nve = hybrid_config(hcfg_path, overrides, k, dt, temperature_K, ensemble="nve", energy_filter=False)
@@ -42,16 +46,18 @@ class HybridMethod:
         self.seed_offset = 2000 if strides else 0  #: schedules draw their own seeds (hybrid_k<K>'s stay as before)
 
     def _jumper(self, engine):
-        if self.strides:
+        if self.orders:
             from ..hybrid import StrideSchedule
-            return StrideSchedule([(load_jumper(ck, engine, self.bonds, k, self.method.dt_fs), k)
-                                   for k, ck in self.strides])
+            jumpers = {k: load_jumper(ck, engine, self.bonds, k, self.method.dt_fs)
+                       for k, ck in sorted({kc for o in self.orders for kc in o})}
+            orders = [[(jumpers[k], k) for k, _ in o] for o in self.orders]
+            return StrideSchedule(orders[0], alternatives=orders[1:])
         return load_jumper(self.checkpoint, engine, self.bonds, self.method.k, self.method.dt_fs)
 
     def production(self, x0: np.ndarray, v0: np.ndarray, time_ps: float, out: Path, seed: int,
                    meta: dict[str, Any]) -> dict[str, Any]:
         engine = self.mode.engine(self.mol)
-        cks = [ck for _, ck in self.strides] if self.strides else self.checkpoint
+        cks = [ck for o in self.orders for _, ck in o] if self.orders else self.checkpoint
         return run_hybrid_production(engine, self._jumper(engine), self.hcfg, x0, v0, time_ps, out, seed, meta,
                                      run_fingerprint(cks, self.hcfg, time_ps, seed))
 
@@ -197,10 +203,13 @@ def learned_methods(mode, mol: str, ref: Method, settings: dict[str, Any], check
         over = {**settings["hybrid_overrides"], **(by_k.get(str(k)) or by_k.get(k) or {})}
         out.append(HybridMethod(mode, mol, m, ck, bonds, settings["hybrid_config"], over, temperature))
     for sched in settings.get("schedules") or []:
-        name = schedule_name(sched)
-        m = Method(name, "hybrid", ref.dt_fs, k=sum(sched), note=f"stride schedule {sched}, models k = {sched} in turn")
+        orders = schedule_orders(sched)
+        note = (f"stride schedule {sched}, models k = {sched} in turn" if len(orders) == 1 else
+                f"stride schedule: one of the orders {sched} drawn per cycle")
+        m = Method(schedule_name(sched), "hybrid", ref.dt_fs, k=sum(orders[0]), note=note)
+        strides = [[(k, checkpoints[k]) for k in o] for o in orders]
         out.append(HybridMethod(mode, mol, m, None, bonds, settings["hybrid_config"], settings["hybrid_overrides"],
-                                temperature, strides=[(k, checkpoints[k]) for k in sched]))
+                                temperature, strides=strides[0] if len(orders) == 1 else strides))
     for name, (k, ck) in exact_checkpoints.items():
         note = f"exact mode, shear model {ck}" if ck else f"Metropolized velocity Verlet at {k * ref.dt_fs:g} fs"
         m = Method(name, "exact", ref.dt_fs, k=k, note=note)
@@ -209,9 +218,14 @@ def learned_methods(mode, mol: str, ref: Method, settings: dict[str, Any], check
     return out
 
 
-def schedule_name(sched: list[int]) -> str:
-    """Row name of a stride schedule: hybrid_k4+12."""
-    return "hybrid_k" + "+".join(str(int(k)) for k in sched)
+def schedule_orders(sched: list) -> list[list[int]]:
+    """The orders of a bench stride schedule: [4, 12] -> [[4, 12]]; [[8, 10], [9, 9]] as given."""
+    return [[int(k) for k in o] for o in sched] if sched and isinstance(sched[0], list) else [[int(k) for k in sched]]
+
+
+def schedule_name(sched: list) -> str:
+    """Row name of a stride schedule: hybrid_k4+12, or hybrid_k8+10|9+9|10+8 for orders drawn per cycle."""
+    return "hybrid_k" + "|".join("+".join(str(k) for k in o) for o in schedule_orders(sched))
 
 
 def exact_method_names(mvv_dts_fs: list[float], exact_ks: list[int], ref_dt_fs: float) -> dict[str, int]:

@@ -26,7 +26,7 @@ from .config import BenchConfig
 from .breakeven import BREAK_EVEN_KEYS, add_break_even, model_cost, schedule_cost
 from .core import (FloorCache, Method, Mode, data_cost, ensure_exact_model, ensure_model, fidelity, interleaved_timing,
                    one_jump_summary, sampling_efficiency, trajectory_summary, training_cost, training_run)
-from .learned import exact_method_names, learned_methods, schedule_name
+from .learned import exact_method_names, learned_methods, schedule_name, schedule_orders
 
 #: keys every record carries (None where a key does not apply, e.g. model_ms_per_jump of plain MD)
 RECORD_KEYS = (
@@ -265,7 +265,8 @@ def run_mode(mode: Mode, cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[s
         models[f"k{k}"] = {"checkpoint": str(ck), "source": cost["source"], "one_jump_test": one_jump_summary(metrics),
                            "cost": cost}
     for sched in s.get("schedules") or []:
-        costs[schedule_name(sched)] = schedule_cost([costs[f"hybrid_k{k}"] for k in sorted(set(sched))])
+        ks = sorted({k for o in schedule_orders(sched) for k in o})
+        costs[schedule_name(sched)] = schedule_cost([costs[f"hybrid_k{k}"] for k in ks])
     exact_checkpoints = {}
     for name, k in exact_method_names(s.get("mvv_dts_fs", []), s.get("exact_ks", []), ref.dt_fs).items():
         ck, metrics, cost = bench_exact_model(mode, cfg, k, [runs[m]["train"] for m in mols]) \

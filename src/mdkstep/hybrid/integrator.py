@@ -80,24 +80,32 @@ class Jumper(Protocol):
 
 
 class StrideSchedule:
-    """Several jumpers used in turn within one cycle: [(jumper_1, k_1), (jumper_2, k_2), ...].
+    """Several jumpers used in turn within one cycle: [(jumper_1, k_1), (jumper_2, k_2), ...], or
+    several such orders of equal total k with one drawn at random per cycle (``alternatives``).
 
     Each sub-stride is a whole jump (thermostat k_i dt / 2 - jump - projection - one force call
     - corrector - filter - thermostat k_i dt / 2, with its own guard and fallback of k_i plain
-    steps); a cycle is the whole schedule, sum k_i steps and one force call per sub-stride.
-    Why: a jump of tau moves a vibration of frequency nu through 2 pi nu tau; where that is a
-    multiple of pi the next frame's displacement does not depend on the velocity, so the
-    thermostat cannot reach that mode (scripts/stride_resonance.py). Strides that are resonant
-    for different modes (MM k = 4 and 12, mean 16 fs) leave no mode without a coupling
-    (measured: 4.1x / 2.7x the floor vs k = 8's 8.3x / 6.3x, k = 12 alone 2.9x / 2.7x; README).
-    Only with the "kick" corrector (one call per sub-stride); the counters' jumps, retries and
-    fallbacks count sub-strides, ``cycles`` whole schedules.
+    steps); a cycle is one whole order, sum k_i steps and one force call per sub-stride, so the
+    frames stay evenly spaced. Why: a jump of tau moves a vibration of frequency nu through
+    2 pi nu tau; where that is a multiple of pi the next frame's displacement does not depend on
+    the velocity, so the thermostat cannot reach that mode (scripts/stride_resonance.py).
+    Strides that are resonant for different modes leave no mode without a coupling; a random
+    order per cycle (e.g. 8 + 10, 9 + 9, 10 + 8) also keeps any mode from meeting the same
+    phase every cycle (measured: README, "Stride resonance"). The draw uses the integrator's
+    generator, so a resumed run draws the same orders. Only with the "kick" corrector (one
+    call per sub-stride); the counters' jumps, retries and fallbacks count sub-strides,
+    ``cycles`` whole orders.
     """
 
-    def __init__(self, strides: list[tuple[Jumper, int]]):
-        if not strides or any(int(k) < 1 for _, k in strides):
-            raise MdkstepError("stride schedule: needs at least one (jumper, k) with k >= 1")
-        self.strides = [(j, int(k)) for j, k in strides]
+    def __init__(self, strides: list[tuple[Jumper, int]], alternatives: list[list[tuple[Jumper, int]]] | None = None):
+        orders = [strides] + list(alternatives or [])
+        if any(not o or any(int(k) < 1 for _, k in o) for o in orders):
+            raise MdkstepError("stride schedule: every order needs at least one (jumper, k) with k >= 1")
+        self.orders = [[(j, int(k)) for j, k in o] for o in orders]
+        sums = sorted({sum(k for _, k in o) for o in self.orders})
+        if len(sums) > 1:
+            raise MdkstepError(f"stride schedule: the orders must span the same k (frames evenly spaced), got {sums}")
+        self.strides = self.orders[0]
 
     @property
     def k(self) -> int:
@@ -105,9 +113,18 @@ class StrideSchedule:
         return sum(k for _, k in self.strides)
 
     @property
+    def jumpers(self) -> list[Jumper]:
+        """Each distinct jumper once."""
+        seen: dict[int, Jumper] = {}
+        for o in self.orders:
+            for j, _ in o:
+                seen.setdefault(id(j), j)
+        return list(seen.values())
+
+    @property
     def ms(self) -> list[float]:
         """Model milliseconds of every sub-stride jump so far (the jumpers that time themselves)."""
-        return [t for j, _ in self.strides for t in getattr(j, "ms", [])]
+        return [t for j in self.jumpers for t in getattr(j, "ms", [])]
 
     @property
     def ms_per_jump(self) -> float:
@@ -194,13 +211,14 @@ class HybridIntegrator:
         self.dt = cfg.dt_ps
         if isinstance(jumper, StrideSchedule):
             if cfg.corrector != "kick" or jumper.k != cfg.k:
-                raise MdkstepError(f"stride schedule {[k for _, k in jumper.strides]}: needs corrector 'kick' and "
+                raise MdkstepError(f"stride schedule {[[k for _, k in o] for o in jumper.orders]}: needs corrector 'kick' and "
                                    f"k = {jumper.k} (the sum of its strides), got {cfg.corrector!r} and k = {cfg.k}")
-            self.strides = jumper.strides
+            self.orders = jumper.orders
         else:
-            self.strides = [(jumper, int(cfg.k))]
-        self.k_now = self.strides[0][1]  #: steps of the sub-stride being advanced
-        self.tau = self.k_now * self.dt if len(self.strides) > 1 else cfg.cycle_ps  #: its length, ps
+            self.orders = [[(jumper, int(cfg.k))]]
+        self.scheduled = len(self.orders) > 1 or len(self.orders[0]) > 1  #: sub-strides shorter than the cycle
+        self.k_now = self.orders[0][0][1]  #: steps of the sub-stride being advanced
+        self.tau = self.k_now * self.dt if self.scheduled else cfg.cycle_ps  #: its length, ps
         self.n_atoms = len(self.masses)
         self.pairs = np.asarray(engine.constraint_pairs(), dtype=int).reshape(-1, 2)
         if len(self.pairs) != engine.n_constraints:
@@ -347,7 +365,7 @@ class HybridIntegrator:
         """The fallback: ``steps_per_cycle`` (with a schedule: the sub-stride's k) plain
         velocity-Verlet steps from replica r's state."""
         x, v, f, u = self.x[r].copy(), self.v[r].copy(), self.f[r].copy(), float(self.u[r])
-        steps = self.cfg.steps_per_cycle if len(self.strides) == 1 else self.k_now
+        steps = self.k_now if self.scheduled else self.cfg.steps_per_cycle
         try:
             for _ in range(steps):
                 x, v, f, u = velocity_verlet_step(self.engine, x, v, f, self.dt, self.masses)
@@ -436,8 +454,9 @@ class HybridIntegrator:
 
     def cycle(self) -> None:
         """Advance every replica by one cycle (one jumper call for all of them per sub-stride)."""
-        for jumper, k in self.strides:
-            if len(self.strides) > 1:
+        order = self.orders[int(self.rng.integers(len(self.orders)))] if len(self.orders) > 1 else self.orders[0]
+        for jumper, k in order:
+            if self.scheduled:
                 self.k_now, self.tau = k, k * self.dt
             self._half_bath()
             dx, dv, fp = self._jump(jumper)
