@@ -1,6 +1,7 @@
 #!/bin/bash
 # Learned MM rows of the benchmark for other checkpoints/settings, against the cached references and plain runs
-# of an earlier `make bench` (outputs/bench): only the hybrid / exact rows run (minutes, not the whole bench).
+# of an earlier `make bench` (outputs/bench): only the hybrid / exact rows run (minutes, not the whole bench); a
+# learned row with the same model, settings and seed as the cached bench's is reused from a copy.
 #
 # usage: scripts/bench_rows.sh NAME '{K: CKPT, ...}' [extra benchmarks/bench.py options, e.g. --set mm_schedules=[[4,12]]]
 #   NAME  results go to outputs/bench_eval/NAME/bench.md (+ NAME.log); CKPT paths are relative to the repository
@@ -19,8 +20,11 @@ ln -sfn "$PWD/$SRC/raw" "$D/mm/raw"
 for mol in "$SRC"/runs/*/; do
   mol=$(basename "$mol"); mkdir -p "$D/mm/runs/$mol"
   for f in "$SRC/runs/$mol"/*; do
-    b=$(basename "$f"); case $b in hybrid_*|exact_*|mvv_*) continue;; esac
-    ln -sfn "$PWD/$f" "$D/mm/runs/$mol/$b"
+    b=$(basename "$f")
+    case $b in  # learned rows: copied, so a row whose model or settings differ reruns here, never in $SRC
+      hybrid_*|exact_*|mvv_*) [ -L "$D/mm/runs/$mol/$b" ] && rm "$D/mm/runs/$mol/$b"; cp -n "$f" "$D/mm/runs/$mol/$b";;
+      *) ln -sfn "$PWD/$f" "$D/mm/runs/$mol/$b";;
+    esac
   done
 done
 KS=$(echo "$CKS" | grep -o '[0-9]\+:' | tr -d ':' | paste -sd, -)
