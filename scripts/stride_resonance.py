@@ -18,6 +18,8 @@ k = 12 15.9 %; the k = 12 model is 2-3x closer to the reference than the k = 8 o
 
 Example:
   python scripts/stride_resonance.py outputs/bench/mm/runs/aspirin/ref_r0.npz --dt-fs 2
+  python scripts/stride_resonance.py outputs/bench/mm/runs/aspirin/ref_r0.npz --dt-fs 2 --ks 8 9 10 \\
+      --bonds outputs/bench/mm/runs/aspirin/topology.json      # which bond is resonant at which k
 """
 from __future__ import annotations
 
@@ -57,6 +59,38 @@ def resonant_fraction(freq_cm: np.ndarray, power: np.ndarray, tau_ps: float, wid
     return float(power[hit].sum() / power[above].sum()), hit
 
 
+def bond_peaks(positions: np.ndarray, bonds: np.ndarray, frame_ps: float, min_cm: float) -> np.ndarray:
+    """Dominant frequency (cm^-1, above min_cm) of each bond's length in frames (F,N,3) spaced frame_ps."""
+    length = np.linalg.norm(positions[:, bonds[:, 0]] - positions[:, bonds[:, 1]], axis=-1)
+    power = np.abs(np.fft.rfft((length - length.mean(0)) * np.hanning(len(length))[:, None], axis=0)) ** 2
+    freq = np.fft.rfftfreq(len(length), frame_ps) * CM_PER_INV_PS
+    above = freq >= min_cm
+    return freq[above][np.argmax(power[above], axis=0)]
+
+
+def print_bond_phases(t, topology: str, ks: list[int], dt_fs: float, frame_ps: float, width: float,
+                      min_cm: float) -> None:
+    """Per heavy-atom bond of ``topology`` (a stage-00 topology.json): its length's dominant
+    frequency and the phase per jump (units of pi) at each k, * where resonant."""
+    import json
+    topo = json.loads(Path(topology).read_text())
+    bonds = np.asarray(topo["bonds"], dtype=int).reshape(-1, 2)
+    z = np.asarray(topo["atomic_numbers"], dtype=int)
+    heavy = bonds[(z[bonds[:, 0]] > 1) & (z[bonds[:, 1]] > 1)]
+    peaks = bond_peaks(t.positions, heavy, frame_ps, min_cm)
+    sym = {6: "C", 7: "N", 8: "O", 9: "F", 15: "P", 16: "S", 17: "Cl"}
+    print(f"heavy-atom bonds of {topology}: dominant frequency of the length, phase per jump / pi (* resonant)")
+    print("  bond          cm^-1  " + "  ".join(f"k={k:<3d}" for k in ks))
+    for (i, j), nu in zip(heavy, peaks):
+        cells = []
+        for k in ks:
+            ph = 2.0 * nu / CM_PER_INV_PS * k * dt_fs / 1000.0
+            m = np.rint(ph)
+            cells.append(f"{ph:4.2f}{'*' if m >= 1 and abs(ph - m) <= width else ' '}")
+        name = f"{sym.get(int(z[i]), z[i])}{i}-{sym.get(int(z[j]), z[j])}{j}"
+        print(f"  {name:12s} {nu:6.0f}  " + "  ".join(cells))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-cm", type=float, default=200.0, help="ignore frequencies below this, cm^-1 (default 200)")
     p.add_argument("--weight", choices=("none", "mass"), default="none",
                    help="atom weights of the spectrum: none (default; H-dominated) or mass (the VDOS)")
+    p.add_argument("--bonds", metavar="TOPOLOGY_JSON", default=None,
+                   help="also list every heavy-atom bond's stretch frequency and phase per k (stage-00 topology.json)")
     a = p.parse_args(argv)
     try:
         t = load_trajectory(a.trajectory)
@@ -90,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         total = power[freq >= a.min_cm].sum()
         desc = ", ".join(f"{b}-{b + 100} cm^-1 {100 * w / total:.1f}%" for b, w in top)
         print(f"  k = {k:2d} ({k * a.dt_fs:g} fs): resonant power {100 * frac:5.1f}%  [{desc}]")
+    if a.bonds:
+        try:
+            print_bond_phases(t, a.bonds, a.ks, a.dt_fs, frame_ps, a.width, a.min_cm)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"error: {a.bonds}: not a topology.json with 'bonds' and 'atomic_numbers' ({e})", file=sys.stderr)
+            return 2
     return 0
 
 

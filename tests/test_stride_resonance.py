@@ -37,3 +37,14 @@ def test_help_and_missing_file(capsys, tmp_path):
     mod = _script()
     assert mod.main([str(tmp_path / "none.npz"), "--dt-fs", "2"]) == 2
     assert "none.npz" in capsys.readouterr().err
+
+
+def test_bond_peak_is_the_stretch_frequency():
+    mod = _script()
+    nu_cm, dt_ps = 1842.0, 0.002
+    t = np.arange(4096) * dt_ps
+    omega = 2 * np.pi * nu_cm / mod.CM_PER_INV_PS
+    pos = np.zeros((len(t), 2, 3))
+    pos[:, 1, 0] = 0.123 + 0.002 * np.cos(omega * t)  # nm
+    peak = mod.bond_peaks(pos, np.array([[0, 1]]), dt_ps, 200.0)
+    assert abs(peak[0] - nu_cm) < 10.0
