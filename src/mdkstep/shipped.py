@@ -51,6 +51,9 @@ class ModelsConfig:
     mm_model_overrides_by_k: dict[str, Any] = field(default_factory=dict)  #: k -> extra model overrides
     mm_train_config: str = "configs/train.yaml"
     mm_train_overrides: dict[str, Any] = field(default_factory=dict)
+    #: k -> train overrides of a second stage warm-started from the first's best.pt (a warm restart
+    #: of the schedule, e.g. {9: {max_steps: 12000, lr: 3.0e-4}}); the model shipped is the second's
+    mm_finetune_by_k: dict[str, Any] = field(default_factory=dict)
     # ---------------------------------------------------------------- QM (GFN2-xTB via tblite)
     qm_molecules: list[str] = field(default_factory=lambda: ["data/bench_qm.smi"])
     qm_config: str = "configs/qm.yaml"  #: engine, thermostat, equilibration of the training runs
@@ -63,6 +66,7 @@ class ModelsConfig:
     qm_model_overrides_by_k: dict[str, Any] = field(default_factory=dict)
     qm_train_config: str = "configs/train_qm.yaml"
     qm_train_overrides: dict[str, Any] = field(default_factory=dict)
+    qm_finetune_by_k: dict[str, Any] = field(default_factory=dict)  #: as mm_finetune_by_k
     # exact mode (issue 12): shear models <mode>_exact_k<K>.pt on the same training runs (MM: RATTLE-projected)
     mm_exact_ks: list[int] = field(default_factory=list)  #: strides (in mm_dt_fs steps) of the MM exact-mode models
     mm_exact_model_config: str = "configs/model_shear.yaml"
@@ -90,9 +94,10 @@ class ModelsConfig:
                 raise ValueError(f"key '{p}_exact_ks' must list jump lengths >= 1")
             if p in self.modes and not getattr(self, f"{p}_molecules"):
                 raise ValueError(f"key '{p}_molecules' must list at least one .smi entry")
-            for k, v in getattr(self, f"{p}_model_overrides_by_k").items():
-                if not str(k).isdigit() or not isinstance(v, dict):
-                    raise ValueError(f"key '{p}_model_overrides_by_k': {k!r} must map a jump length to overrides")
+            for key in (f"{p}_model_overrides_by_k", f"{p}_finetune_by_k"):
+                for k, v in getattr(self, key).items():
+                    if not str(k).isdigit() or not isinstance(v, dict):
+                        raise ValueError(f"key '{key}': {k!r} must map a jump length to overrides")
 
 
 def model_name(mode: str, k: int) -> str:
@@ -205,14 +210,26 @@ def training_data(m, cfg: ModelsConfig) -> tuple[list[str], dict[str, Path]]:
 
 
 def train_one(m, cfg: ModelsConfig, k: int, runs: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
-    """The bench's ensure_model for jump length k on every training run; (best.pt, final metrics)."""
-    from .bench.core import ensure_model
+    """The bench's ensure_model for jump length k on every training run, then the optional
+    warm-started second stage (``<mode>_finetune_by_k``); (best.pt, final metrics)."""
+    from .bench.core import ensure_model, training_cost
 
     p = m.name
     by_k = getattr(cfg, f"{p}_model_overrides_by_k")
     over = {**getattr(cfg, f"{p}_model_overrides"), **(by_k.get(str(k)) or by_k.get(k) or {})}
-    return ensure_model(p, k, list(runs.values()), m.root / "models" / f"k{k}", getattr(cfg, f"{p}_model_config"),
-                        over, getattr(cfg, f"{p}_train_config"), getattr(cfg, f"{p}_train_overrides"), None)
+    train_over = getattr(cfg, f"{p}_train_overrides")
+    args = (getattr(cfg, f"{p}_model_config"), over, getattr(cfg, f"{p}_train_config"))
+    best, final = ensure_model(p, k, list(runs.values()), m.root / "models" / f"k{k}", *args, train_over, None)
+    ft = getattr(cfg, f"{p}_finetune_by_k")
+    ft = ft.get(str(k)) or ft.get(k)
+    if not ft:
+        return best, final
+    out = m.root / "models" / f"k{k}_ft"
+    out.mkdir(parents=True, exist_ok=True)
+    stage1 = training_cost(best.parent) or {}
+    atomic_write_json(out / "warm_start.json", {"checkpoint": str(best), "sha256": sha256(best),
+                                                "steps": stage1.get("steps"), "wall_s": stage1.get("wall_s")})
+    return ensure_model(p, k, list(runs.values()), out, *args, {**train_over, **ft}, None, pretrained=best)
 
 
 def data_summary(m, cfg: ModelsConfig, runs: dict[str, Path]) -> dict[str, Any]:
@@ -276,7 +293,10 @@ def make_card(mode: str, k: int, ck: dict[str, Any], data: dict[str, Any], final
 
     tc = training_cost(train_dir) or {}
     summ = final.get("train_summary", {})
+    warm = json.loads((train_dir / "warm_start.json").read_text()) if (train_dir / "warm_start.json").is_file() else None
     train_wall = tc.get("wall_s")
+    if warm and train_wall is not None:
+        train_wall = train_wall + warm["wall_s"] if warm.get("wall_s") is not None else None
     total_wall = train_wall + data["wall_s"] if train_wall is not None and data["wall_s"] is not None else None
     return {
         "name": name or model_name(mode, k), "mode": mode, "kind": (ck["model_config"] or {}).get("kind", "jump"),
@@ -286,7 +306,8 @@ def make_card(mode: str, k: int, ck: dict[str, Any], data: dict[str, Any], final
         "data": data,
         "training": {"steps": summ.get("steps", tc.get("steps", final.get("steps"))), "epochs": summ.get("epochs"),
                      "best_val_loss": summ.get("best_val"), "n_parameters": summ.get("n_parameters") or count_parameters(checkpoint),
-                     "device": summ.get("device"), "wall_s": train_wall, "sessions": tc.get("sessions")},
+                     "device": summ.get("device"), "wall_s": train_wall, "sessions": tc.get("sessions"),
+                     "warm_start": warm},
         "cost": {"force_calls": data["force_calls"], "data_wall_s": data["wall_s"], "train_wall_s": train_wall,
                  "total_wall_s": total_wall},
         "one_jump": None if final.get("kind") == "shear" else one_jump_table(final),
@@ -320,7 +341,9 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"- data cost: {_num(d['force_calls'])} force calls, {_num(d['wall_s'])} s wall",
              f"- training: {_num(t['steps'])} steps, {_num(t['wall_s'])} s wall on {t.get('device') or 'n/a'}, "
              f"{_num(t['n_parameters'])} parameters ({card['model_config'].get('arch')}, hidden "
-             f"{card['model_config'].get('hidden')}, {card['model_config'].get('n_layers')} layers)",
+             f"{card['model_config'].get('hidden')}, {card['model_config'].get('n_layers')} layers)"
+             + (f", warm-started from a first stage of {_num(t['warm_start'].get('steps'))} steps "
+                f"({_num(t['warm_start'].get('wall_s'))} s; wall above: both stages)" if t.get("warm_start") else ""),
              f"- total wall: {_num(c['total_wall_s'])} s; machine: {card['machine'].get('cpu')} "
              f"({card['machine'].get('cores')} cores, GPU {card['machine'].get('gpu') or 'none'})",
              f"- elements: {card['atom_types']}; checkpoint {card['checkpoint']} (sha256 {card['checkpoint_sha256'][:12]}…)"]

@@ -75,10 +75,12 @@ def common_interval_ps(*frame_fs: float) -> float:
 
 def ensure_model(mode_name: str, k: int, dataset_trajs: list[Path], out: Path, model_cfg_path: str,
                  model_over: dict[str, Any], train_cfg_path: str, train_over: dict[str, Any],
-                 given: str | None, raw_root: Path | None = None) -> tuple[Path, dict[str, Any]]:
+                 given: str | None, raw_root: Path | None = None,
+                 pretrained: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """The checkpoint for jump length k: ``given`` when set (must exist), else trained now into
-    ``out`` (dataset of ``dataset_trajs``, time split) unless ``out/best.pt`` already exists.
-    Returns the checkpoint path and the one-jump test metrics (model vs no-move)."""
+    ``out`` (dataset of ``dataset_trajs``, time split; initialized from ``pretrained`` when set)
+    unless ``out/best.pt`` already exists. Returns the checkpoint path and the one-jump test
+    metrics (model vs no-move)."""
     from ..config import load_config
     from ..dataset import build_dataset, write_split_files
     from ..model import ModelConfig
@@ -102,7 +104,8 @@ def ensure_model(mode_name: str, k: int, dataset_trajs: list[Path], out: Path, m
              model_cfg_path, train_cfg_path)
     t0 = time.perf_counter()
     res = train(ds_file, (splits / "train.json", splits / "val.json"), mcfg, tcfg, out,
-                resume=(out / "last.pt").is_file(), test_split=splits / "test.json", progress=True)
+                resume=(out / "last.pt").is_file(), pretrained=pretrained, test_split=splits / "test.json",
+                progress=True)
     record_training_cost(out, time.perf_counter() - t0, res)
     return best, json.loads(final.read_text()) if final.is_file() else res.get("final_metrics", {})
 
