@@ -343,7 +343,7 @@ def test_schedule_keys_fixed_and_drawn_orders():
     check_schedule("mm_schedules", [8, 10], ks)
     check_schedule("mm_schedules", [[8, 10], [9, 9], [10, 8]], ks)
     assert schedule_name([4, 12]) == "hybrid_k4+12" and schedule_orders([4, 12]) == [[4, 12]]
-    assert schedule_name([[8, 10], [9, 9]]) == "hybrid_k8+10|9+9"
+    assert schedule_name([[8, 10], [9, 9]]) == "hybrid_k8+10,9+9"
     for bad in ([8], [8, 12], [[8, 10], [9, 8]], [[8, 10]], [[8, 10], 9]):
         with pytest.raises(ValueError, match="mm_schedules"):
             check_schedule("mm_schedules", bad, ks)

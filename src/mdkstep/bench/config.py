@@ -48,7 +48,7 @@ class BenchConfig:
     mm_hybrid_overrides_by_k: dict[str, Any] = field(default_factory=dict)  #: k -> extra hybrid overrides, e.g. {4: {friction_per_ps: 50}}
     #: stride schedules, e.g. [[4, 12]]: rows hybrid_k4+12 that use the mm_ks models in turn
     #: (one force call per sub-stride; mdkstep.hybrid.StrideSchedule); a schedule of orders, e.g.
-    #: [[[8, 10], [9, 9], [10, 8]]]: row hybrid_k8+10|9+9|10+8, one order (equal sums) drawn per cycle
+    #: [[[8, 10], [9, 9], [10, 8]]]: row hybrid_k8+10,9+9,10+8, one order (equal sums) drawn per cycle
     mm_schedules: list[Any] = field(default_factory=list)
     # exact mode on the HBonds system: the RATTLE-projected shear map (mdkstep.constraints)
     mm_exact_ks: list[int] = field(default_factory=list)  #: exact-mode rows exact_k<K> (models/mm_exact_k<K>.pt, else trained here)

@@ -27,7 +27,7 @@ from .core import (Method, cached_stats, hybrid_config, hybrid_nve, hybrid_timer
 class HybridMethod:
     """``hybrid_k<K>``: the direct-jump hybrid (mdkstep.hybrid) with one checkpoint, or
     ``hybrid_k<K1>+<K2>...``: a stride schedule (``strides`` [(k_i, checkpoint_i)], used in turn,
-    one force call each; method.k = sum k_i), or ``hybrid_k8+10|9+9|10+8``: one of several such
+    one force call each; method.k = sum k_i), or ``hybrid_k8+10,9+9,10+8``: one of several such
     orders of equal sum drawn per cycle (``strides`` a list of orders)."""
 
     kind = "hybrid"
@@ -224,8 +224,8 @@ def schedule_orders(sched: list) -> list[list[int]]:
 
 
 def schedule_name(sched: list) -> str:
-    """Row name of a stride schedule: hybrid_k4+12, or hybrid_k8+10|9+9|10+8 for orders drawn per cycle."""
-    return "hybrid_k" + "|".join("+".join(str(k) for k in o) for o in schedule_orders(sched))
+    """Row name of a stride schedule: hybrid_k4+12, or hybrid_k8+10,9+9,10+8 for orders drawn per cycle."""
+    return "hybrid_k" + ",".join("+".join(str(k) for k in o) for o in schedule_orders(sched))
 
 
 def exact_method_names(mvv_dts_fs: list[float], exact_ks: list[int], ref_dt_fs: float) -> dict[str, int]:
