@@ -143,8 +143,8 @@ def test_smoke_models_pass_the_shipped_checks(smoke_models):
     card = json.loads((tmp / "models" / "qm_k8.json").read_text())
     assert card["data"]["engine"] == "xtb" and card["data"]["force_calls"] > 0 and card["cost"]["total_wall_s"] > 0
     assert card["data"]["molecules"][0]["name"] == "water" and card["data"]["molecules"][0]["seed"] == 1100
-    k8 = json.loads((tmp / "models" / "mm_k8.json").read_text())  # mm_finetune_by_k: a second stage from k8's best
-    assert k8["training"]["steps"] == 2 and k8["training"]["warm_start"]["steps"] == 3
+    k8 = json.loads((tmp / "models" / "mm_k8.json").read_text())  # mm_finetune_by_k: k8 grown from k4's best
+    assert k8["training"]["steps"] == 2 and k8["training"]["warm_start"]["steps"] == 3 and k8["training"]["warm_start"]["k"] == 4
     assert k8["train_config"]["lr"] == pytest.approx(3.0e-4) and "warm-started" in (tmp / "models" / "mm_k8.md").read_text()
 
 

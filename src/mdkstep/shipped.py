@@ -52,7 +52,9 @@ class ModelsConfig:
     mm_train_config: str = "configs/train.yaml"
     mm_train_overrides: dict[str, Any] = field(default_factory=dict)
     #: k -> train overrides of a second stage warm-started from the first's best.pt (a warm restart
-    #: of the schedule, e.g. {9: {max_steps: 12000, lr: 3.0e-4}}); the model shipped is the second's
+    #: of the schedule, e.g. {9: {max_steps: 12000, lr: 3.0e-4}}); the model shipped is the second's.
+    #: With from_k: K it starts from model K's first stage instead and has no first stage of its own
+    #: (e.g. {10: {from_k: 9, max_steps: 8000, lr: 5.0e-4}}: a k = 10 model grown from k = 9's)
     mm_finetune_by_k: dict[str, Any] = field(default_factory=dict)
     # ---------------------------------------------------------------- QM (GFN2-xTB via tblite)
     qm_molecules: list[str] = field(default_factory=lambda: ["data/bench_qm.smi"])
@@ -219,17 +221,19 @@ def train_one(m, cfg: ModelsConfig, k: int, runs: dict[str, Path]) -> tuple[Path
     over = {**getattr(cfg, f"{p}_model_overrides"), **(by_k.get(str(k)) or by_k.get(k) or {})}
     train_over = getattr(cfg, f"{p}_train_overrides")
     args = (getattr(cfg, f"{p}_model_config"), over, getattr(cfg, f"{p}_train_config"))
-    best, final = ensure_model(p, k, list(runs.values()), m.root / "models" / f"k{k}", *args, train_over, None)
-    ft = getattr(cfg, f"{p}_finetune_by_k")
-    ft = ft.get(str(k)) or ft.get(k)
-    if not ft:
+    ft_by_k = getattr(cfg, f"{p}_finetune_by_k")
+    ft = dict(ft_by_k.get(str(k)) or ft_by_k.get(k) or {})
+    from_k = int(ft.pop("from_k", k))
+    best, final = ensure_model(p, from_k, list(runs.values()), m.root / "models" / f"k{from_k}", *args, train_over, None)
+    if from_k == k and not ft:
         return best, final
     out = m.root / "models" / f"k{k}_ft"
     out.mkdir(parents=True, exist_ok=True)
     stage1 = training_cost(best.parent) or {}
-    atomic_write_json(out / "warm_start.json", {"checkpoint": str(best), "sha256": sha256(best),
+    atomic_write_json(out / "warm_start.json", {"checkpoint": str(best), "sha256": sha256(best), "k": from_k,
                                                 "steps": stage1.get("steps"), "wall_s": stage1.get("wall_s")})
-    return ensure_model(p, k, list(runs.values()), out, *args, {**train_over, **ft}, None, pretrained=best)
+    return ensure_model(p, k, list(runs.values()), out, *args, {**train_over, **ft}, None, pretrained=best,
+                        allow_k_change=from_k != k)
 
 
 def data_summary(m, cfg: ModelsConfig, runs: dict[str, Path]) -> dict[str, Any]:
@@ -342,8 +346,9 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"- training: {_num(t['steps'])} steps, {_num(t['wall_s'])} s wall on {t.get('device') or 'n/a'}, "
              f"{_num(t['n_parameters'])} parameters ({card['model_config'].get('arch')}, hidden "
              f"{card['model_config'].get('hidden')}, {card['model_config'].get('n_layers')} layers)"
-             + (f", warm-started from a first stage of {_num(t['warm_start'].get('steps'))} steps "
-                f"({_num(t['warm_start'].get('wall_s'))} s; wall above: both stages)" if t.get("warm_start") else ""),
+             + (f", warm-started from a first stage (k = {t['warm_start'].get('k', card['k'])}) of "
+                f"{_num(t['warm_start'].get('steps'))} steps ({_num(t['warm_start'].get('wall_s'))} s; wall above: "
+                f"both stages)" if t.get("warm_start") else ""),
              f"- total wall: {_num(c['total_wall_s'])} s; machine: {card['machine'].get('cpu')} "
              f"({card['machine'].get('cores')} cores, GPU {card['machine'].get('gpu') or 'none'})",
              f"- elements: {card['atom_types']}; checkpoint {card['checkpoint']} (sha256 {card['checkpoint_sha256'][:12]}…)"]

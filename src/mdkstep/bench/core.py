@@ -76,9 +76,10 @@ def common_interval_ps(*frame_fs: float) -> float:
 def ensure_model(mode_name: str, k: int, dataset_trajs: list[Path], out: Path, model_cfg_path: str,
                  model_over: dict[str, Any], train_cfg_path: str, train_over: dict[str, Any],
                  given: str | None, raw_root: Path | None = None,
-                 pretrained: Path | None = None) -> tuple[Path, dict[str, Any]]:
+                 pretrained: Path | None = None, allow_k_change: bool = False) -> tuple[Path, dict[str, Any]]:
     """The checkpoint for jump length k: ``given`` when set (must exist), else trained now into
-    ``out`` (dataset of ``dataset_trajs``, time split; initialized from ``pretrained`` when set)
+    ``out`` (dataset of ``dataset_trajs``, time split; initialized from ``pretrained`` when set,
+    a checkpoint of another k only with ``allow_k_change``)
     unless ``out/best.pt`` already exists. Returns the checkpoint path and the one-jump test
     metrics (model vs no-move)."""
     from ..config import load_config
@@ -105,7 +106,7 @@ def ensure_model(mode_name: str, k: int, dataset_trajs: list[Path], out: Path, m
     t0 = time.perf_counter()
     res = train(ds_file, (splits / "train.json", splits / "val.json"), mcfg, tcfg, out,
                 resume=(out / "last.pt").is_file(), pretrained=pretrained, test_split=splits / "test.json",
-                progress=True)
+                progress=True, allow_k_change=allow_k_change)
     record_training_cost(out, time.perf_counter() - t0, res)
     return best, json.loads(final.read_text()) if final.is_file() else res.get("final_metrics", {})
 
