@@ -189,4 +189,4 @@ def test_models_configs_load_and_name_real_molecules(name, tmp_path):
         entries = [e if e.startswith("/") else str(ROOT / e) for e in getattr(cfg, f"{mode}_molecules")]
         assert combined_smi(entries, tmp_path / f"{mode}.smi").read_text().count("\n") >= 2
     if name == "models.yaml":
-        assert cfg.mm_ks == [4, 8, 9, 12, 16] and cfg.qm_ks == [8, 16, 32] and cfg.qm_train_ps >= 20.0
+        assert cfg.mm_ks == [4, 8, 9, 10, 12, 16] and cfg.qm_ks == [8, 16, 32] and cfg.qm_train_ps >= 20.0
