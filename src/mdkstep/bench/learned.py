@@ -26,24 +26,22 @@ from .core import (Method, cached_stats, hybrid_config, hybrid_nve, hybrid_timer
 
 class HybridMethod:
     """``hybrid_k<K>``: the direct-jump hybrid (mdkstep.hybrid) with one checkpoint, or
-    ``hybrid_k<K1>+<K2>...``: a stride schedule (``strides`` [(k_i, checkpoint_i)], used in turn,
-    one force call each; method.k = sum k_i), or ``hybrid_k8+10,9+9,10+8``: one of several such
-    orders of equal sum drawn per cycle (``strides`` a list of orders)."""
+    ``hybrid_k<K1>+<K2>...``: a stride schedule (``orders`` [[(k_i, checkpoint_i), ...]], used in
+    turn, one force call each; method.k = sum k_i), or ``hybrid_k8+10,9+9,10+8``: one of several
+    such orders of equal sum drawn per cycle."""
 
     kind = "hybrid"
 
     def __init__(self, mode, mol: str, method: Method, checkpoint: Path | None, bonds: np.ndarray, hcfg_path: str,
                  overrides: dict[str, Any], temperature_K: float,
-                 strides: list[tuple[int, Path]] | list[list[tuple[int, Path]]] | None = None):
+                 orders: list[list[tuple[int, Path]]] | None = None):
         self.mode, self.mol, self.method, self.checkpoint, self.bonds = mode, mol, method, checkpoint, bonds
-        self.strides = strides
-        #: the schedule's orders (one, or several drawn per cycle)
-        self.orders = ([strides] if strides and isinstance(strides[0], tuple) else strides) or []
+        self.orders = orders or []  #: a schedule's orders (one, or several drawn per cycle)
         k, dt = method.k, method.dt_fs
         self.hcfg = hybrid_config(hcfg_path, overrides, k, dt, temperature_K)
         self.hcfg_nve = hybrid_config(hcfg_path, overrides, k, dt, temperature_K, ensemble="nve", energy_filter=False)
         self.timing_jumper = None
-        self.seed_offset = 2000 if strides else 0  #: schedules draw their own seeds (hybrid_k<K>'s stay as before)
+        self.seed_offset = 2000 if orders else 0  #: schedules draw their own seeds (hybrid_k<K>'s stay as before)
 
     def _jumper(self, engine):
         if self.orders:
@@ -207,9 +205,8 @@ def learned_methods(mode, mol: str, ref: Method, settings: dict[str, Any], check
         note = (f"stride schedule {sched}, models k = {sched} in turn" if len(orders) == 1 else
                 f"stride schedule: one of the orders {sched} drawn per cycle")
         m = Method(schedule_name(sched), "hybrid", ref.dt_fs, k=sum(orders[0]), note=note)
-        strides = [[(k, checkpoints[k]) for k in o] for o in orders]
         out.append(HybridMethod(mode, mol, m, None, bonds, settings["hybrid_config"], settings["hybrid_overrides"],
-                                temperature, strides=strides[0] if len(orders) == 1 else strides))
+                                temperature, orders=[[(k, checkpoints[k]) for k in o] for o in orders]))
     for name, (k, ck) in exact_checkpoints.items():
         note = f"exact mode, shear model {ck}" if ck else f"Metropolized velocity Verlet at {k * ref.dt_fs:g} fs"
         m = Method(name, "exact", ref.dt_fs, k=k, note=note)
