@@ -37,6 +37,7 @@ def tiny_config(tmp_path) -> dict:
         "mm_train_config": f"{c}/train.yaml", "mm_train_overrides": tiny_train, "mm_hybrid_config": f"{c}/hybrid.yaml",
         "mm_hybrid_overrides_by_k": {4: {"friction_per_ps": 30.0}},
         "mm_schedules": [[4, 4]],  # a stride schedule row (hybrid_k4+4: the k = 4 model twice per cycle)
+        "mm_schedule_hybrid_overrides": {"friction_per_ps": 25.0},  # the schedule rows' own bath
         "mm_mvv_dts_fs": [4.0], "mm_exact_ks": [2],  # exact mode on the HBonds system (RATTLE-projected)
         "mm_exact_train_overrides": {"steps": 3, "batch_size": 16, "val_max_windows": 64, "log_every": 1},
         "qm_smiles": str(tmp_path / "qm.smi"), "qm_config": f"{c}/qm.yaml",
@@ -114,7 +115,8 @@ def test_bench_end_to_end_every_key(bench_run):
     assert load_trajectory(out / "mm" / "runs" / "ethanol" / "hybrid_k4.npz").metadata["friction"] == 30.0  # by k
     sched = next(r for r in recs if r["method"] == "hybrid_k4+4")  # two sub-strides of 8 fs: 2 calls per 16 fs cycle
     assert sched["k"] == 8 and sched["fallbacks"] == 0 and sched["force_calls_per_ps"] >= 125.0
-    assert load_trajectory(out / "mm" / "runs" / "ethanol" / "hybrid_k4+4.npz").metadata["k"] == 8
+    sched_traj = load_trajectory(out / "mm" / "runs" / "ethanol" / "hybrid_k4+4.npz")
+    assert sched_traj.metadata["k"] == 8 and sched_traj.metadata["friction"] == 25.0
     md = (out / "bench.md").read_text()
     assert "exact_k4" in md and "mvv_0.5fs" in md and "mvv_4fs" in md and "Exact-mode shear models" in md
     mm_exact = load_trajectory(out / "mm" / "runs" / "ethanol" / "exact_k2.npz")

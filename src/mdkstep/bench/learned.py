@@ -190,7 +190,8 @@ def learned_methods(mode, mol: str, ref: Method, settings: dict[str, Any], check
                     exact_checkpoints: dict[str, tuple[int, Path | None]], bonds: np.ndarray) -> list:
     """Every learned method of one molecule: a hybrid per jump-model checkpoint (by k; the
     hybrid config with ``hybrid_overrides`` and that k's ``hybrid_overrides_by_k``), a hybrid
-    per stride schedule (``schedules``: lists of those k, with ``hybrid_overrides``), then
+    per stride schedule (``schedules``: lists of those k, with ``hybrid_overrides`` and
+    ``schedule_hybrid_overrides``), then
     exact mode per shear checkpoint and Metropolized Verlet per ``mvv_dts_fs`` (name -> (k,
     checkpoint or None))."""
     temperature, friction = mode.thermostat()
@@ -205,7 +206,8 @@ def learned_methods(mode, mol: str, ref: Method, settings: dict[str, Any], check
         note = (f"stride schedule {sched}, models k = {sched} in turn" if len(orders) == 1 else
                 f"stride schedule: one of the orders {sched} drawn per cycle")
         m = Method(schedule_name(sched), "hybrid", ref.dt_fs, k=sum(orders[0]), note=note)
-        out.append(HybridMethod(mode, mol, m, None, bonds, settings["hybrid_config"], settings["hybrid_overrides"],
+        over = {**settings["hybrid_overrides"], **(settings.get("schedule_hybrid_overrides") or {})}
+        out.append(HybridMethod(mode, mol, m, None, bonds, settings["hybrid_config"], over,
                                 temperature, orders=[[(k, checkpoints[k]) for k in o] for o in orders]))
     for name, (k, ck) in exact_checkpoints.items():
         note = f"exact mode, shear model {ck}" if ck else f"Metropolized velocity Verlet at {k * ref.dt_fs:g} fs"
