@@ -178,7 +178,7 @@ def test_bench_resolves_shipped_models_by_k(tmp_path):
     assert resolve_checkpoint("qm", 16, {"16": "my.pt"}, True, str(tmp_path)) == ("my.pt", "given")
 
 
-@pytest.mark.parametrize("name", ["models.yaml", "models_gpu.yaml", "models_smoke.yaml"])
+@pytest.mark.parametrize("name", ["models.yaml", "models_gpu.yaml", "models_bench.yaml", "models_smoke.yaml"])
 def test_models_configs_load_and_name_real_molecules(name, tmp_path):
     """Every shipped models config loads (no unknown key) and its molecule entries resolve."""
     from mdkstep.config import load_config
@@ -190,3 +190,17 @@ def test_models_configs_load_and_name_real_molecules(name, tmp_path):
         assert combined_smi(entries, tmp_path / f"{mode}.smi").read_text().count("\n") >= 2
     if name == "models.yaml":
         assert cfg.mm_ks == [4, 8, 9, 10, 12, 16] and cfg.qm_ks == [8, 16, 32] and cfg.qm_train_ps >= 20.0
+
+
+def test_models_bench_config_grows_k10_from_k9():
+    """configs/models_bench.yaml (behind the shipped models) lists k = 10 and grows it from k = 9's model, as the
+    shipped models/mm_k10 card says."""
+    from mdkstep.config import load_config
+    from mdkstep.shipped import ModelsConfig
+
+    cfg = load_config(ModelsConfig, ROOT / "configs" / "models_bench.yaml")
+    assert 10 in cfg.mm_ks and (cfg.mm_finetune_by_k.get(10) or cfg.mm_finetune_by_k.get("10"))["from_k"] == 9
+    card = json.loads((ROOT / "models" / "mm_k10.json").read_text())
+    ft = cfg.mm_finetune_by_k.get(10) or cfg.mm_finetune_by_k.get("10")
+    assert card["training"]["warm_start"]["k"] == 9
+    assert all(card["train_config"][key] == pytest.approx(ft[key]) for key in ("max_steps", "lr", "eval_every"))
