@@ -23,14 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from mdkstep.config import load_config, run_cli, to_dict
-from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, is_exact_checkpoint, is_resuming, load_model,
-                                prepare_outputs, resolve_hybrid_config, run_model, start_frames)
+from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model,
+                                prepare_outputs, read_checkpoints, resolve_hybrid_config, run_model, start_frames)
 from mdkstep.utils import LOG, MdkstepError, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True, help="trained model checkpoint (.pt from stage 04)")
+    p.add_argument("--checkpoint", type=Path, nargs="+", required=True,
+                   help="trained model checkpoint (.pt from stage 04); several with --schedule")
     p.add_argument("--molecule", type=Path, required=True, help="prepared molecule folder (from stage 00)")
     p.add_argument("--out", type=Path, required=True, help="output trajectory NPZ (replicas: <stem>_r<i>.npz)")
     p.add_argument("--md-config", type=Path, default=Path("configs/md.yaml"),
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_config(args, ck: dict, md_cfg):
-    """Hybrid config from YAML + flags, with k / dt_fs / temperature checked against the checkpoint."""
+def resolve_config(args, ck: dict | list[dict], md_cfg):
+    """Hybrid config from YAML + flags, with k / dt_fs / temperature checked against the checkpoint(s)."""
     return resolve_hybrid_config(args, ck, md_cfg.dt_fs, md_cfg.temperature_K, args.md_config)
 
 
@@ -69,19 +70,16 @@ def start_states(args, mol, md_cfg, n_rep: int, masses: np.ndarray) -> tuple[np.
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    from mdkstep.checkpoint import check_compatible, read_checkpoint
     from mdkstep.engines.factory import make_engine
     from mdkstep.md import MDConfig
     from mdkstep.system import from_molecule_dir
 
     check_run_args(args)
     md_cfg = load_config(MDConfig, args.md_config)
-    ck = read_checkpoint(args.checkpoint)
     mol = from_molecule_dir(args.molecule)
-    check_compatible(ck, str(args.checkpoint), atom_types=set(map(int, mol.atomic_numbers)))
-    hcfg = resolve_config(args, ck, md_cfg)
-    if ck.get("engine") not in (None, "openmm"):
-        LOG.warning("%s was trained on %s data; running it with OpenMM forces", args.checkpoint, ck.get("engine"))
+    cks = read_checkpoints(args, set(map(int, mol.atomic_numbers)), "openmm")
+    hcfg = resolve_config(args, cks, md_cfg)
+    ck = cks[0]
     prepare_outputs(args)
     model, device = load_model(args, args.checkpoint)
     engine = make_engine("openmm", mol, md_cfg)
@@ -93,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"molecule": mol.name, "smiles": mol.smiles, "constraints": md_cfg.constraints,
             "hydrogen_mass_amu": md_cfg.hydrogen_mass_amu, "forcefield": mol.forcefield, "seed": args.seed,
             "checkpoint": str(args.checkpoint), "start": start}
+    if args.orders:
+        meta.update(checkpoints=[str(c) for c in args.checkpoints], schedule=args.schedule)
     run_model(args, engine, model, ck, mol, hcfg, x0, v0, meta, {"md_config": to_dict(md_cfg), "start": start}, device)
     return 0
 

@@ -28,13 +28,15 @@ import numpy as np
 
 from mdkstep.config import load_config, run_cli, to_dict
 from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model,
-                                prepare_outputs, resolve_hybrid_config, run_model, start_frames)
+                                prepare_outputs, read_checkpoints, resolve_hybrid_config, run_model,
+                                start_frames)
 from mdkstep.utils import LOG, MdkstepError, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True, help="trained model checkpoint (.pt from stage 04)")
+    p.add_argument("--checkpoint", type=Path, nargs="+", required=True,
+                   help="trained model checkpoint (.pt from stage 04); several with --schedule")
     p.add_argument("--start-from", type=Path, required=True, metavar="NPZ",
                    help="QM baseline trajectory (01b/01c): replica 0 starts at its last frame, others earlier")
     p.add_argument("--molecule", type=Path, default=None,
@@ -65,7 +67,6 @@ def qm_system(args, traj):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    from mdkstep.checkpoint import check_compatible, read_checkpoint
     from mdkstep.engines.factory import make_engine
     from mdkstep.qm_md import QMConfig, limit_threads
     from mdkstep.trajectory import load_trajectory
@@ -80,11 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if base_engine not in (None, qcfg.engine):
         LOG.warning("%s was run with engine %s; the hybrid uses %s", args.start_from, base_engine, qcfg.engine)
     mol = qm_system(args, traj)
-    ck = read_checkpoint(args.checkpoint)
-    check_compatible(ck, str(args.checkpoint), atom_types=set(map(int, mol.atomic_numbers)))
-    hcfg = resolve_hybrid_config(args, ck, qcfg.dt_fs, qcfg.temperature_K, args.qm_config)
-    if ck.get("engine") not in (None, qcfg.engine):
-        LOG.warning("%s was trained on %s data; running it with %s forces", args.checkpoint, ck.get("engine"), qcfg.engine)
+    cks = read_checkpoints(args, set(map(int, mol.atomic_numbers)), qcfg.engine)
+    hcfg = resolve_hybrid_config(args, cks, qcfg.dt_fs, qcfg.temperature_K, args.qm_config)
+    ck = cks[0]
     prepare_outputs(args)
     limit_threads(qcfg.omp_num_threads or 1)  # oversubscribed OpenMP costs up to 100x (qm_md)
     model, device = load_model(args, args.checkpoint)
@@ -98,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"molecule": mol.name, "smiles": mol.smiles, "constraints": "none", "charge": mol.charge,
             "multiplicity": qcfg.multiplicity, "seed": args.seed, "checkpoint": str(args.checkpoint),
             "start": start, "bonds_from": mol.bonds_from, "qm_method": qcfg.method}
+    if args.orders:
+        meta.update(checkpoints=[str(c) for c in args.checkpoints], schedule=args.schedule)
     run_model(args, engine, model, ck, mol, hcfg, x0, v0, meta, {"qm_config": to_dict(qcfg), "start": start}, device)
     return 0
 

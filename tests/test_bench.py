@@ -344,8 +344,17 @@ def test_schedule_keys_fixed_and_drawn_orders():
     ks = [8, 9, 10]
     check_schedule("mm_schedules", [8, 10], ks)
     check_schedule("mm_schedules", [[8, 10], [9, 9], [10, 8]], ks)
+    check_schedule("mm_schedules", {"permutations": [8, 9, 10]}, ks)
     assert schedule_name([4, 12]) == "hybrid_k4+12" and schedule_orders([4, 12]) == [[4, 12]]
     assert schedule_name([[8, 10], [9, 9]]) == "hybrid_k8+10,9+9"
-    for bad in ([8], [8, 12], [[8, 10], [9, 8]], [[8, 10]], [[8, 10], 9]):
+    import itertools
+    perms = [list(o) for o in itertools.permutations([4, 8, 10, 12])]  # 24 orders: a file name too long
+    assert schedule_name(perms) == "hybrid_k4+8+10+12,allperms"
+    assert schedule_name({"permutations": [4, 8, 10, 12]}) == "hybrid_k4+8+10+12,allperms"
+    assert schedule_orders({"permutations": [4, 12]}) == [[4, 12], [12, 4]]
+    short = schedule_name(perms[:-1])
+    assert len(short) <= 100 and short.startswith("hybrid_k4+8+10+12,...23orders-")
+    for bad in ([8], [8, 12], [[8, 10], [9, 8]], [[8, 10]], [[8, 10], 9], {"permutations": [8, 12]},
+                {"permutations": [8]}, {"perms": [8, 9]}):
         with pytest.raises(ValueError, match="mm_schedules"):
             check_schedule("mm_schedules", bad, ks)

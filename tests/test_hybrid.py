@@ -455,6 +455,50 @@ def test_script_runs_end_to_end(tmp_path, water, capsys):
     assert "force calls/ps" in out.out
 
 
+def test_script_runs_a_drawn_stride_schedule(tmp_path, water, capsys):
+    """--schedule over several checkpoints (the bench's drawn orders): k is the orders' total,
+    one force call per sub-stride, frames every cycle, the orders in the stats."""
+    cks = [str(_checkpoint(tmp_path / f"m{k}.pt", k=k, atom_types=(1, 8))) for k in (2, 4, 6)]
+    args = _base_args(tmp_path, water, cks[0])
+    args[1:2] = cks
+    args += ["--schedule", "2+4+6,4+6+2,6+2+4", "--time-ps", "0.096", "--equil-ps", "0.02"]
+    code, out = _run06(args, capsys)
+    assert code == 0, out.err
+    stats = json.loads((tmp_path / "hyb.stats.json").read_text())
+    assert stats["n_cycles"] == 4 and stats["hybrid_config"]["k"] == 12  # 0.096 ps / (12 x 2 fs)
+    assert stats["schedule"] == [[2, 4, 6], [4, 6, 2], [6, 2, 4]] and stats["checkpoint"] == cks
+    assert stats["jumps_attempted"] == 12 and stats["nan_frames"] == 0  # 3 sub-strides per cycle
+    t = load_trajectory(tmp_path / "hyb.npz")
+    assert t.n_frames == 4 and t.metadata["schedule"] == "2+4+6,4+6+2,6+2+4"
+
+
+def test_permutation_schedule_expands_every_order():
+    from mdkstep.hybrid import permutation_orders
+    from mdkstep.hybrid.cli import parse_schedule
+
+    assert permutation_orders([4, 4, 10]) == [[4, 4, 10], [4, 10, 4], [10, 4, 4]]
+    assert len(permutation_orders([4, 8, 10, 12])) == 24
+    assert parse_schedule("permutations:4+10+12", [4, 10, 12]) == permutation_orders([4, 10, 12])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--schedule", "2+4,4+4"], "equal totals"),
+    (["--schedule", "2+8"], "no --checkpoint for k = [8]"),
+    (["--schedule", "2+x"], "expected orders like"),
+    (["--schedule", "permutations:2+4,4+2"], "expected orders like"),
+    (["--schedule", "permutations:2+8"], "no --checkpoint for k = [8]"),
+    ([], "2 checkpoints need --schedule"),
+])
+def test_script_schedule_errors_in_one_line(tmp_path, water, capsys, extra, message):
+    cks = [str(_checkpoint(tmp_path / f"m{k}.pt", k=k, atom_types=(1, 8))) for k in (2, 4)]
+    args = _base_args(tmp_path, water, cks[0])
+    args[1:2] = cks
+    code, out = _run06(args + extra, capsys)
+    assert code == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
 @pytest.mark.parametrize("corrector", ["verlet", "kick"])
 @pytest.mark.parametrize("t_start", [150.0, 600.0, 1200.0])
 def test_langevin_with_default_energy_filter_reaches_target(tmp_path, corrector, t_start):

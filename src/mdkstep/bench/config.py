@@ -48,7 +48,8 @@ class BenchConfig:
     mm_hybrid_overrides_by_k: dict[str, Any] = field(default_factory=dict)  #: k -> extra hybrid overrides, e.g. {4: {friction_per_ps: 50}}
     #: stride schedules, e.g. [[4, 12]]: rows hybrid_k4+12 that use the mm_ks models in turn
     #: (one force call per sub-stride; mdkstep.hybrid.StrideSchedule); a schedule of orders, e.g.
-    #: [[[8, 10], [9, 9], [10, 8]]]: row hybrid_k8+10,9+9,10+8, one order (equal sums) drawn per cycle
+    #: [[[8, 10], [9, 9], [10, 8]]]: row hybrid_k8+10,9+9,10+8, one order (equal sums) drawn per cycle;
+    #: {permutations: [4, 8, 10, 12]}: every order of those drawn per cycle (row hybrid_k4+8+10+12,allperms)
     mm_schedules: list[Any] = field(default_factory=list)
     mm_schedule_hybrid_overrides: dict[str, Any] = field(default_factory=dict)  #: extra hybrid overrides of every schedule row, e.g. {friction_per_ps: 40}
     # exact mode on the HBonds system: the RATTLE-projected shear map (mdkstep.constraints)
@@ -118,14 +119,18 @@ class BenchConfig:
 
 
 def check_schedule(key: str, sched: Any, ks: list[int]) -> None:
-    """A stride schedule is two or more jump lengths of ``ks`` ([4, 12]) or two or more orders of them with
-    equal sums ([[8, 10], [9, 9]]); anything else is a ValueError naming the key."""
+    """A stride schedule is two or more jump lengths of ``ks`` ([4, 12]), two or more orders of them with
+    equal sums ([[8, 10], [9, 9]]) or {permutations: [...]} of them; anything else is a ValueError naming the key."""
     def ok_order(o: Any, min_len: int) -> bool:
         return isinstance(o, list) and len(o) >= min_len and all(isinstance(k, int) and k in ks for k in o)
-    if isinstance(sched, list) and sched and all(isinstance(o, list) for o in sched):
+    if isinstance(sched, dict):
+        if list(sched) == ["permutations"] and ok_order(sched["permutations"], 2):
+            return
+    elif isinstance(sched, list) and sched and all(isinstance(o, list) for o in sched):
         if len(sched) >= 2 and all(ok_order(o, 1) for o in sched) and len({sum(o) for o in sched}) == 1:
             return
     elif ok_order(sched, 2):
         return
-    raise ValueError(f"key '{key}': {sched!r} must list two or more jump lengths of {ks} (e.g. [4, 12]), or two or "
-                     f"more orders of them with equal sums (e.g. [[8, 10], [9, 9]])")
+    raise ValueError(f"key '{key}': {sched!r} must list two or more jump lengths of {ks} (e.g. [4, 12]), two or "
+                     f"more orders of them with equal sums (e.g. [[8, 10], [9, 9]]), or {{permutations: [4, 10, 12]}} "
+                     f"(every order of those)")

@@ -217,14 +217,34 @@ def learned_methods(mode, mol: str, ref: Method, settings: dict[str, Any], check
     return out
 
 
-def schedule_orders(sched: list) -> list[list[int]]:
-    """The orders of a bench stride schedule: [4, 12] -> [[4, 12]]; [[8, 10], [9, 9]] as given."""
+def schedule_orders(sched: list | dict) -> list[list[int]]:
+    """The orders of a bench stride schedule: [4, 12] -> [[4, 12]]; [[8, 10], [9, 9]] as given;
+    {permutations: [4, 10, 12]} -> every order of those k (mdkstep.hybrid.permutation_orders)."""
+    if isinstance(sched, dict):
+        from ..hybrid import permutation_orders
+        return permutation_orders(sched["permutations"])
     return [[int(k) for k in o] for o in sched] if sched and isinstance(sched[0], list) else [[int(k) for k in sched]]
 
 
-def schedule_name(sched: list) -> str:
-    """Row name of a stride schedule: hybrid_k4+12, or hybrid_k8+10,9+9,10+8 for orders drawn per cycle."""
-    return "hybrid_k" + ",".join("+".join(str(k) for k in o) for o in schedule_orders(sched))
+#: a schedule row's name (also its files' stem) longer than this is shortened (file names: <= 255 bytes)
+MAX_SCHEDULE_NAME = 100
+
+
+def schedule_name(sched: list | dict) -> str:
+    """Row name of a stride schedule: hybrid_k4+12, or hybrid_k8+10,9+9,10+8 for orders drawn per cycle.
+    A name longer than MAX_SCHEDULE_NAME becomes hybrid_k<first order, sorted>,...<n>orders-<crc32> (every
+    permutation of one order: hybrid_k<sorted order>,allperms)."""
+    import itertools
+    import zlib
+
+    orders = schedule_orders(sched)
+    name = "hybrid_k" + ",".join("+".join(str(k) for k in o) for o in orders)
+    if len(name) <= MAX_SCHEDULE_NAME:
+        return name
+    first = "+".join(str(k) for k in sorted(orders[0]))
+    if sorted(map(tuple, orders)) == sorted(set(itertools.permutations(sorted(orders[0])))):
+        return f"hybrid_k{first},allperms"
+    return f"hybrid_k{first},...{len(orders)}orders-{zlib.crc32(name.encode()):08x}"
 
 
 def exact_method_names(mvv_dts_fs: list[float], exact_ks: list[int], ref_dt_fs: float) -> dict[str, int]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from .config import CORRECTORS, ENSEMBLES, REJECT_REASONS, THERMOSTATS, HybridConfig
 from .integrator import (HybridCounters, HybridIntegrator, Jumper, StrideSchedule, angular_momentum,
-                         set_angular_momentum)
+                         permutation_orders, set_angular_momentum)
 from .run import checkpoint_path, replica_paths, run_hybrid
 
 __all__ = [
-    "HybridConfig", "HybridCounters", "HybridIntegrator", "Jumper", "StrideSchedule", "angular_momentum", "set_angular_momentum",
+    "HybridConfig", "HybridCounters", "HybridIntegrator", "Jumper", "StrideSchedule", "angular_momentum", "permutation_orders",
+    "set_angular_momentum",
     "checkpoint_path", "replica_paths", "run_hybrid", "CORRECTORS", "ENSEMBLES", "REJECT_REASONS", "THERMOSTATS",
 ]

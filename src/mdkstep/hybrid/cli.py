@@ -24,7 +24,13 @@ def add_hybrid_arguments(p: argparse.ArgumentParser, default_config: str = "conf
     p.add_argument("--hybrid-config", "--config", type=Path, default=Path(default_config),
                    help=f"hybrid integrator YAML (default: {default_config})")
     p.add_argument("--time-ps", type=float, default=10.0, help="simulated time per replica, ps (default 10)")
-    p.add_argument("--k", type=int, default=None, help="jump length in steps; must equal the checkpoint's k")
+    p.add_argument("--k", type=int, default=None,
+                   help="jump length in steps; must equal the checkpoint's k (with --schedule: the orders' total)")
+    p.add_argument("--schedule", default=None, metavar="ORDERS",
+                   help="stride schedule over several --checkpoint models: orders of jump lengths (each the k of "
+                        "one checkpoint) with equal totals, one drawn per cycle, one force call per jump, e.g. "
+                        "8+10,9+9,10+8, or permutations:4+8+10+12 (every order of those; the best measured in MM). "
+                        "Why: README, 'Stride resonance'")
     p.add_argument("--corrector", choices=("kick", "verlet"), default=None,
                    help="kick: 1 force call per k*dt; verlet: 2 calls per (k+1)*dt")
     p.add_argument("--delta-scale", type=float, default=None, help="multiply the predicted jump (dx, dv)")
@@ -53,24 +59,104 @@ def pick_device(name: str) -> str:
     return name
 
 
-def resolve_hybrid_config(args, ck: dict, dt_fs: float, temperature_K: float, engine_config: str | Path):
-    """Hybrid config from YAML + flags, with k / dt_fs checked against the checkpoint and the
+def checkpoint_paths(args) -> list[Path]:
+    """Every --checkpoint given (one, or several for a --schedule)."""
+    return list(getattr(args, "checkpoints", None) or
+                (args.checkpoint if isinstance(args.checkpoint, (list, tuple)) else [args.checkpoint]))
+
+
+def read_checkpoints(args, atom_types: set[int], engine_name: str) -> list[dict]:
+    """The --checkpoint file(s), each checked against the molecule's elements (one-line errors);
+    a warning for a model trained on another engine's data."""
+    from ..checkpoint import check_compatible, read_checkpoint
+
+    cks = []
+    for path in checkpoint_paths(args):
+        ck = read_checkpoint(path)
+        check_compatible(ck, str(path), atom_types=atom_types)
+        if ck.get("engine") not in (None, engine_name):
+            LOG.warning("%s was trained on %s data; running it with %s forces", path, ck.get("engine"), engine_name)
+        cks.append(ck)
+    return cks
+
+
+def parse_schedule(text: str, ks: list[int]) -> list[list[int]]:
+    """--schedule "8+10,9+9,10+8" -> [[8, 10], [9, 9], [10, 8]]; "permutations:4+10+12" -> every
+    order of 4, 10, 12. Every k one of ``ks`` (the checkpoints'), equal totals; anything else is
+    a one-line error naming --schedule."""
+    from .integrator import permutation_orders
+
+    body = text.replace(" ", "")
+    perms = body.startswith("permutations:")
+    try:
+        orders = [[int(k) for k in o.split("+")] for o in body.removeprefix("permutations:").split(",")]
+        if perms:
+            if len(orders) != 1 or len(orders[0]) < 2:
+                raise ValueError
+            orders = permutation_orders(orders[0])
+    except ValueError:
+        raise MdkstepError(f"--schedule {text!r}: expected orders like 8+10,9+9,10+8 (integers joined by +, "
+                           f"orders separated by commas) or permutations:4+10+12") from None
+    unknown = sorted({k for o in orders for k in o} - set(ks))
+    if unknown:
+        raise MdkstepError(f"--schedule {text!r}: no --checkpoint for k = {unknown} (checkpoints have k = {sorted(ks)})")
+    if len({sum(o) for o in orders}) > 1:
+        raise MdkstepError(f"--schedule {text!r}: the orders must have equal totals (frames evenly spaced), "
+                           f"got {[sum(o) for o in orders]}")
+    return orders
+
+
+def schedule_checkpoints(args, cks: list[dict]) -> None:
+    """Sets ``args.orders`` (None for one model) and ``args.checkpoint_by_k`` from --checkpoint /
+    --schedule, with one-line errors for several checkpoints without a schedule, two of one k,
+    or a shear (exact-mode) checkpoint in a schedule."""
+    paths = checkpoint_paths(args)
+    args.orders, args.checkpoint_by_k = None, {}
+    if args.schedule is None:
+        if len(paths) > 1:
+            raise MdkstepError(f"--checkpoint: {len(paths)} checkpoints need --schedule (e.g. 8+10,9+9,10+8)")
+        return
+    for path, ck in zip(paths, cks):
+        if is_exact_checkpoint(ck):
+            raise MdkstepError(f"{path}: an exact-mode (shear) checkpoint cannot run in a --schedule")
+        k = int(ck["k"])
+        if k in args.checkpoint_by_k:
+            raise MdkstepError(f"--checkpoint: {args.checkpoint_by_k[k]} and {path} both have k = {k}")
+        args.checkpoint_by_k[k] = Path(path)
+    args.orders = parse_schedule(args.schedule, list(args.checkpoint_by_k))
+
+
+def resolve_hybrid_config(args, ck: dict | list[dict], dt_fs: float, temperature_K: float,
+                          engine_config: str | Path):
+    """Hybrid config from YAML + flags, with k / dt_fs checked against the checkpoint(s) and the
     engine config's dt_fs (``engine_config`` names that file in errors); unset k, dt_fs and
-    temperature_K are filled from the checkpoint / engine config."""
+    temperature_K are filled from the checkpoint / engine config. Several checkpoints (a list)
+    run the --schedule: k is the orders' total (``args.orders`` is set here)."""
     from ..checkpoint import check_compatible
     from .config import HybridConfig
 
+    cks = ck if isinstance(ck, list) else [ck]
+    paths = checkpoint_paths(args)
+    schedule_checkpoints(args, cks)
     hcfg = load_config(HybridConfig, args.hybrid_config, {
         "k": args.k, "corrector": args.corrector, "delta_scale": args.delta_scale,
         "max_attempts": args.max_attempts, "ensemble": args.ensemble,
     }, args.set)
-    check_compatible(ck, str(args.checkpoint), k=hcfg.k)
-    ck_dt = ck.get("dt_fs")
-    if ck_dt is not None and abs(float(ck_dt) - dt_fs) > 1e-9:
-        raise MdkstepError(f"{args.checkpoint}: trained on dt_fs={ck_dt} data, but {engine_config} has dt_fs={dt_fs}")
+    k = sum(args.orders[0]) if args.orders else int(cks[0]["k"])
+    if args.orders:
+        if hcfg.k is not None and int(hcfg.k) != k:
+            raise MdkstepError(f"k={hcfg.k} was requested, but the --schedule orders span k={k}")
+        if hcfg.corrector != "kick":
+            raise MdkstepError(f"--schedule runs with the kick corrector only (got {hcfg.corrector!r})")
+    else:
+        check_compatible(cks[0], str(paths[0]), k=hcfg.k)
+    for path, c in zip(paths, cks):
+        ck_dt = c.get("dt_fs")
+        if ck_dt is not None and abs(float(ck_dt) - dt_fs) > 1e-9:
+            raise MdkstepError(f"{path}: trained on dt_fs={ck_dt} data, but {engine_config} has dt_fs={dt_fs}")
     if hcfg.dt_fs is not None and abs(hcfg.dt_fs - dt_fs) > 1e-9:
         raise MdkstepError(f"hybrid dt_fs={hcfg.dt_fs} differs from {engine_config}'s dt_fs={dt_fs}")
-    return hcfg.resolved(k=int(ck["k"]), dt_fs=dt_fs, temperature_K=temperature_K)
+    return hcfg.resolved(k=k, dt_fs=dt_fs, temperature_K=temperature_K)
 
 
 def start_frames(traj, n_rep: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -82,6 +168,10 @@ def start_frames(traj, n_rep: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
 
 
 def check_run_args(args) -> None:
+    """One-line errors for bad run flags; ``args.checkpoints`` (all of --checkpoint) and
+    ``args.checkpoint`` (the first) are set here."""
+    args.checkpoints = checkpoint_paths(args)
+    args.checkpoint = args.checkpoints[0]
     if args.replicas < 1:
         raise MdkstepError("--replicas must be >= 1")
     if not args.time_ps > 0:
@@ -150,8 +240,34 @@ def run_model(args, engine, model, ck: dict, system, hcfg, x0: np.ndarray, v0: n
                                     system.name, meta, extra_stats, device, system.dihedrals)
     from ..model.jumper import ModelJumper
 
-    jumper = ModelJumper(model, system.atomic_numbers, engine.masses, system.bonds, device=device)
+    if getattr(args, "orders", None):
+        jumper = schedule_jumper(args, engine, system, device)
+    else:
+        jumper = ModelJumper(model, system.atomic_numbers, engine.masses, system.bonds, device=device)
     return run_and_report(args, engine, jumper, hcfg, x0, v0, system.name, meta, extra_stats, device)
+
+
+def schedule_jumper(args, engine, system, device: str):
+    """The :class:`~mdkstep.hybrid.StrideSchedule` of --schedule: one ModelJumper per checkpoint
+    (float32, on ``device``), the first order plus the others drawn per cycle."""
+    import torch
+
+    from ..checkpoint import model_from_checkpoint
+    from ..model.jumper import ModelJumper
+    from .integrator import StrideSchedule
+
+    jumpers = {}
+    for k, path in sorted(args.checkpoint_by_k.items()):
+        model, _ = model_from_checkpoint(path, device=device, dtype=torch.float32)
+        jumpers[k] = ModelJumper(model, system.atomic_numbers, engine.masses, system.bonds, device=device)
+    orders = [[(jumpers[k], k) for k in o] for o in args.orders]
+    return StrideSchedule(orders[0], alternatives=orders[1:])
+
+
+def checkpoint_field(args) -> str | list[str]:
+    """The stats' "checkpoint": the path, or the list of a --schedule's paths."""
+    paths = checkpoint_paths(args)
+    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
 
 
 def run_exact_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, name: str,
@@ -204,10 +320,15 @@ def guard_warning(stats: dict[str, Any]) -> str | None:
 
 def run_fingerprint(args) -> dict[str, Any]:
     """What defines a hybrid run beyond its config: the model checkpoint's content hash and
-    --seed (compared when a partial run resumes)."""
+    --seed (compared when a partial run resumes); a --schedule adds its orders and every
+    checkpoint's hash."""
     from ..runner import file_sha256
 
-    return {"model_checkpoint_sha256": file_sha256(args.checkpoint), "seed": args.seed}
+    fp = {"model_checkpoint_sha256": file_sha256(args.checkpoint), "seed": args.seed}
+    if getattr(args, "orders", None):
+        fp.update(schedule=args.orders, schedule_checkpoints_sha256={
+            str(k): file_sha256(p) for k, p in sorted(args.checkpoint_by_k.items())})
+    return fp
 
 
 def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, name: str,
@@ -224,8 +345,10 @@ def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, n
     stats = run_hybrid(engine, jumper, hcfg, x0, v0, n_cycles, args.out, np.random.default_rng(args.seed),
                        resume=not args.overwrite, metadata=meta, progress=not args.no_progress,
                        fingerprint=run_fingerprint(args))
-    stats.update({"molecule": name, "checkpoint": str(args.checkpoint), **extra_stats,
+    stats.update({"molecule": name, "checkpoint": checkpoint_field(args), **extra_stats,
                   "hybrid_config": to_dict(hcfg), "device": device})
+    if getattr(args, "orders", None):
+        stats["schedule"] = args.orders
     warning = guard_warning(stats)
     stats["fallback_fraction"] = stats["fallbacks"] / stats["jumps_attempted"] if stats["jumps_attempted"] else None
     stats["warnings"] = [warning] if warning else []

@@ -133,6 +133,15 @@ class StrideSchedule:
         return float(np.mean(ms)) if ms else float("nan")
 
 
+def permutation_orders(ks: list[int]) -> list[list[int]]:
+    """Every distinct order of the jump lengths ``ks`` ([4, 10, 12] -> 6 orders), sorted: the
+    widest drawn schedule of those models (the draw then gives every position of a cycle
+    every k; measured the most faithful MM schedule, README "Stride resonance")."""
+    import itertools
+
+    return [list(o) for o in sorted(set(itertools.permutations(int(k) for k in ks)))]
+
+
 # ----------------------------------------------------------------------------- angular momentum
 
 def angular_momentum(x: np.ndarray, v: np.ndarray, masses: np.ndarray) -> np.ndarray:
