@@ -304,6 +304,8 @@ def test_shipped_bench_configs_resolve_their_models(name):
     names = exact_method_names(cfg.qm_mvv_dts_fs, cfg.qm_exact_ks, cfg.qm_ref_dt_fs)
     assert names == {"mvv_1fs": 4, "mvv_2fs": 8, "exact_k16": 16}
     assert exact_method_names(cfg.mm_mvv_dts_fs, cfg.mm_exact_ks, cfg.mm_ref_dt_fs) == {"mvv_4fs": 2, "exact_k4": 4}
+    from mdkstep.bench.learned import schedule_name
+    assert "hybrid_k4+8+9+10+12,allperms" in [schedule_name(s) for s in cfg.mm_schedules]  # the best MM row
     if name == "bench.yaml":
         for mode, ks in (("mm", cfg.mm_ks), ("qm", cfg.qm_ks), ("qm_exact", cfg.qm_exact_ks),
                          ("mm_exact", cfg.mm_exact_ks)):

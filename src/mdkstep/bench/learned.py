@@ -24,6 +24,14 @@ from .core import (Method, cached_stats, hybrid_config, hybrid_nve, hybrid_timer
                    run_hybrid_production)
 
 
+def production_calls_per_ps(calls: int, st: dict[str, Any]) -> float | None:
+    """Force calls per simulated ps of a learned run without its start-up call(s) (F(x0) per
+    replica): the plain rows count their production steps only (plain_calls), so both sides of a
+    ratio count the same thing; the setup calls stay in ``force_calls`` / ``force_calls_setup``."""
+    total_ps = st.get("simulated_ps_total") or st["simulated_ps"] * st.get("n_replicas", 1)
+    return calls / total_ps if total_ps else None
+
+
 class HybridMethod:
     """``hybrid_k<K>``: the direct-jump hybrid (mdkstep.hybrid) with one checkpoint, or
     ``hybrid_k<K1>+<K2>...``: a stride schedule (``orders`` [[(k_i, checkpoint_i), ...]], used in
@@ -70,7 +78,8 @@ class HybridMethod:
 
     def record(self, st: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
         att = st["jumps_attempted"]
-        return {"force_calls": st["force_calls"], "force_calls_per_ps": st["force_calls_per_ps"],
+        return {"force_calls": st["force_calls"], "force_calls_setup": st["force_calls_setup"],
+                "force_calls_per_ps": production_calls_per_ps(st["force_calls"] - st["force_calls_setup"], st),
                 "force_calls_source": "engine_counter",
                 "model_ms_per_jump": float(np.median(self.timing_jumper.ms)) if getattr(self.timing_jumper, "ms", None)
                 else None,
@@ -178,7 +187,9 @@ class ExactMethod:
         return segment
 
     def record(self, st: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
-        return {"force_calls": st["force_calls"], "force_calls_per_ps": st["force_calls_per_ps"],
+        setup = st["n_replicas"]  # init_chain: U, F at x0, one call per replica
+        return {"force_calls": st["force_calls"], "force_calls_setup": setup,
+                "force_calls_per_ps": production_calls_per_ps(st["force_calls"] - setup, st),
                 "force_calls_source": st["force_calls_source"],
                 "model_ms_per_jump": float(np.median(self.ms)) if self.ms else None,
                 "jumps_attempted": st["jumps_attempted"], "jumps_accepted": st["jumps_accepted"], "retries": 0,

@@ -156,7 +156,9 @@ def markdown(result: dict[str, Any]) -> str:
            f"Measured {machine_line(meta)}; {wall_line(meta)}. Timings: median of "
            f"{meta['timing_repeats']} interleaved repeats per method after one warm-up (min and spread = "
            "(max - min) / median beside it). Force calls are counted (engine counter; OpenMM: integrator steps, "
-           "one force evaluation each).", "",
+           "one force evaluation each); calls/ps counts production only, on both sides: the learned rows' one "
+           "start-up call per replica (F(x0)) is left out like the plain runs' (it is in the JSON's "
+           "force_calls_setup).", "",
            f"Fidelity: each distance vs reference replica 0 at the two runs' common frame interval, with its "
            f"ratio to the largest distance between the {meta['config'].get('ref_replicas', 2)} reference replicas "
            f"(the floor) in brackets. *Faithful* = bond "

@@ -31,7 +31,7 @@ from .learned import exact_method_names, learned_methods, schedule_name, schedul
 #: keys every record carries (None where a key does not apply, e.g. model_ms_per_jump of plain MD)
 RECORD_KEYS = (
     "mode", "molecule", "method", "kind", "dt_fs", "k", "hmr", "reference", "note", "n_atoms", "simulated_ps",
-    "force_calls", "force_calls_per_ps", "force_calls_source", "wall_s_per_ps", "wall_s_per_ps_min",
+    "force_calls", "force_calls_setup", "force_calls_per_ps", "force_calls_source", "wall_s_per_ps", "wall_s_per_ps_min",
     "wall_s_per_ps_repeats", "timing_spread", "force_ms_per_call", "model_ms_per_jump",
     "force_call_reduction", "wall_speedup", "best_plain_method", "force_call_reduction_vs_best_plain",
     "wall_speedup_vs_best_plain", "compare_interval_ps", "bond_w1_A", "bond_w1_A_replica", "bond_w1_A_ratio",
