@@ -323,3 +323,37 @@ def test_short_training_lowers_the_true_energy_error():
     # measured: median 0.084 -> 0.046 kJ/mol
     assert np.median(after) < 0.7 * np.median(before), (np.median(before), np.median(after))
     assert abs(float(torch.linalg.det(jacobian_of_map(kicks, tau))) - 1.0) < 1e-9  # trained: still volume-preserving
+
+
+def test_on_policy_energy_error_is_the_samplers_and_trains():
+    """on_policy_energy_error (the real U, F at the proposal) gives exactly the dH the sampler's
+    Metropolis test sees; training with it alone (no teacher-forced terms) lowers that dH."""
+    from mdkstep.exact_training import on_policy_energy_error, to_tensors
+
+    tau = 0.006
+    train = morse_windows(256, tau, np.random.default_rng(3))
+    torch.manual_seed(1)
+    kicks = ShearKicks(tiny_config(hidden=24), n_inner=1).double()
+    fit_scales(kicks, [train], tau)
+    randomize_kick_heads_(kicks, gain=0.3, generator=torch.Generator().manual_seed(2))  # a poor model
+    eng = MorseCluster()
+    engine_fn = lambda xx: engine_forces(eng, xx)  # noqa: E731
+    sub = train.subset(np.arange(32))
+    tmpl = graph_template(sub.z, sub.masses, sub.bonds, 32, kicks.config.max_hops, torch.float64)
+    with torch.no_grad():
+        dh = on_policy_energy_error(kicks, tmpl, to_tensors(sub, torch.float64), tau, engine_fn).numpy()
+    j = morse_jumper(kicks, tau)
+    st = init_chain(j, eng, sub.x0, sub.v0)
+    _, v1, u1, _, _ = j.propose(eng, st.x, st.v, st.a)
+    m = MorseCluster.MASSES
+    ref = u1 + kinetic_energy(v1, m) - st.u - kinetic_energy(sub.v0, m)
+    assert np.allclose(dh, ref, rtol=1e-9, atol=1e-9)
+    cfg = ExactTrainConfig(steps=100, batch_size=32, lr=3e-3, lambda_x=0.0, lambda_v=0.0, lambda_energy=0.0,
+                           lambda_on_policy=1.0, temperature_K=T_K, log_every=50)
+    with pytest.raises(ValueError, match="engine function"):
+        train_exact(kicks, [train], tau, cfg)
+    hist = train_exact(kicks, [train], tau, cfg, engine_fns=[engine_fn])
+    with torch.no_grad():
+        after = on_policy_energy_error(kicks, tmpl, to_tensors(sub, torch.float64), tau, engine_fn).numpy()
+    assert "abs_dH_on_policy" in hist[-1]
+    assert np.median(np.abs(after)) < 0.7 * np.median(np.abs(dh)), (np.median(np.abs(dh)), np.median(np.abs(after)))
