@@ -305,7 +305,8 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
         if step % cfg.log_every == 0 or step == cfg.steps:
             row = {"step": step, "loss": loss_value, **info, "seconds": time.perf_counter() - t0}
             history.append(row)
-            LOG.info("exact step %d loss %.4g |dH| %.3g kJ/mol", step, row["loss"], row["abs_dH"])
+            LOG.info("exact step %d loss %.4g |dH| %.3g kJ/mol%s", step, row["loss"], row["abs_dH"],
+                     f" (on-policy {row['abs_dH_on_policy']:.3g})" if "abs_dH_on_policy" in row else "")
     kicks.eval()
     return history
 
