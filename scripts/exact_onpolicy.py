@@ -8,9 +8,13 @@ window and step; mdkstep.exact_training.on_policy_energy_error). Why: the teache
         --checkpoint models/qm_exact_k16.pt --dataset outputs/models_bench/qm/models/exact_k16/dataset.npz \\
         --split outputs/models_bench/qm/models/exact_k16/splits/train.json --steps 2000 --out outputs/exact_onpolicy
 
-Writes <out>/best.pt (a shear checkpoint like stage 04's), metrics.csv and final_metrics.json.
-Measure it with scripts/exact_stride_curve.py (held-out states). Molecules are taken as
-neutral singlets (--charge); the xTB settings come from --qm-config. Units: nm, ps, kJ/mol.
+Writes <out>/best.pt (a shear checkpoint like stage 04's), metrics.csv, final_metrics.json
+(teacher-forced |dH| on --test-split before / after), train_cost.json and warm_start.json (the
+stages before this one: steps, wall s, on-policy xTB calls), so that ``--ship-as qm_exact_k16``
+can ship it into --models-dir with a card (data of the card already there; the on-policy xTB
+calls are added to its training force calls). A run may start from another run's best.pt: the
+stages chain. Measure it with scripts/exact_stride_curve.py (held-out states). Molecules are
+taken as neutral singlets (--charge); the xTB settings come from --qm-config. Units: nm, ps, kJ/mol.
 """
 from __future__ import annotations
 
@@ -21,6 +25,47 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def earlier_stages(checkpoint: Path) -> dict:
+    """What trained ``checkpoint`` before this run: its folder's own record when it is an earlier
+    run of this script (chained), else its shipped card; steps, wall s (None if unknown) and
+    on-policy xTB calls summed over the stages."""
+    import json
+
+    from mdkstep.shipped import read_card, sha256
+
+    mine = checkpoint.parent / "final_metrics.json"
+    rec = {"checkpoint": str(checkpoint), "sha256": sha256(checkpoint), "k": None}
+    if mine.is_file() and json.loads(mine.read_text()).get("on_policy"):
+        fm, prev = json.loads(mine.read_text()), json.loads((checkpoint.parent / "warm_start.json").read_text())
+        wall = prev["wall_s"] + fm["train_seconds"] if prev.get("wall_s") is not None else None
+        return {**rec, "k": prev.get("k"), "steps": prev["steps"] + fm["steps"], "wall_s": wall,
+                "on_policy_steps": prev.get("on_policy_steps", 0) + fm["steps"],
+                "on_policy_force_calls": prev.get("on_policy_force_calls", 0) + fm["engine_force_calls"]}
+    t = (read_card(checkpoint) or {}).get("training") or {}
+    return {**rec, "k": (read_card(checkpoint) or {}).get("k"), "steps": t.get("steps"), "wall_s": t.get("wall_s"),
+            "on_policy_steps": 0, "on_policy_force_calls": 0}
+
+
+def ship_run(a, calls: int) -> None:
+    """Ship <out>/best.pt as <models-dir>/<ship-as>.pt; the card's data are those of the card
+    already there (same training runs), its training force calls plus every on-policy xTB call."""
+    import json
+
+    from mdkstep.shipped import read_card, ship
+
+    old = read_card(a.models_dir / f"{a.ship_as}.pt")
+    if old is None:
+        raise SystemExit(f"error: {a.models_dir / a.ship_as}.json: no card to take the training data from")
+    warm = json.loads((a.out / "warm_start.json").read_text())
+    extra = warm.get("on_policy_force_calls", 0) + calls
+    data = {**old["data"], "force_calls": old["data"]["force_calls"] + extra, "on_policy_force_calls": extra}
+    final = json.loads((a.out / "final_metrics.json").read_text())
+    untrained = (old.get("teacher_forced") or {}).get("before")  # the card's "before" is the untrained map's
+    if untrained:
+        final["teacher_forced_before"] = {"test": untrained}
+    ship(old["mode"], int(old["k"]), a.out / "best.pt", final, data, a.models_dir, name=a.ship_as)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lambda-on-policy", type=float, default=1.0)
     p.add_argument("--max-windows", type=int, default=20000, help="training windows (deterministic subsample)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-split", type=Path, default=None, help="split for the teacher-forced |dH| report")
+    p.add_argument("--ship-as", default=None, metavar="NAME", help="ship best.pt as <models-dir>/NAME.pt with a card")
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
     a = p.parse_args(argv)
 
     from mdkstep.checkpoint import model_from_checkpoint, save_checkpoint, shear_payload
@@ -44,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     from mdkstep.dataset import KStepDataset
     from mdkstep.engines.xtb_engine import XTBEngine
     from mdkstep.exact import engine_forces
-    from mdkstep.exact_training import ExactTrainConfig, _subsample, dataset_windows, train_exact
+    from mdkstep.exact_training import (ExactTrainConfig, _subsample, abs_dH_summary, dataset_windows,
+                                        teacher_forced_abs_dH, train_exact)
     from mdkstep.qm_md import QMConfig
     from mdkstep.utils import MdkstepError, atomic_write_json, setup_logging
 
@@ -69,6 +118,16 @@ def main(argv: list[str] | None = None) -> int:
                            init_checkpoint=str(a.checkpoint), **{k: v for k, v in (ck.get("train_config") or {}).items()
                                                                  if k in ("lambda_x", "lambda_v", "lambda_energy",
                                                                           "temperature_K", "grad_clip")})
+    test_w = []
+    if a.test_split is not None:
+        test_ds = KStepDataset(a.dataset, a.test_split)
+        test_w = dataset_windows(test_ds, _subsample(len(test_ds), 2000, a.seed + 1))
+
+    def report() -> dict:
+        return {"test": abs_dH_summary(np.concatenate([teacher_forced_abs_dH(kicks, w, tau_ps) for w in test_w]))} \
+            if test_w else {}
+
+    before = report()
     history = train_exact(kicks, windows, tau_ps, cfg, scales=ck.get("scales"), engine_fns=fns)
     a.out.mkdir(parents=True, exist_ok=True)
     payload = shear_payload(kicks, ds.k, ds.spec.dt_fs, ds.spec.engine, list(ck.get("atom_types") or []),
@@ -80,10 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         w.writeheader()
         w.writerows(history)
     calls = sum(e.counters.calls for e in engines)
+    wall = history[-1]["seconds"]
     atomic_write_json(a.out / "final_metrics.json", {
         "kind": "shear", "on_policy": True, "tau_fs": tau_ps * 1000.0, "steps": a.steps, "from": str(a.checkpoint),
-        "train_seconds": history[-1]["seconds"], "engine_force_calls": calls,
-        "last": history[-1], "molecules": [str(m) for m in ds.spec.molecules]})
+        "train_seconds": wall, "engine_force_calls": calls, "teacher_forced_before": before,
+        "teacher_forced_after": report(), "last": history[-1], "molecules": [str(m) for m in ds.spec.molecules]})
+    atomic_write_json(a.out / "train_cost.json", {"wall_s": wall, "steps": a.steps, "sessions": 1})
+    atomic_write_json(a.out / "warm_start.json", earlier_stages(a.checkpoint))
+    if a.ship_as:
+        ship_run(a, calls)
     print(f"wrote {a.out / 'best.pt'}: {a.steps} on-policy steps, {calls} xTB calls, "
           f"{history[-1]['seconds']:.0f} s; last |dH| on-policy {history[-1].get('abs_dH_on_policy', np.nan):.3g} kJ/mol")
     return 0

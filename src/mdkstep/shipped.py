@@ -342,7 +342,9 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"- engine: {d['engine']}{' ' + d['method'] if d.get('method') else ''}, dt {card['dt_fs']:g} fs, "
              f"{d['temperature_K']:g} K, Langevin {d['friction_per_ps']:g} /ps, constraints {d['constraints']}",
              f"- data: {mols}; {d['split']} split",
-             f"- data cost: {_num(d['force_calls'])} force calls, {_num(d['wall_s'])} s wall",
+             f"- data cost: {_num(d['force_calls'])} force calls, {_num(d['wall_s'])} s wall"
+             + (f" (of which {_num(d['on_policy_force_calls'])} are engine calls at the model's proposals during "
+                "on-policy training, scripts/exact_onpolicy.py)" if d.get("on_policy_force_calls") else ""),
              f"- training: {_num(t['steps'])} steps, {_num(t['wall_s'])} s wall on {t.get('device') or 'n/a'}, "
              f"{_num(t['n_parameters'])} parameters ({card['model_config'].get('arch')}, hidden "
              f"{card['model_config'].get('hidden')}, {card['model_config'].get('n_layers')} layers)"
