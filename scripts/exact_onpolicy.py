@@ -29,7 +29,8 @@ import torch
 
 def earlier_stages(checkpoint: Path) -> dict:
     """What trained ``checkpoint`` before this run: its folder's own record when it is an earlier
-    run of this script (chained), else its shipped card; steps, wall s (None if unknown) and
+    run of this script (chained), else its shipped card or its stage-04 folder's train_cost.json;
+    steps, wall s (None if unknown) and
     on-policy xTB calls summed over the stages."""
     import json
 
@@ -43,8 +44,11 @@ def earlier_stages(checkpoint: Path) -> dict:
         return {**rec, "k": prev.get("k"), "steps": prev["steps"] + fm["steps"], "wall_s": wall,
                 "on_policy_steps": prev.get("on_policy_steps", 0) + fm["steps"],
                 "on_policy_force_calls": prev.get("on_policy_force_calls", 0) + fm["engine_force_calls"]}
-    t = (read_card(checkpoint) or {}).get("training") or {}
-    return {**rec, "k": (read_card(checkpoint) or {}).get("k"), "steps": t.get("steps"), "wall_s": t.get("wall_s"),
+    card = read_card(checkpoint)
+    cost = checkpoint.parent / "train_cost.json"  # a stage-04 run folder without a card
+    t = (card or {}).get("training") or (json.loads(cost.read_text()) if cost.is_file() else {})
+    k = (card or {}).get("k") or torch.load(checkpoint, map_location="cpu", weights_only=False).get("k")
+    return {**rec, "k": k, "steps": t.get("steps"), "wall_s": t.get("wall_s"),
             "on_policy_steps": 0, "on_policy_force_calls": 0}
 
 
