@@ -84,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lambda-on-policy", type=float, default=1.0)
+    p.add_argument("--on-policy-loss", choices=("square", "abs"), default="square",
+                   help="penalty of dH/kT at the real proposal: square, or abs (a smooth |dH|/kT, which weighs "
+                        "states as the acceptance does)")
+    p.add_argument("--teacher-scale", type=float, default=1.0,
+                   help="factor on the checkpoint's teacher-forced loss weights lambda_x, lambda_v, lambda_energy")
     p.add_argument("--max-windows", type=int, default=20000, help="training windows (deterministic subsample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-split", type=Path, default=None, help="split for the teacher-forced |dH| report")
@@ -117,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
                          electronic_temperature=qcfg.electronic_temperature_K) for w in windows]
     fns = [(lambda x, e=e: engine_forces(e, x)) for e in engines]
     tau_ps = ds.k * ds.spec.dt_fs / 1000.0
+    old = ck.get("train_config") or {}
+    teacher = {k: a.teacher_scale * old[k] for k in ("lambda_x", "lambda_v", "lambda_energy") if k in old}
     cfg = ExactTrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, lr_schedule="cosine",
-                           lambda_on_policy=a.lambda_on_policy, seed=a.seed, log_every=50,
-                           init_checkpoint=str(a.checkpoint), **{k: v for k, v in (ck.get("train_config") or {}).items()
-                                                                 if k in ("lambda_x", "lambda_v", "lambda_energy",
-                                                                          "temperature_K", "grad_clip")})
+                           lambda_on_policy=a.lambda_on_policy, on_policy_loss=a.on_policy_loss, seed=a.seed,
+                           log_every=50, init_checkpoint=str(a.checkpoint), **teacher,
+                           **{k: old[k] for k in ("temperature_K", "grad_clip") if k in old})
     test_w = []
     if a.test_split is not None:
         test_ds = KStepDataset(a.dataset, a.test_split)

@@ -3,6 +3,8 @@ volume preservation, reversibility, momentum, exact Boltzmann sampling with a po
 training that lowers |dH|. Units: nm, ps, kJ/mol, amu, K."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -325,9 +327,11 @@ def test_short_training_lowers_the_true_energy_error():
     assert abs(float(torch.linalg.det(jacobian_of_map(kicks, tau))) - 1.0) < 1e-9  # trained: still volume-preserving
 
 
-def test_on_policy_energy_error_is_the_samplers_and_trains():
+@pytest.mark.parametrize("penalty", ["square", "abs"])
+def test_on_policy_energy_error_is_the_samplers_and_trains(penalty):
     """on_policy_energy_error (the real U, F at the proposal) gives exactly the dH the sampler's
-    Metropolis test sees; training with it alone (no teacher-forced terms) lowers that dH."""
+    Metropolis test sees; training with it alone (no teacher-forced terms), under either
+    penalty, lowers that dH."""
     from mdkstep.exact_training import on_policy_energy_error, to_tensors
 
     tau = 0.006
@@ -349,7 +353,9 @@ def test_on_policy_energy_error_is_the_samplers_and_trains():
     ref = u1 + kinetic_energy(v1, m) - st.u - kinetic_energy(sub.v0, m)
     assert np.allclose(dh, ref, rtol=1e-9, atol=1e-9)
     cfg = ExactTrainConfig(steps=100, batch_size=32, lr=3e-3, lambda_x=0.0, lambda_v=0.0, lambda_energy=0.0,
-                           lambda_on_policy=1.0, temperature_K=T_K, log_every=50)
+                           lambda_on_policy=1.0, on_policy_loss=penalty, temperature_K=T_K, log_every=50)
+    with pytest.raises(ValueError, match="on_policy_loss"):
+        replace(cfg, on_policy_loss="cube").validate()
     with pytest.raises(ValueError, match="engine function"):
         train_exact(kicks, [train], tau, cfg)
     hist = train_exact(kicks, [train], tau, cfg, engine_fns=[engine_fn])

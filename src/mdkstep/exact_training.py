@@ -134,7 +134,10 @@ class ExactTrainConfig:
     dtype: str = "float64"  #: float64 | float32 (the sampler runs the model in the same dtype)
     lr_schedule: str = "constant"  #: constant | cosine (lr -> 0 over ``steps``)
     init_checkpoint: str | None = None  #: start from this shear checkpoint's weights (same architecture)
-    lambda_on_policy: float = 0.0  #: weight of (dH/kT)^2 with the engine's U, F at the proposal (1 call per window)
+    lambda_on_policy: float = 0.0  #: weight of the on-policy term with the engine's U, F at the proposal (1 call per window)
+    #: on-policy penalty of e = dH/kT: "square" e^2 | "abs" sqrt(e^2 + 0.01) - 0.1, a smooth |e| (1 - acceptance
+    #: of a reversible, volume-preserving map is E|1 - exp(-e)|/2 ~ E|e|/2, so |e| weighs states as the test does)
+    on_policy_loss: str = "square"
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent configuration."""
@@ -152,6 +155,17 @@ class ExactTrainConfig:
             raise ValueError(f"key 'dtype': {self.dtype!r} is not one of float64|float32")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"key 'lr_schedule': {self.lr_schedule!r} is not one of constant|cosine")
+        if self.on_policy_loss not in ON_POLICY_LOSSES:
+            raise ValueError(f"key 'on_policy_loss': {self.on_policy_loss!r} is not one of {'|'.join(ON_POLICY_LOSSES)}")
+
+
+def _smooth_abs(e: torch.Tensor) -> torch.Tensor:
+    """sqrt(e^2 + 0.01) - 0.1: |e| with a rounded tip (zero at e = 0, smooth everywhere)."""
+    return torch.sqrt(e * e + 0.01) - 0.1
+
+
+#: on-policy penalties of e = dH/kT (ExactTrainConfig.on_policy_loss)
+ON_POLICY_LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"square": torch.square, "abs": _smooth_abs}
 
 
 @dataclass
@@ -291,7 +305,7 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
         if cfg.lambda_on_policy > 0:
             dh = on_policy_energy_error(kicks, templates[key], bt, tau_ps, engine_fns[mi], w.constraints)
             kT = KB_KJ_PER_MOL_K * cfg.temperature_K
-            loss = loss + cfg.lambda_on_policy * ((dh / kT) ** 2).mean()
+            loss = loss + cfg.lambda_on_policy * ON_POLICY_LOSSES[cfg.on_policy_loss](dh / kT).mean()
             info["abs_dH_on_policy"] = float(dh.detach().abs().mean())
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
