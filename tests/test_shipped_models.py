@@ -146,6 +146,11 @@ def test_smoke_models_pass_the_shipped_checks(smoke_models):
     k8 = json.loads((tmp / "models" / "mm_k8.json").read_text())  # mm_finetune_by_k: k8 grown from k4's best
     assert k8["training"]["steps"] == 2 and k8["training"]["warm_start"]["steps"] == 3 and k8["training"]["warm_start"]["k"] == 4
     assert k8["train_config"]["lr"] == pytest.approx(3.0e-4) and "warm-started" in (tmp / "models" / "mm_k8.md").read_text()
+    ex = json.loads((tmp / "models" / "qm_exact_k8.json").read_text())  # qm_exact_on_policy: one 2-step stage
+    assert ex["train_config"]["lambda_on_policy"] == 1.0 and ex["training"]["steps"] == 2
+    assert ex["training"]["warm_start"]["steps"] == 40 and ex["training"]["warm_start"]["on_policy_steps"] == 0
+    assert ex["data"]["on_policy_force_calls"] == 2 * 4  # one xTB call per window and step
+    assert ex["teacher_forced"]["before"]["median_abs_dH_kJ_mol"] > 0 and ex["teacher_forced"]["after"]
 
 
 def test_smoke_rerun_is_cached(smoke_models):
@@ -163,6 +168,9 @@ def test_unknown_models_key_and_bad_entry(tmp_path):
     p = tmp_path / "m.yaml"
     p.write_text("mm_ks: [8]\nmm_kss: [4]\n")
     with pytest.raises(MdkstepError, match="unknown key 'mm_kss'"):
+        load_config(ModelsConfig, p)
+    p.write_text("qm_exact_on_policy: [{steps: 10, lrr: 1.0e-4}]\n")
+    with pytest.raises(MdkstepError, match=r"m.yaml: key .qm_exact_on_policy.0.*unknown key 'lrr'"):
         load_config(ModelsConfig, p)
     with pytest.raises(MdkstepError, match="ghost not in"):
         combined_smi([f"{ROOT}/data/qm_molecules.smi:water,ghost"], tmp_path / "x.smi")

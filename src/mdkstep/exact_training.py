@@ -138,6 +138,8 @@ class ExactTrainConfig:
     #: on-policy penalty of e = dH/kT: "square" e^2 | "abs" sqrt(e^2 + 0.01) - 0.1, a smooth |e| (1 - acceptance
     #: of a reversible, volume-preserving map is E|1 - exp(-e)|/2 ~ E|e|/2, so |e| weighs states as the test does)
     on_policy_loss: str = "square"
+    #: relative frequency of each molecule's steps (order of the dataset's molecules); None: round robin
+    molecule_weights: list[float] | None = None
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent configuration."""
@@ -155,6 +157,9 @@ class ExactTrainConfig:
             raise ValueError(f"key 'dtype': {self.dtype!r} is not one of float64|float32")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"key 'lr_schedule': {self.lr_schedule!r} is not one of constant|cosine")
+        w = self.molecule_weights
+        if w is not None and (not w or any(not (math.isfinite(x) and x >= 0) for x in w) or sum(w) <= 0):
+            raise ValueError(f"key 'molecule_weights': {w} must be finite numbers >= 0 with a positive sum")
         if self.on_policy_loss not in ON_POLICY_LOSSES:
             raise ValueError(f"key 'on_policy_loss': {self.on_policy_loss!r} is not one of {'|'.join(ON_POLICY_LOSSES)}")
 
@@ -272,7 +277,8 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
                 scales: dict[str, float] | None = None,
                 engine_fns: Sequence[EngineFn] | None = None) -> list[dict[str, float]]:
     """Adam on :func:`exact_loss` for ``cfg.steps`` steps; each step draws one molecule's
-    windows (round robin) and ``batch_size`` of them at random. ``scales`` None: :func:`fit_scales`.
+    windows (round robin, or at random by ``cfg.molecule_weights``) and ``batch_size`` of them
+    at random. ``scales`` None: :func:`fit_scales`.
     With ``cfg.lambda_on_policy`` > 0, ``engine_fns`` (one per entry of ``windows``) give the
     real U, F at the proposals for :func:`on_policy_energy_error` (``abs_dH_on_policy`` logged).
 
@@ -281,6 +287,10 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
         raise ValueError("train_exact: need at least one window per molecule")
     if cfg.lambda_on_policy > 0 and (engine_fns is None or len(engine_fns) != len(windows)):
         raise ValueError("train_exact: lambda_on_policy > 0 needs one engine function per molecule")
+    if cfg.molecule_weights is not None and len(cfg.molecule_weights) != len(windows):
+        raise ValueError(f"train_exact: molecule_weights has {len(cfg.molecule_weights)} entries for "
+                         f"{len(windows)} molecules")
+    p_mol = None if cfg.molecule_weights is None else np.asarray(cfg.molecule_weights) / sum(cfg.molecule_weights)
     scales = scales or fit_scales(kicks, windows, tau_ps)
     ref = next(kicks.parameters())
     dtype, device = ref.dtype, ref.device
@@ -294,7 +304,7 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
     kicks.train()
     history, t0 = [], time.perf_counter()
     for step in range(1, cfg.steps + 1):
-        mi = (step - 1) % len(windows)
+        mi = (step - 1) % len(windows) if p_mol is None else int(rng.choice(len(windows), p=p_mol))
         w = windows[mi]
         idx = rng.choice(len(w), size=min(cfg.batch_size, len(w)), replace=False)
         key = (mi, len(idx))

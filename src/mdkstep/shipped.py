@@ -78,6 +78,9 @@ class ModelsConfig:
     qm_exact_model_config: str = "configs/model_shear.yaml"
     qm_exact_train_config: str = "configs/train_exact.yaml"
     qm_exact_train_overrides: dict[str, Any] = field(default_factory=dict)
+    #: on-policy stages after the QM exact model's first stage (mdkstep.exact_onpolicy.OnPolicyStage keys, chained,
+    #: each with GFN2-xTB at the model's proposals); the model shipped is the last stage's
+    qm_exact_on_policy: list[dict[str, Any]] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.threads < 1:
@@ -96,6 +99,8 @@ class ModelsConfig:
                 raise ValueError(f"key '{p}_exact_ks' must list jump lengths >= 1")
             if p in self.modes and not getattr(self, f"{p}_molecules"):
                 raise ValueError(f"key '{p}_molecules' must list at least one .smi entry")
+            for i, st in enumerate(self.qm_exact_on_policy if p == "qm" else []):
+                on_policy_stage(st, f"qm_exact_on_policy[{i}]")
             for key in (f"{p}_model_overrides_by_k", f"{p}_finetune_by_k"):
                 for k, v in getattr(self, key).items():
                     if not str(k).isdigit() or not isinstance(v, dict):
@@ -419,8 +424,44 @@ def make_models(cfg: ModelsConfig, only: list[str] | None = None) -> list[Path]:
             shipped.append(ship(p, k, best, final, data, Path(cfg.out_dir)))
         for k in exact_ks:
             best, final = train_exact_one(m, cfg, k, runs)
+            if p == "qm" and cfg.qm_exact_on_policy:
+                best, final, calls = on_policy_stages(m, cfg, k, best, final)
+                data = {**data, "force_calls": data["force_calls"] + calls, "on_policy_force_calls": calls}
             shipped.append(ship(p, k, best, final, data, Path(cfg.out_dir), name=model_name(f"{p}_exact", k)))
     return shipped
+
+
+def on_policy_stage(entry: Any, where: str):
+    """An OnPolicyStage from one entry of ``qm_exact_on_policy``; a bad key is a one-line error."""
+    from .config import from_dict
+    from .exact_onpolicy import OnPolicyStage
+
+    if not isinstance(entry, dict):
+        raise ValueError(f"key '{where}': {entry!r} must be a mapping of stage settings")
+    try:  # a ValueError, so that load_config names the file
+        return from_dict(OnPolicyStage, entry, f"key '{where}'")
+    except MdkstepError as e:
+        raise ValueError(str(e)) from None
+
+
+def on_policy_stages(m, cfg: ModelsConfig, k: int, best: Path, final: dict[str, Any]
+                     ) -> tuple[Path, dict[str, Any], int]:
+    """The chained on-policy stages of ``qm_exact_on_policy`` after the exact model ``best``
+    (each cached in models/exact_k<K>_onpolicy<i>); (last best.pt, its final metrics with the
+    untrained map's teacher-forced |dH| as "before", every on-policy xTB call)."""
+    from .exact_onpolicy import fine_tune, on_policy_force_calls
+
+    first = m.root / "models" / f"exact_k{k}"
+    for i, entry in enumerate(cfg.qm_exact_on_policy, start=1):
+        out = m.root / "models" / f"exact_k{k}_onpolicy{i}"
+        stage = on_policy_stage(entry, f"qm_exact_on_policy[{i - 1}]")
+        if not ((out / "best.pt").is_file() and (out / "final_metrics.json").is_file()):
+            LOG.info("qm exact k=%d: on-policy stage %d (%d steps, lr %g) from %s", k, i, stage.steps, stage.lr, best)
+            fine_tune(best, first / "dataset.npz", first / "splits" / "train.json", out, stage, m.qcfg,
+                      test_split=first / "splits" / "test.json")
+        best = out / "best.pt"
+    last = json.loads((best.parent / "final_metrics.json").read_text())
+    return best, {**last, "teacher_forced_before": final.get("teacher_forced_before")}, on_policy_force_calls(best.parent)
 
 
 def train_exact_one(m, cfg: ModelsConfig, k: int, runs: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
