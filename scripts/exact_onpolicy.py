@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="relative frequency of each molecule's steps, in the dataset's order (default: round robin)")
     p.add_argument("--teacher-scale", type=float, default=1.0,
                    help="factor on the checkpoint's teacher-forced loss weights lambda_x, lambda_v, lambda_energy")
+    p.add_argument("--grow-members", type=int, default=0, metavar="M",
+                   help="first grow every kick to the sum of M networks, the new ones starting at zero output "
+                        "(more capacity; the map is unchanged until they train)")
     p.add_argument("--max-windows", type=int, default=20000, help="training windows (deterministic subsample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-split", type=Path, default=None, help="split for the teacher-forced |dH| report")
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     stage = OnPolicyStage(steps=a.steps, batch_size=a.batch_size, lr=a.lr, lambda_on_policy=a.lambda_on_policy,
                           on_policy_loss=a.on_policy_loss, molecule_weights=a.molecule_weights,
-                          teacher_scale=a.teacher_scale, max_windows=a.max_windows, seed=a.seed)
+                          teacher_scale=a.teacher_scale, max_windows=a.max_windows, seed=a.seed,
+                          grow_members=a.grow_members)
     try:
         final = fine_tune(a.checkpoint, a.dataset, a.split, a.out, stage, load_config(QMConfig, a.qm_config),
                           charge=a.charge, test_split=a.test_split)

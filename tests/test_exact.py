@@ -130,11 +130,12 @@ def tiny_config(**kw) -> ModelConfig:
     return ModelConfig(**base)
 
 
-def random_kicks(tau: float, f_scale: float, gain: float, n_inner: int = 1, seed: int = 0, **kw) -> ShearKicks:
+def random_kicks(tau: float, f_scale: float, gain: float, n_inner: int = 1, seed: int = 0, members: int = 1,
+                 **kw) -> ShearKicks:
     """A float64 ShearKicks with deliberately non-zero random corrections of size ~gain x the
     Verlet half kick."""
     torch.manual_seed(seed)
-    kicks = ShearKicks(tiny_config(**kw), n_inner=n_inner).double()
+    kicks = ShearKicks(tiny_config(**kw), n_inner=n_inner, members=members).double()
     kicks.set_scales(f_scale=f_scale, kick_scale=0.5 * tau * f_scale / 12.0)
     randomize_kick_heads_(kicks, gain=gain, generator=torch.Generator().manual_seed(seed + 1))
     return kicks
@@ -183,10 +184,10 @@ def jacobian_of_map(kicks: ShearKicks, tau: float, seed: int = 1) -> torch.Tenso
     return torch.autograd.functional.jacobian(phi, torch.cat([x.reshape(-1), v.reshape(-1)]))
 
 
-@pytest.mark.parametrize("n_inner", [1, 2])
-def test_volume_preserving_for_random_corrections(n_inner):
+@pytest.mark.parametrize("n_inner,members", [(1, 1), (2, 1), (1, 2)])
+def test_volume_preserving_for_random_corrections(n_inner, members):
     tau = 0.004
-    kicks = random_kicks(tau, f_scale=100.0, gain=1.0, n_inner=n_inner)
+    kicks = random_kicks(tau, f_scale=100.0, gain=1.0, n_inner=n_inner, members=members)
     # the corrections are really there (else this would only test Verlet)
     tmpl = graph_template(MorseCluster.Z, MorseCluster.MASSES, MorseCluster.BONDS)
     x = torch.tensor(morse_states(1, np.random.default_rng(1))[0][0])
@@ -197,9 +198,10 @@ def test_volume_preserving_for_random_corrections(n_inner):
     assert (jac - torch.eye(24, dtype=jac.dtype)).abs().max() > 1e-2  # and a real map, far from identity
 
 
-def test_reversible_and_momentum_conserving():
+@pytest.mark.parametrize("members", [1, 2])
+def test_reversible_and_momentum_conserving(members):
     eng, tau = MorseCluster(), 0.004
-    kicks = random_kicks(tau, f_scale=100.0, gain=1.0, n_inner=2, conserve_angular_momentum=True)
+    kicks = random_kicks(tau, f_scale=100.0, gain=1.0, n_inner=2, members=members, conserve_angular_momentum=True)
     j = morse_jumper(kicks, tau)
     x, v = morse_states(4, np.random.default_rng(2))
     v += np.array([0.3, -0.2, 0.1])  # a non-zero total momentum, to be kept
@@ -217,6 +219,36 @@ def test_reversible_and_momentum_conserving():
     ang = lambda xx, vv: np.einsum("i,rij->rj", m, np.cross(xx, vv))  # noqa: E731
     dv_kick = a1 - 0.5 * tau * f1 / m[None, :, None]
     assert np.abs(ang(xc, dv_kick)).max() < 1e-10
+
+
+def test_grown_members_leave_the_map_unchanged_and_train(tmp_path):
+    """grow_members adds zero-output networks: the same proposal to round-off, a checkpoint that
+    round-trips, and new weights that receive gradient."""
+    from mdkstep.checkpoint import model_from_checkpoint, save_checkpoint, shear_payload
+    from mdkstep.model.shear import grow_members
+
+    eng, tau = MorseCluster(), 0.004
+    kicks = random_kicks(tau, f_scale=100.0, gain=0.5)
+    grown = grow_members(kicks, 3)
+    assert grown.members == 3 and len(grown.outer_nets()) == 3 and len(grown.inner_nets(0)) == 3
+    x, v = morse_states(3, np.random.default_rng(4))
+    outs = []
+    for kk in (kicks, grown):
+        j = morse_jumper(kk, tau)
+        st = init_chain(j, eng, x, v)
+        outs.append(j.propose(eng, st.x, st.v, st.a))
+    for a, b in zip(outs[0], outs[1]):
+        assert np.abs(a - b).max() < 1e-12
+    tmpl = graph_template(MorseCluster.Z, MorseCluster.MASSES, MorseCluster.BONDS)
+    xt = torch.tensor(x[0])
+    (grown.delta_inner(0, tmpl, xt) * torch.randn(xt.shape, dtype=xt.dtype)).sum().backward()  # a linear functional
+    assert float(grown.inner_more[1][0].layers[-1].coef_edge.weight.grad.abs().max()) > 0
+    with pytest.raises(ValueError, match="members"):
+        grow_members(grown, 2)
+    path = tmp_path / "g.pt"
+    save_checkpoint(path, shear_payload(grown, 16, 0.25, "analytic", [1, 8]))
+    back, _ = model_from_checkpoint(path, dtype=torch.float64)
+    assert back.members == 3 and n_forwards_per_stride(back) == 2 * 3
 
 
 def test_torch_stride_matches_numpy_jumper_and_counts_one_call():

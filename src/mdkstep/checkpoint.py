@@ -113,7 +113,7 @@ def check_compatible(ck: dict[str, Any], source: str, k: int | None = None,
             raise MdkstepError(f"{source}: model kind mismatch (checkpoint {checkpoint_kind(ck)!r}, "
                                f"config {mine.get('kind', 'jump')!r})")
         for key in ("arch", "hidden", "n_layers", "use_forces", "force_head", "n_heads", "n_rbf", "max_hops", "max_z",
-                    "n_inner"):
+                    "n_inner", "members"):
             if key in theirs and theirs[key] != mine.get(key):
                 raise MdkstepError(f"{source}: architecture mismatch on '{key}' (checkpoint {theirs[key]!r}, "
                                    f"config {mine.get(key)!r})")

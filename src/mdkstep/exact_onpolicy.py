@@ -38,6 +38,8 @@ class OnPolicyStage:
     teacher_scale: float = 1.0  #: factor on the checkpoint's teacher-forced weights lambda_x, lambda_v, lambda_energy
     max_windows: int = 20000  #: training windows (a deterministic subsample)
     seed: int = 0
+    #: > the checkpoint's members: first add zero-output networks to every kick (mdkstep.model.shear.grow_members)
+    grow_members: int = 0
 
     def validate(self) -> None:
         for key in ("steps", "batch_size", "max_windows"):
@@ -87,6 +89,7 @@ def fine_tune(checkpoint: Path, dataset: Path, split: Path, out: Path, stage: On
     from .dataset import KStepDataset
     from .engines.xtb_engine import XTBEngine
     from .exact import engine_forces
+    from .model.shear import grow_members
     from .exact_training import (ExactTrainConfig, _subsample, abs_dH_summary, dataset_windows,
                                  teacher_forced_abs_dH, train_exact)
 
@@ -94,6 +97,8 @@ def fine_tune(checkpoint: Path, dataset: Path, split: Path, out: Path, stage: On
     kicks, ck = model_from_checkpoint(checkpoint, dtype=torch.float64)
     if (ck.get("model_config") or {}).get("kind") != "shear":
         raise MdkstepError(f"{checkpoint}: not a shear (exact-mode) checkpoint")
+    if stage.grow_members > kicks.members:
+        kicks = grow_members(kicks, stage.grow_members)
     ds = KStepDataset(dataset, split)
     if int(ck["k"]) != ds.k:
         raise MdkstepError(f"{checkpoint}: k={ck['k']}, but {dataset} has k={ds.k}")

@@ -21,7 +21,7 @@ def build_model(cfg: ModelConfig) -> KStepModel:
     if cfg.kind == "shear":
         from .shear import ShearKicks
 
-        return ShearKicks(cfg, n_inner=cfg.n_inner)
+        return ShearKicks(cfg, n_inner=cfg.n_inner, members=cfg.members)
     if cfg.arch == "egnn":
         return EGNN(cfg)
     return TransformerEGNN(cfg)

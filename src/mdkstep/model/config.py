@@ -38,13 +38,16 @@ class ModelConfig:
     velocity_output: str = "delta"
     kind: str = "jump"  #: "jump" (direct dx, dv) | "shear" (exact mode: ShearKicks)
     n_inner: int = 1  #: shear only: distinct inner kick functions L (L = 1: a b a)
+    #: shear only: each kick is the sum of this many networks (more capacity at one forward more per
+    #: kick and member; mdkstep.model.shear.grow_members adds zero-output ones to a trained model)
+    members: int = 1
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent configuration."""
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
-        if self.n_inner < 1:
-            raise ValueError(f"n_inner must be >= 1, got {self.n_inner}")
+        if self.n_inner < 1 or self.members < 1:
+            raise ValueError(f"n_inner and members must be >= 1, got {self.n_inner}, {self.members}")
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {list(ARCHS)}, got {self.arch!r}")
         for name in ("hidden", "n_layers", "n_heads", "max_hops", "max_z"):

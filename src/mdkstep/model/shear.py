@@ -91,27 +91,43 @@ class ShearKicks(nn.Module):
         cfg: architecture of each sub-network; ``use_forces`` and ``force_head`` are ignored
             (the outer net always sees F(x) in its vector channel, the inner nets zeros).
         n_inner: L, the number of distinct inner kick functions (L = 1: a b a).
+        members: M, networks summed in every kick (``outer_more``, ``inner_more``: the M - 1
+            beyond the first, so that a grown model loads its parent's weights unchanged).
     """
 
-    def __init__(self, cfg: ModelConfig, n_inner: int = 1) -> None:
+    def __init__(self, cfg: ModelConfig, n_inner: int = 1, members: int = 1) -> None:
         super().__init__()
-        if n_inner < 1:
-            raise ValueError(f"n_inner must be >= 1, got {n_inner}")
-        sub = replace(cfg, kind="jump", n_inner=1, use_forces=False, force_head=False)
+        if n_inner < 1 or members < 1:
+            raise ValueError(f"n_inner and members must be >= 1, got {n_inner}, {members}")
+        sub = replace(cfg, kind="jump", n_inner=1, members=1, use_forces=False, force_head=False)
         self.config = sub  #: each sub-network's architecture
-        self.model_config = replace(cfg, kind="shear", n_inner=int(n_inner))  #: what a checkpoint stores
-        self.n_inner = int(n_inner)
+        #: what a checkpoint stores
+        self.model_config = replace(cfg, kind="shear", n_inner=int(n_inner), members=int(members))
+        self.n_inner, self.members = int(n_inner), int(members)
         self.outer = zero_kick_heads_(build_model(sub))
         self.inner = nn.ModuleList(zero_kick_heads_(build_model(sub)) for _ in range(n_inner))
+        self.outer_more = nn.ModuleList(zero_kick_heads_(build_model(sub)) for _ in range(members - 1))
+        self.inner_more = nn.ModuleList(nn.ModuleList(zero_kick_heads_(build_model(sub)) for _ in range(n_inner))
+                                        for _ in range(members - 1))
         self.set_scales(f_scale=1.0, kick_scale=1.0)
 
     @torch.no_grad()
     def set_scales(self, f_scale: float, kick_scale: float, geometry_scale: float = GEOMETRY_SCALE_NM) -> None:
         """Input force scale (kJ/(mol nm)), kick scale (nm/ps: the deltas are O(1) times it)
         and the running-geometry scale (nm) of every sub-network."""
-        self.outer.set_normalization(v_scale=f_scale, dv_scale=kick_scale, dx_scale=geometry_scale)
-        for net in self.inner:
-            net.set_normalization(v_scale=1.0, dv_scale=kick_scale, dx_scale=geometry_scale)
+        for net in self.outer_nets():
+            net.set_normalization(v_scale=f_scale, dv_scale=kick_scale, dx_scale=geometry_scale)
+        for level in range(self.n_inner):
+            for net in self.inner_nets(level):
+                net.set_normalization(v_scale=1.0, dv_scale=kick_scale, dx_scale=geometry_scale)
+
+    def outer_nets(self) -> list[KStepModel]:
+        """The networks whose outputs sum to delta_a."""
+        return [self.outer, *self.outer_more]
+
+    def inner_nets(self, level: int) -> list[KStepModel]:
+        """The networks whose outputs sum to inner kick ``level``."""
+        return [self.inner[level], *(more[level] for more in self.inner_more)]
 
     @property
     def palindrome(self) -> list[int]:
@@ -121,11 +137,13 @@ class ShearKicks(nn.Module):
 
     def delta_outer(self, tmpl: GraphBatch, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         """delta_a(x, F(x)) (N,3) nm/ps at positions x (N,3) nm with forces f (N,3)."""
-        return self.outer(replace(tmpl, pos=x, vel=f, forces=None))["dv"]
+        g = replace(tmpl, pos=x, vel=f, forces=None)
+        return sum(net(g)["dv"] for net in self.outer_nets())
 
     def delta_inner(self, level: int, tmpl: GraphBatch, x: torch.Tensor) -> torch.Tensor:
         """delta of inner kick ``level`` (N,3) nm/ps at positions x (N,3) nm."""
-        return self.inner[level](replace(tmpl, pos=x, vel=torch.zeros_like(x), forces=None))["dv"]
+        g = replace(tmpl, pos=x, vel=torch.zeros_like(x), forces=None)
+        return sum(net(g)["dv"] for net in self.inner_nets(level))
 
 
 # ------------------------------------------------------------------------- the map
@@ -197,8 +215,29 @@ def shear_map(kicks: ShearKicks, tmpl: GraphBatch, x: torch.Tensor, v: torch.Ten
 
 
 def n_forwards_per_stride(kicks: ShearKicks) -> int:
-    """Model forwards per stride: 2L - 1 inner kicks plus a(x')."""
-    return len(kicks.palindrome) + 1
+    """Model forwards per stride: (2L - 1 inner kicks plus a(x')) times the members M."""
+    return (len(kicks.palindrome) + 1) * kicks.members
+
+
+def grow_members(kicks: ShearKicks, members: int) -> ShearKicks:
+    """``kicks`` with ``members`` networks per kick: its own weights and scales, plus new
+    networks whose output layers are zero, so the map (and every acceptance) is unchanged
+    until they are trained. Why: more capacity without retraining from scratch."""
+    if members < kicks.members:
+        raise ValueError(f"grow_members: {members} < the model's {kicks.members} members")
+    ref = next(kicks.parameters())
+    grown = ShearKicks(kicks.model_config, n_inner=kicks.n_inner, members=members).to(dtype=ref.dtype, device=ref.device)
+    missing, unexpected = grown.load_state_dict(kicks.state_dict(), strict=False)
+    fresh = {name for name in grown.state_dict() if name.startswith(("outer_more.", "inner_more."))
+             and not name.startswith(tuple(f"{part}.{i}." for part in ("outer_more", "inner_more")
+                                           for i in range(kicks.members - 1)))}
+    if unexpected or set(missing) != fresh:
+        raise ValueError(f"grow_members: weights do not fit (unexpected {unexpected[:3]}, missing {sorted(set(missing) - fresh)[:3]})")
+    with torch.no_grad():
+        for nets in [grown.outer_nets()] + [grown.inner_nets(lv) for lv in range(grown.n_inner)]:
+            for net in nets[kicks.members:]:
+                net.set_normalization(**nets[0].normalization())
+    return grown.train(kicks.training)
 
 
 
