@@ -361,7 +361,8 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"- elements: {card['atom_types']}; checkpoint {card['checkpoint']} (sha256 {card['checkpoint_sha256'][:12]}…)"]
     if oj is None:  # exact mode: what the Metropolis test will see
         tf = card["teacher_forced"]
-        lines += ["", f"Exact mode (kind: shear, n_inner {card['model_config'].get('n_inner')}): teacher-forced |dH| "
+        lines += ["", f"Exact mode (kind: shear, n_inner {card['model_config'].get('n_inner')}, members "
+                  f"{card['model_config'].get('members', 1)}): teacher-forced |dH| "
                   f"on the {tf['split']} windows, kJ/mol (untrained = velocity Verlet at {card['stride_fs']:g} fs):", "",
                   "| model | median | p90 | mean |", "|---|---|---|---|"]
         for label, r in (("untrained (velocity Verlet)", tf.get("before")), ("trained", tf.get("after"))):
