@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lambda-on-policy", type=float, default=1.0)
+    p.add_argument("--lambda-mid-force", type=float, default=0.0,
+                   help="weight of a force-matching term on the inner kick at the stride's midpoint (one more "
+                        "xTB call per window): b(x_mid) ~ (tau/2) F(x_mid)/m")
     p.add_argument("--on-policy-loss", choices=("square", "abs"), default="square",
                    help="penalty of dH/kT at the real proposal: square, or abs (a smooth |dH|/kT, which weighs "
                         "states as the acceptance does)")
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("INFO")
     torch.set_num_threads(1)
     stage = OnPolicyStage(steps=a.steps, batch_size=a.batch_size, lr=a.lr, lambda_on_policy=a.lambda_on_policy,
-                          on_policy_loss=a.on_policy_loss, molecule_weights=a.molecule_weights,
+                          lambda_mid_force=a.lambda_mid_force, on_policy_loss=a.on_policy_loss,
+                          molecule_weights=a.molecule_weights,
                           teacher_scale=a.teacher_scale, max_windows=a.max_windows, seed=a.seed,
                           grow_members=a.grow_members)
     try:

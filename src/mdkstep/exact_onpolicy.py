@@ -33,6 +33,7 @@ class OnPolicyStage:
     batch_size: int = 32
     lr: float = 3e-4
     lambda_on_policy: float = 1.0
+    lambda_mid_force: float = 0.0  #: ExactTrainConfig.lambda_mid_force (one more xTB call per window, at x_mid)
     on_policy_loss: str = "square"  #: square | abs (ExactTrainConfig.on_policy_loss)
     molecule_weights: list[float] | None = None  #: relative frequency of each trajectory's steps; None: round robin
     teacher_scale: float = 1.0  #: factor on the checkpoint's teacher-forced weights lambda_x, lambda_v, lambda_energy
@@ -113,7 +114,8 @@ def fine_tune(checkpoint: Path, dataset: Path, split: Path, out: Path, stage: On
     old = ck.get("train_config") or {}
     teacher = {k: stage.teacher_scale * old[k] for k in ("lambda_x", "lambda_v", "lambda_energy") if k in old}
     cfg = ExactTrainConfig(steps=stage.steps, batch_size=stage.batch_size, lr=stage.lr, lr_schedule="cosine",
-                           lambda_on_policy=stage.lambda_on_policy, on_policy_loss=stage.on_policy_loss,
+                           lambda_on_policy=stage.lambda_on_policy,
+                           lambda_mid_force=stage.lambda_mid_force, on_policy_loss=stage.on_policy_loss,
                            molecule_weights=stage.molecule_weights, seed=stage.seed, log_every=50,
                            init_checkpoint=str(checkpoint), **teacher,
                            **{k: old[k] for k in ("temperature_K", "grad_clip") if k in old})
