@@ -172,6 +172,9 @@ def test_unknown_models_key_and_bad_entry(tmp_path):
     p.write_text("qm_exact_on_policy: [{steps: 10, lrr: 1.0e-4}]\n")
     with pytest.raises(MdkstepError, match=r"m.yaml: key .qm_exact_on_policy.0.*unknown key 'lrr'"):
         load_config(ModelsConfig, p)
+    p.write_text("qm_exact_on_policy: [{steps: 10}, {on_policy_loss: cube}]\n")
+    with pytest.raises(MdkstepError, match=r"m.yaml: key .qm_exact_on_policy.1.*on_policy_loss.*cube"):
+        load_config(ModelsConfig, p)
     with pytest.raises(MdkstepError, match="ghost not in"):
         combined_smi([f"{ROOT}/data/qm_molecules.smi:water,ghost"], tmp_path / "x.smi")
 

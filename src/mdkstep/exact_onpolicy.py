@@ -43,11 +43,19 @@ class OnPolicyStage:
     grow_members: int = 0
 
     def validate(self) -> None:
+        """Raise ValueError on a bad setting (checked when a config is read, before any training)."""
+        from .exact_training import ON_POLICY_LOSSES
+
         for key in ("steps", "batch_size", "max_windows"):
             if getattr(self, key) < 1:
                 raise ValueError(f"key '{key}': {getattr(self, key)} must be >= 1")
-        if not self.lr > 0 or not self.teacher_scale >= 0:
-            raise ValueError("keys 'lr' must be > 0 and 'teacher_scale' >= 0")
+        if not self.lr > 0:
+            raise ValueError(f"key 'lr': {self.lr} must be > 0")
+        for key in ("lambda_on_policy", "lambda_mid_force", "teacher_scale", "grow_members"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"key '{key}': {getattr(self, key)} must be >= 0")
+        if self.on_policy_loss not in ON_POLICY_LOSSES:
+            raise ValueError(f"key 'on_policy_loss': {self.on_policy_loss!r} is not one of {'|'.join(ON_POLICY_LOSSES)}")
 
 
 def earlier_stages(checkpoint: Path) -> dict[str, Any]:

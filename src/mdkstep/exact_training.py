@@ -270,8 +270,8 @@ def mid_force_error(kicks: ShearKicks, tmpl: GraphBatch, b: WindowTensors, tau: 
     if kicks.n_inner != 1 or cons is not None:
         raise ValueError("mid_force_error: only for n_inner 1 without constraints")
     g = tmpl.n_graphs
-    x_mid = b.x0 + 0.5 * tau * (b.v0 + outer_kick(kicks, tmpl, b.x0, b.f0, tau)).detach()
-    _, f_np = engine_fn(x_mid.detach().to("cpu", torch.float64).numpy().reshape(g, -1, 3))
+    x_mid = (b.x0 + 0.5 * tau * (b.v0 + outer_kick(kicks, tmpl, b.x0, b.f0, tau))).detach()  # b's input only
+    _, f_np = engine_fn(x_mid.to("cpu", torch.float64).numpy().reshape(g, -1, 3))
     f_mid = torch.as_tensor(np.asarray(f_np).reshape(-1, 3), dtype=x_mid.dtype, device=x_mid.device)
     target = 0.5 * tau * f_mid / tmpl.masses.unsqueeze(-1)
     return ((kicks.delta_inner(0, tmpl, x_mid) - target) ** 2).sum(-1).mean()
