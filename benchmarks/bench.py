@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    from mdkstep.bench.config import BenchConfig
+    from mdkstep.pipeline.config import BenchConfig
     from mdkstep.bench.report import markdown, update_readme, write_outputs
     from mdkstep.bench.run import run_bench
 

@@ -1,6 +1,6 @@
 """Effective samples per force call of a set of trajectories (plain MD, hybrid or exact mode).
 
-tau_int (mdkstep.metrics.integrated_autocorr_time, Sokal window, all replicas pooled) of the
+tau_int (mdkstep.analysis.metrics.integrated_autocorr_time, Sokal window, all replicas pooled) of the
 potential energy and of the slowest dihedral, in frames, and
 
     effective samples per force call = n_frames * R / (tau_int * force calls).
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mdkstep.metrics import (effective_samples_per_force_call, iat_reliable, integrated_autocorr_time,
+from mdkstep.analysis.metrics import (effective_samples_per_force_call, iat_reliable, integrated_autocorr_time,
                              slowest_dihedral_iat)
-from mdkstep.system import from_trajectory
+from mdkstep.molecule.system import from_trajectory
 from mdkstep.trajectory import load_trajectory
 
 

@@ -16,9 +16,9 @@ import time
 import numpy as np
 import torch
 
-from mdkstep.chem import rdkit_conformer
+from mdkstep.molecule.prep import rdkit_conformer
 from mdkstep.engines.xtb_engine import XTBEngine
-from mdkstep.exact import ExactConfig, ShearJumper, init_chain, kinetic_energy, run_exact
+from mdkstep.exact.sampler import ExactConfig, ShearJumper, init_chain, kinetic_energy, run_exact
 from mdkstep.model import ModelConfig
 from mdkstep.model.shear import ShearKicks
 from mdkstep.utils import KB_KJ_PER_MOL_K, MdkstepError

@@ -1,7 +1,7 @@
-"""Exact mode, fine-tuned on its real proposals (one stage of mdkstep.exact_onpolicy): the
+"""Exact mode, fine-tuned on its real proposals (one stage of mdkstep.exact.onpolicy): the
 teacher-forced loss of stage 04 plus ``lambda_on_policy`` times a penalty of dH/kT
 (--on-policy-loss square | abs) with GFN2-xTB's U, F at each proposal x' (one xTB call per
-window and step; mdkstep.exact_training.on_policy_energy_error). Why: the teacher-forced dH
+window and step; mdkstep.exact.train.on_policy_energy_error). Why: the teacher-forced dH
 (F(x') := F_{t+k} from the data) underestimates the sampler's dH where x' leaves x_{t+k}
 (QM aspirin at 4 fs: median 1.3 vs 3.2 kJ/mol), so it stops training the acceptance.
 
@@ -31,8 +31,9 @@ def ship_run(a) -> None:
     already there (same training runs), its training force calls plus every on-policy xTB call."""
     import json
 
-    from mdkstep.exact_onpolicy import on_policy_force_calls
-    from mdkstep.shipped import read_card, ship
+    from mdkstep.exact.onpolicy import on_policy_force_calls
+    from mdkstep.shipped import ship
+    from mdkstep.model.checkpoint import read_card
 
     old = read_card(a.models_dir / f"{a.ship_as}.pt")
     if old is None:
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     from mdkstep.config import load_config
-    from mdkstep.exact_onpolicy import OnPolicyStage, fine_tune
-    from mdkstep.qm_md import QMConfig
+    from mdkstep.exact.onpolicy import OnPolicyStage, fine_tune
+    from mdkstep.baselines.ase_md import QMConfig
     from mdkstep.utils import MdkstepError, setup_logging
 
     setup_logging("INFO")

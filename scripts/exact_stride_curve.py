@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mdkstep.checkpoint import model_from_checkpoint, save_checkpoint, shear_payload
+from mdkstep.model.checkpoint import model_from_checkpoint, save_checkpoint, shear_payload
 from mdkstep.dynamics import kinetic_energy
 from mdkstep.engines.xtb_engine import XTBEngine
-from mdkstep.exact import ShearJumper, init_chain
+from mdkstep.exact.sampler import ShearJumper, init_chain
 from mdkstep.model.shear import untrained_shear_kicks
-from mdkstep.system import from_trajectory
+from mdkstep.molecule.system import from_trajectory
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import KB_KJ_PER_MOL_K
 

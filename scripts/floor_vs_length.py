@@ -35,7 +35,7 @@ def cut(traj, length_ps: float):
 
 
 def floors_by_length(folder: Path, lengths: list[float], interval_ps: float) -> dict[str, dict[str, float]]:
-    from mdkstep.evaluation import replica_floor
+    from mdkstep.analysis.evaluation import replica_floor
     from mdkstep.trajectory import load_trajectory
 
     reps = [load_trajectory(p) for p in sorted(folder.glob("ref_r*.npz"))]

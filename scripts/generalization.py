@@ -32,8 +32,8 @@ KEYS = (("bond_rmse_A", "bond RMSE Å"), ("bond_rmse_heavy_A", "heavy-atom bond 
 
 def per_molecule_metrics(model, dataset: Path, max_windows: int) -> dict[str, dict]:
     """{molecule: one_jump_metrics} over every window of each molecule in ``dataset``."""
-    from mdkstep.dataset import KStepDataset
-    from mdkstep.evaluation import one_jump_metrics
+    from mdkstep.data.windows import KStepDataset
+    from mdkstep.analysis.evaluation import one_jump_metrics
 
     ds = KStepDataset(dataset)
     names = np.asarray(ds.spec.molecules)[ds.windows[:, 0]]
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from mdkstep.checkpoint import check_compatible, model_from_checkpoint
-    from mdkstep.dataset import KStepDataset
-    from mdkstep.shipped import read_card
+    from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint
+    from mdkstep.data.windows import KStepDataset
+    from mdkstep.model.checkpoint import read_card
     from mdkstep.utils import MdkstepError, atomic_write_json, atomic_write_text
 
     torch.set_num_threads(1)

@@ -151,11 +151,11 @@ def lever_table(items: list[str]) -> dict[str, tuple[str, dict[str, Any], dict[s
 def build_smoke_data(root: Path, k: int) -> dict[str, Path]:
     """A tiny MM study input: ethanol prepared from SMILES, two 3 ps reference replicas (2 fs,
     HBonds, forces saved) and a k-step dataset of replica 0 with a time split."""
-    from mdkstep.chem import PrepConfig, SmiEntry, prepare_from_smiles
+    from mdkstep.molecule.prep import PrepConfig, SmiEntry, prepare_from_smiles
     from mdkstep.config import load_config
-    from mdkstep.dataset import build_dataset, write_split_files
-    from mdkstep.md import MDConfig, RunSpec, run_trajectory
-    from mdkstep.system import from_molecule_dir
+    from mdkstep.data.windows import build_dataset, write_split_files
+    from mdkstep.baselines.openmm_md import MDConfig, RunSpec, run_trajectory
+    from mdkstep.molecule.system import from_molecule_dir
 
     raw, md = root / "raw", root / "md"
     if not (raw / "ethanol" / "system.xml").is_file():
@@ -201,7 +201,7 @@ def train_one(name: str, args, table, combo: list[str], ds_k: int) -> dict[str, 
     wall time, one-jump test metrics of model / no_move / ballistic)."""
     from mdkstep.config import load_config
     from mdkstep.model import ModelConfig
-    from mdkstep.training import TrainConfig, train
+    from mdkstep.training.trainer import TrainConfig, train
 
     t_over, m_over = lever_overrides(name, table, combo)
     run = args.out / name
@@ -265,11 +265,11 @@ class Rollouts:
 
         self.args, self.spec, self.molecules = args, ds_spec, molecules
         if args.engine == "openmm":
-            from mdkstep.md import MDConfig
+            from mdkstep.baselines.openmm_md import MDConfig
 
             self.engine_cfg = load_config(MDConfig, args.engine_config or ROOT / "configs/md.yaml")
         else:
-            from mdkstep.qm_md import QMConfig
+            from mdkstep.baselines.ase_md import QMConfig
 
             self.engine_cfg = load_config(QMConfig, args.engine_config or ROOT / "configs/qm.yaml")
         self.refs: dict[str, Any] = {}
@@ -277,7 +277,7 @@ class Rollouts:
     def reference(self, mol: str) -> dict[str, Any]:
         """Replicas, topology, the reference's per-element temperature (K) and its length (ps)."""
         if mol not in self.refs:
-            from mdkstep.metrics import summarize_trajectory
+            from mdkstep.analysis.metrics import summarize_trajectory
             from mdkstep.trajectory import load_trajectory
 
             paths = sorted((self.args.reference_root / mol).glob(self.args.reference_pattern))
@@ -293,7 +293,7 @@ class Rollouts:
         return self.refs[mol]
 
     def system(self, mol: str):
-        from mdkstep.system import from_molecule_dir, from_trajectory
+        from mdkstep.molecule.system import from_molecule_dir, from_trajectory
 
         if self.args.raw_root is not None and (self.args.raw_root / mol).is_dir():
             return from_molecule_dir(self.args.raw_root / mol)
@@ -310,10 +310,10 @@ class Rollouts:
 
     def run(self, rec: dict[str, Any], mol: str) -> dict[str, Any]:
         """Roll out ``rec``'s model on ``mol`` (or reuse the finished rollout) and evaluate it."""
-        from mdkstep.checkpoint import model_from_checkpoint
+        from mdkstep.model.checkpoint import model_from_checkpoint
         from mdkstep.engines.factory import make_engine
         from mdkstep.hybrid import run_hybrid
-        from mdkstep.hybrid.cli import start_frames
+        from mdkstep.cli.hybrid import start_frames
         from mdkstep.model.jumper import ModelJumper
 
         ref = self.reference(mol)
@@ -331,7 +331,7 @@ class Rollouts:
             jumper = ModelJumper(model, system.atomic_numbers, engine.masses, system.bonds)
             n_cycles = max(hcfg.save_interval_cycles, int(round(self.args.rollout_ps / hcfg.cycle_ps)))
             folder.mkdir(parents=True, exist_ok=True)
-            from mdkstep.runner import file_sha256
+            from mdkstep.utils import file_sha256
 
             fp = {"model_checkpoint_sha256": file_sha256(Path(rec["checkpoint"])), "seed": self.args.seed}
             stats = run_hybrid(engine, jumper, hcfg, x0, v0, n_cycles, out, np.random.default_rng(self.args.seed),
@@ -343,7 +343,7 @@ class Rollouts:
     def evaluate(self, stats: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
         """Structure ratios to the floor (mean over replicas), per-element T, calls/ps, fallbacks."""
         from mdkstep.bench.core import STRUCTURE_KEYS
-        from mdkstep.evaluation import evaluate_hybrid_file
+        from mdkstep.analysis.evaluation import evaluate_hybrid_file
 
         ratios: dict[str, list[float]] = {}
         t_el: dict[str, list[float]] = {}
@@ -397,7 +397,7 @@ def choose_combo(records: dict[str, dict[str, Any]], given: list[str] | None) ->
 
 def markdown(study: dict[str, Any]) -> str:
     """The ablation table: one-jump test metrics and, per molecule, the rollout figures."""
-    from mdkstep.evaluation import fmt
+    from mdkstep.analysis.evaluation import fmt
 
     lines = [f"# Lever study: k = {study['k']}, {study['max_steps']} steps per model, seed {study['seed']}", "",
              f"dataset `{study['dataset']}`; rollout {study['rollout_ps']} ps x {study['replicas']} replica(s) per "
@@ -444,7 +444,7 @@ def rollout_molecules(args, ds) -> list[str]:
     """--molecules, else the test split's molecules (all when the split is by time) that have a reference."""
     if args.molecules:
         return list(args.molecules)
-    from mdkstep.dataset import KStepDataset
+    from mdkstep.data.windows import KStepDataset
 
     test = KStepDataset(args.dataset, args.splits_dir / "test.json")
     names = sorted({test.spec.molecules[int(t)] for t in np.unique(test.windows[:, 0])}) or sorted(set(ds.spec.molecules))
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     import torch
 
-    from mdkstep.dataset import KStepDataset
+    from mdkstep.data.windows import KStepDataset
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,7 @@ elif mode == "publish":
         return r
     os.replace = replace
 elif mode == "ckpt":
-    import mdkstep.training as T
+    import mdkstep.training.trainer as T
     orig = T.save_checkpoint
     def save_checkpoint(path, payload):
         r = orig(path, payload)
@@ -299,7 +299,7 @@ def perturbed_checkpoint(w: Work) -> Path:
     """A copy of the MM model with one weight changed (another model of the same shape)."""
     out = w.bad / "other_model.pt"
     if not out.exists():
-        code = ("import sys, torch\nfrom mdkstep.checkpoint import read_checkpoint, save_checkpoint\n"
+        code = ("import sys, torch\nfrom mdkstep.model.checkpoint import read_checkpoint, save_checkpoint\n"
                 "p = read_checkpoint(sys.argv[1])\nk = next(k for k, v in p['model_state'].items() if v.is_floating_point())\n"
                 "p['model_state'][k] = p['model_state'][k] * 1.01\nsave_checkpoint(sys.argv[2], p)\n")
         r = subprocess.run([PY, "-c", code, str(w.ck), str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True)
@@ -716,7 +716,7 @@ def resume_04(w: Work, quick: bool) -> None:
 
 
 def ckpt_diff(a: Path, b: Path) -> str | None:
-    code = ("import sys, torch\nfrom mdkstep.checkpoint import read_checkpoint\n"
+    code = ("import sys, torch\nfrom mdkstep.model.checkpoint import read_checkpoint\n"
             "x, y = read_checkpoint(sys.argv[1]), read_checkpoint(sys.argv[2])\n"
             "bad = [k for k in x['model_state'] if not torch.equal(x['model_state'][k], y['model_state'][k])]\n"
             "bad += [k for k in ('step', 'epoch', 'best_val') if x.get(k) != y.get(k)]\n"

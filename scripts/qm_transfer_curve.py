@@ -89,7 +89,7 @@ def train_run(dataset: Path, splits: Path, out: Path, args, steps: int, k: int, 
 
     from mdkstep.config import load_config
     from mdkstep.model import ModelConfig
-    from mdkstep.training import TrainConfig, train
+    from mdkstep.training.trainer import TrainConfig, train
 
     torch.set_num_threads(1)
     if (out / "final_metrics.json").is_file():
@@ -114,9 +114,9 @@ def mm_zero_shot(mm_ck: Path, qm_ds: Path, test_split: Path) -> dict:
     """The MM checkpoint on the QM test windows, no fine-tuning (its MM normalization scales)."""
     import torch
 
-    from mdkstep.checkpoint import model_from_checkpoint
-    from mdkstep.dataset import KStepDataset
-    from mdkstep.evaluation import one_jump_metrics
+    from mdkstep.model.checkpoint import model_from_checkpoint
+    from mdkstep.data.windows import KStepDataset
+    from mdkstep.analysis.evaluation import one_jump_metrics
 
     torch.set_num_threads(1)
     model, _ = model_from_checkpoint(mm_ck, dtype=torch.float64)

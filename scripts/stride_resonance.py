@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mdkstep.metrics import remove_com  # noqa: E402
+from mdkstep.analysis.metrics import remove_com  # noqa: E402
 from mdkstep.trajectory import load_trajectory  # noqa: E402
 from mdkstep.utils import MdkstepError  # noqa: E402
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from mdkstep.chem import PrepConfig, prepare_from_files, prepare_from_smiles, read_smi
+from mdkstep.molecule.prep import PrepConfig, prepare_from_files, prepare_from_smiles, read_smi
 from mdkstep.config import load_config, run_cli
 from mdkstep.utils import MdkstepError, check_writable, setup_logging
 

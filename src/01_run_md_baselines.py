@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mdkstep.chem import find_molecules
+from mdkstep.molecule.prep import find_molecules
 from mdkstep.config import load_config, run_cli, to_dict
-from mdkstep.md import MDConfig, RunSpec, raw_steps_per_s, run_trajectory
+from mdkstep.baselines.openmm_md import MDConfig, RunSpec, raw_steps_per_s, run_trajectory
 from mdkstep.runner import tidy_finished
 from mdkstep.trajectory import load_trajectory
-from mdkstep.system import from_molecule_dir
+from mdkstep.molecule.system import from_molecule_dir
 from mdkstep.utils import (LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, parse_shard,
                            setup_logging)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 
 from mdkstep.config import run_cli
-from mdkstep.qm_md import add_cli_arguments, main_from_args
+from mdkstep.cli.qm_baselines import add_cli_arguments, main_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Stage 01c: plain QM MD baselines with PySCF (default RHF/STO-3G) for tiny molecules.
 
-The same runner as 01b (src/mdkstep/qm_md.py) with the PySCF engine: same trajectory schema,
+The same runner as 01b (src/mdkstep/baselines/ase_md.py) with the PySCF engine: same trajectory schema,
 thermostat, chunking and checkpoint/resume. Meant for 3-5 atom molecules (water, ammonia,
 methane, ...): an RHF/STO-3G gradient of water costs ~25 ms on one CPU core. GPU4PySCF is
 used when installed and a CUDA GPU is present (--device auto), else CPU PySCF; the log says
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from mdkstep.config import run_cli
-from mdkstep.qm_md import add_cli_arguments, main_from_args
+from mdkstep.cli.qm_baselines import add_cli_arguments, main_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 from mdkstep.config import run_cli
-from mdkstep.dataset import build_dataset, write_split_files
+from mdkstep.data.windows import build_dataset, write_split_files
 from mdkstep.utils import MdkstepError, check_writable, setup_logging
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mdkstep.config import load_config, run_cli
 from mdkstep.model import ModelConfig
-from mdkstep.training import TrainConfig, train
+from mdkstep.training.trainer import TrainConfig, train
 from mdkstep.utils import MdkstepError, seed_everything, setup_logging
 
 
@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_shear_main(args, mcfg: ModelConfig) -> int:
-    """Stage 04 for a ``kind: shear`` model config: mdkstep.exact_training.train_shear with an
+    """Stage 04 for a ``kind: shear`` model config: mdkstep.exact.train.train_shear with an
     ExactTrainConfig from --train-config (--max-steps sets its steps)."""
-    from mdkstep.exact_training import ExactTrainConfig, train_shear
+    from mdkstep.exact.train import ExactTrainConfig, train_shear
 
     if args.pretrained or args.freeze_layers:
         raise MdkstepError("--pretrained / --freeze-layers are not supported for model kind 'shear' yet")

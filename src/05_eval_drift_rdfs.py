@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from mdkstep.config import run_cli
-from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_hybrid_file, fmt, hybrid_runs,
+from mdkstep.analysis.evaluation import (FIDELITY_KEYS, efficiency, evaluate_hybrid_file, fmt, hybrid_runs,
                                 load_replicas, load_stats)
-from mdkstep.metrics import summarize_trajectory
-from mdkstep.peptide import BASIN_NAMES, ramachandran_evaluation
+from mdkstep.analysis.metrics import summarize_trajectory
+from mdkstep.analysis.ramachandran import BASIN_NAMES, ramachandran_evaluation
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, setup_logging
 
@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def plain_md_wall_s_per_ps(raw_dir: Path, meta: dict[str, Any]) -> float | None:
     """Wall seconds per simulated ps of plain OpenMM MD (no saving), timed now, same settings."""
     from mdkstep.config import from_dict
-    from mdkstep.md import MDConfig, raw_steps_per_s
-    from mdkstep.system import from_molecule_dir
+    from mdkstep.baselines.openmm_md import MDConfig, raw_steps_per_s
+    from mdkstep.molecule.system import from_molecule_dir
 
     if not (raw_dir / "topology.json").is_file() or meta.get("engine") != "openmm":
         return None
@@ -75,7 +75,7 @@ def export_dcd(traj_path: Path, pdb: Path, out_dir: Path) -> list[str]:
 
 
 def evaluate_molecule(name: str, args) -> dict[str, Any]:
-    from mdkstep import plots
+    from mdkstep.analysis import plots
 
     replicas = load_replicas(args.baseline / name)
     ref = replicas[0]
@@ -110,9 +110,9 @@ def evaluate_molecule(name: str, args) -> dict[str, Any]:
 
 
 def one_jump(args) -> dict[str, Any]:
-    from mdkstep.checkpoint import model_from_checkpoint
-    from mdkstep.dataset import KStepDataset
-    from mdkstep.evaluation import one_jump_metrics
+    from mdkstep.model.checkpoint import model_from_checkpoint
+    from mdkstep.data.windows import KStepDataset
+    from mdkstep.analysis.evaluation import one_jump_metrics
 
     model, ck = model_from_checkpoint(args.checkpoint)
     ds = KStepDataset(args.dataset, args.test_split)
@@ -130,7 +130,7 @@ def ramachandran_lines(rama: dict[str, Any]) -> list[str]:
         return [f"Ramachandran: none ({rama.get('note', 'not evaluated')}).", ""]
     fl = rama.get("floor", {}).get("basin_tv")
     lines = [f"### Ramachandran (backbone from the bond graph, {rama['backbone']['n_residues']} residue(s); "
-             f"regions in mdkstep/peptide.py BASINS_DEG; every {fmt(rama['interval_ps'])} ps)", "",
+             f"regions in mdkstep/molecule/peptide.py BASINS_DEG; every {fmt(rama['interval_ps'])} ps)", "",
              "| trajectory | residue | " + " | ".join(f"{b} %" for b in BASIN_NAMES)
              + " | transitions | per ns | basin TV vs r0 (floor) | ratio |",
              "|" + "---|" * (len(BASIN_NAMES) + 6)]

@@ -3,7 +3,7 @@
 
 For every molecule folder under --hybrid-runs (<molecule>/*.npz with their .stats.json),
 against --baseline/<molecule>/replica_*.npz (0.25 fs):
-  - rollout fidelity (mdkstep.evaluation, as stage 05): W1 of bond / angle / dihedral
+  - rollout fidelity (mdkstep.analysis.evaluation, as stage 05): W1 of bond / angle / dihedral
     distributions, mean bond-length error, RDF L1, VACF L2, temperature, each beside the same
     distance between independent baseline replicas (the noise floor) and as a ratio to it;
   - efficiency, the headline: force calls and wall seconds per simulated ps of the hybrid vs
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from mdkstep.config import run_cli
-from mdkstep.evaluation import (FIDELITY_KEYS, efficiency, evaluate_hybrid_file, fmt, hybrid_runs,
+from mdkstep.analysis.evaluation import (FIDELITY_KEYS, efficiency, evaluate_hybrid_file, fmt, hybrid_runs,
                                 load_replicas, load_stats)
-from mdkstep.metrics import summarize_trajectory
+from mdkstep.analysis.metrics import summarize_trajectory
 from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, setup_logging
 
 
@@ -49,13 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------ plain MD, timed now
 
 def time_plain_md(ref, args) -> dict[str, Any]:
-    """Plain velocity-Verlet segments (:func:`mdkstep.plain.time_plain_md`) with the baselines'
+    """Plain velocity-Verlet segments (:func:`mdkstep.baselines.plain.time_plain_md`) with the baselines'
     engine (--qm-config, else the config in the baseline metadata) from replica 0's last frame."""
     from mdkstep.config import from_dict, load_config
     from mdkstep.engines.factory import make_engine
-    from mdkstep.plain import time_plain_md as plain_segments
-    from mdkstep.qm_md import QMConfig, limit_threads
-    from mdkstep.system import System
+    from mdkstep.baselines.plain import time_plain_md as plain_segments
+    from mdkstep.baselines.ase_md import QMConfig
+    from mdkstep.baselines.pool import limit_threads
+    from mdkstep.molecule.system import System
 
     meta = ref.metadata
     if args.qm_config is not None:
@@ -75,7 +76,7 @@ def time_plain_md(ref, args) -> dict[str, Any]:
 # ------------------------------------------------------------------------ evaluation
 
 def topology_of(name: str, ref, args) -> dict[str, Any]:
-    from mdkstep.dataset import molecule_topology
+    from mdkstep.molecule.topology import molecule_topology
 
     for cand in (args.baseline / name / "topology.json", (args.raw_root / name / "topology.json") if args.raw_root else None):
         if cand is not None and cand.is_file():
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         raise MdkstepError(f"--plain-dts {args.plain_dts}: every step must be a finite number > 0 fs")
     if args.qm_config is not None:  # checked now, even with --no-timing: a broken config is never ignored
         from mdkstep.config import load_config
-        from mdkstep.qm_md import QMConfig
+        from mdkstep.baselines.ase_md import QMConfig
 
         load_config(QMConfig, args.qm_config)
     names = sorted(p.name for p in args.hybrid_runs.iterdir() if p.is_dir() and hybrid_files(p))

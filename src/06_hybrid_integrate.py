@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mdkstep.config import load_config, run_cli, to_dict
-from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model,
+from mdkstep.cli.hybrid import (add_hybrid_arguments, check_run_args, is_resuming, load_model,
                                 prepare_outputs, read_checkpoints, resolve_hybrid_config, run_model, start_frames)
 from mdkstep.utils import LOG, MdkstepError, setup_logging
 
@@ -62,7 +62,7 @@ def start_states(args, mol, md_cfg, n_rep: int, masses: np.ndarray) -> tuple[np.
             LOG.warning("%s: masses differ from the MD config's system (HMR?)", args.start_from)
         x, v, idx = start_frames(t, n_rep)
         return x, v, f"{args.start_from} frames {idx}"
-    from mdkstep.md import equilibrate
+    from mdkstep.baselines.openmm_md import equilibrate
 
     return *equilibrate(mol, md_cfg, n_rep, args.seed, args.equil_ps), "minimized + Maxwell-Boltzmann + equilibration"
 
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     from mdkstep.engines.factory import make_engine
-    from mdkstep.md import MDConfig
-    from mdkstep.system import from_molecule_dir
+    from mdkstep.baselines.openmm_md import MDConfig
+    from mdkstep.molecule.system import from_molecule_dir
 
     check_run_args(args)
     md_cfg = load_config(MDConfig, args.md_config)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mdkstep.config import load_config, run_cli, to_dict
-from mdkstep.hybrid.cli import (add_hybrid_arguments, check_run_args, is_resuming, load_model,
+from mdkstep.cli.hybrid import (add_hybrid_arguments, check_run_args, is_resuming, load_model,
                                 prepare_outputs, read_checkpoints, resolve_hybrid_config, run_model,
                                 start_frames)
 from mdkstep.utils import LOG, MdkstepError, setup_logging
@@ -50,11 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def qm_system(args, traj):
-    """The system to run (:class:`mdkstep.system.System`): the --molecule folder (its atoms must
+    """The system to run (:class:`mdkstep.molecule.system.System`): the --molecule folder (its atoms must
     match the trajectory's; masses are the trajectory's), else the atoms of the --start-from NPZ."""
     from dataclasses import replace
 
-    from mdkstep.system import from_molecule_dir, from_trajectory
+    from mdkstep.molecule.system import from_molecule_dir, from_trajectory
 
     if args.molecule is None:
         return from_trajectory(args.start_from, traj)
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     from mdkstep.engines.factory import make_engine
-    from mdkstep.qm_md import QMConfig, limit_threads
+    from mdkstep.baselines.ase_md import QMConfig
+    from mdkstep.baselines.pool import limit_threads
     from mdkstep.trajectory import load_trajectory
 
     check_run_args(args)

@@ -24,7 +24,7 @@ def load_script(name: str):
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory) -> Path:
     """Ethanol and aspirin prepared once (stage 00) into a session temp folder."""
-    from mdkstep.chem import PrepConfig, SmiEntry, prepare_from_smiles
+    from mdkstep.molecule.prep import PrepConfig, SmiEntry, prepare_from_smiles
 
     root = tmp_path_factory.mktemp("raw")
     cfg = PrepConfig()

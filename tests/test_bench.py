@@ -129,7 +129,7 @@ def test_bench_end_to_end_every_key(bench_run):
 
 def test_bench_rerun_reuses_runs_and_models(bench_run):
     """A second run finds every trajectory and model on disk (resume after an interruption)."""
-    from mdkstep.bench.core import ensure_model
+    from mdkstep.pipeline.models import ensure_model
 
     k4 = bench_run / "bench" / "mm" / "models" / "k4"
     mtime = (k4 / "best.pt").stat().st_mtime
@@ -162,7 +162,7 @@ def test_cached_learned_runs_are_reused_only_with_the_same_model(bench_run, tmp_
 
 
 def test_common_interval():
-    from mdkstep.bench.core import common_interval_ps
+    from mdkstep.pipeline.mode import common_interval_ps
 
     assert common_interval_ps(2.0, 2.0) == pytest.approx(0.002)
     assert common_interval_ps(24.0, 2.0) == pytest.approx(0.024)
@@ -224,7 +224,7 @@ def test_engine_vv_segment_conserves_energy():
     """The plain-MD timer's velocity Verlet on an analytic harmonic pair: the force calls are
     the engine's own count, and U + K is conserved to O(dt^2)."""
     from mdkstep.engines.base import ForceEngine
-    from mdkstep.plain import engine_vv_segment
+    from mdkstep.baselines.plain import engine_vv_segment
 
     class Harmonic(ForceEngine):
         def __init__(self):
@@ -274,7 +274,7 @@ def test_break_even_lines():
 
 def test_kinetic_check_gamma_law():
     """Maxwell-Boltzmann velocities pass (T within 5 %, KS p not small); too-cold ones fail both."""
-    from mdkstep.bench.refcheck import decorrelation_stride, kinetic_check
+    from mdkstep.analysis.refcheck import decorrelation_stride, kinetic_check
     from mdkstep.utils import KB_KJ_PER_MOL_K
 
     rng = np.random.default_rng(0)
@@ -293,7 +293,7 @@ def test_kinetic_check_gamma_law():
 def test_shipped_bench_configs_resolve_their_models(name):
     """The committed bench configs load and validate; every k they name has a shipped model
     (direct jump and exact mode) where configs/bench.yaml relies on one; k = 4's bath is 50 /ps."""
-    from mdkstep.bench.config import BenchConfig
+    from mdkstep.pipeline.config import BenchConfig
     from mdkstep.bench.learned import exact_method_names
     from mdkstep.config import load_config
     from mdkstep.shipped import shipped_path
@@ -329,8 +329,8 @@ def test_schedule_cost_counts_the_shared_data_once():
 def test_learned_seeds_do_not_depend_on_the_other_rows():
     """A row's seed comes from its own name and k (and learned_seed_offset), never from its position among the
     learned rows: adding hybrid_k9 must not rerun exact_k4 with another chain."""
-    from mdkstep.bench.config import BenchConfig
-    from mdkstep.bench.core import Method
+    from mdkstep.pipeline.config import BenchConfig
+    from mdkstep.pipeline.mode import Method
     from mdkstep.bench.run import learned_seed
     cfg = BenchConfig()
     exact, mvv, hyb = Method("exact_k4", "exact", 2.0, k=4), Method("mvv_4fs", "exact", 4.0, k=1), \
@@ -341,7 +341,7 @@ def test_learned_seeds_do_not_depend_on_the_other_rows():
 
 
 def test_schedule_keys_fixed_and_drawn_orders():
-    from mdkstep.bench.config import check_schedule
+    from mdkstep.pipeline.config import check_schedule
     from mdkstep.bench.learned import schedule_name, schedule_orders
     ks = [8, 9, 10]
     check_schedule("mm_schedules", [8, 10], ks)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mdkstep.config import load_config
-from mdkstep.md import MDConfig
+from mdkstep.baselines.openmm_md import MDConfig
 from mdkstep.trajectory import Trajectory, load_trajectory, save_trajectory
 from mdkstep.utils import MdkstepError, atomic_write_text, parse_shard, remove_com
 

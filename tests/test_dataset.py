@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import load_script
-from mdkstep.dataset import KStepDataset, build_dataset, infer_bonds, valid_starts
+from mdkstep.data.windows import KStepDataset, build_dataset, valid_starts
+from mdkstep.molecule.topology import infer_bonds
 from mdkstep.trajectory import Trajectory, save_trajectory
 from mdkstep.utils import MdkstepError
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mdkstep.dynamics import atom_dof, kinetic_energy, n_dof, ou_step, velocity_verlet_step
-from mdkstep.metrics import per_element_temperature
+from mdkstep.analysis.metrics import per_element_temperature
 from mdkstep.trajectory import Trajectory
 from mdkstep.utils import KB_KJ_PER_MOL_K
 

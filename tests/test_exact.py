@@ -1,4 +1,4 @@
-"""Exact mode (mdkstep.model.shear, mdkstep.exact, mdkstep.exact_training) on analytic engines:
+"""Exact mode (mdkstep.model.shear, mdkstep.exact.sampler, mdkstep.exact.train) on analytic engines:
 volume preservation, reversibility, momentum, exact Boltzmann sampling with a poor model, and
 training that lowers |dH|. Units: nm, ps, kJ/mol, amu, K."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from scipy import stats
 
 from mdkstep.engines.base import ForceEngine
-from mdkstep.exact import ExactConfig, ShearJumper, engine_forces, init_chain, kinetic_energy, nve_config, run_exact
-from mdkstep.exact_training import ExactTrainConfig, ExactWindows, fit_scales, teacher_forced_abs_dH, train_exact
+from mdkstep.exact.sampler import ExactConfig, ShearJumper, engine_forces, init_chain, kinetic_energy, nve_config, run_exact
+from mdkstep.exact.train import ExactTrainConfig, ExactWindows, fit_scales, teacher_forced_abs_dH, train_exact
 from mdkstep.model import ModelConfig
 from mdkstep.model.shear import (ShearKicks, graph_template, n_forwards_per_stride, outer_kick,
                                  randomize_kick_heads_, shear_map, stride)
@@ -224,7 +224,7 @@ def test_reversible_and_momentum_conserving(members):
 def test_grown_members_leave_the_map_unchanged_and_train(tmp_path):
     """grow_members adds zero-output networks: the same proposal to round-off, a checkpoint that
     round-trips, and new weights that receive gradient."""
-    from mdkstep.checkpoint import model_from_checkpoint, save_checkpoint, shear_payload
+    from mdkstep.model.checkpoint import model_from_checkpoint, save_checkpoint, shear_payload
     from mdkstep.model.shear import grow_members
 
     eng, tau = MorseCluster(), 0.004
@@ -364,7 +364,7 @@ def test_on_policy_energy_error_is_the_samplers_and_trains(penalty):
     """on_policy_energy_error (the real U, F at the proposal) gives exactly the dH the sampler's
     Metropolis test sees; training with it alone (no teacher-forced terms), under either
     penalty, lowers that dH."""
-    from mdkstep.exact_training import on_policy_energy_error, to_tensors
+    from mdkstep.exact.train import on_policy_energy_error, to_tensors
 
     tau = 0.006
     train = morse_windows(256, tau, np.random.default_rng(3))
@@ -399,7 +399,7 @@ def test_on_policy_energy_error_is_the_samplers_and_trains(penalty):
 
 def test_mid_force_term_teaches_the_inner_kick_the_midpoint_force():
     """lambda_mid_force alone drives b(x_mid) towards (tau/2) F(x_mid)/m (the engine's force)."""
-    from mdkstep.exact_training import mid_force_error, to_tensors
+    from mdkstep.exact.train import mid_force_error, to_tensors
 
     tau = 0.006
     train = morse_windows(256, tau, np.random.default_rng(5))

@@ -12,7 +12,7 @@ from test_exact import KT, T_K, DoubleWellDimer, MorseCluster, morse_states, ran
 
 from mdkstep.constraints import DistanceConstraints
 from mdkstep.engines.base import ForceEngine
-from mdkstep.exact import ExactConfig, ShearJumper, init_chain, kinetic_energy, nve_config, run_exact
+from mdkstep.exact.sampler import ExactConfig, ShearJumper, init_chain, kinetic_energy, nve_config, run_exact
 from mdkstep.model.shear import ShearKicks
 
 torch.set_num_threads(1)
@@ -165,9 +165,9 @@ def test_mm_ethanol_hbonds_metropolized_rattle(prepared):
     """Real MM: ethanol with OpenMM + OpenFF and HBonds constraints, Metropolized RATTLE velocity
     Verlet at 2 fs: constraints held to 1e-12, every proposal reversible, high acceptance."""
     from mdkstep.engines.factory import make_engine
-    from mdkstep.md import MDConfig
+    from mdkstep.baselines.openmm_md import MDConfig
     from mdkstep.model.shear import untrained_shear_kicks
-    from mdkstep.system import from_molecule_dir
+    from mdkstep.molecule.system import from_molecule_dir
 
     mol = from_molecule_dir(prepared / "ethanol")
     eng = make_engine("openmm", mol, MDConfig())
@@ -187,7 +187,7 @@ def test_training_through_the_rattle_stride_reads_the_constraints_off_the_data()
     """Windows of the rigid Morse cluster from RATTLE Verlet at tau/20: rigid_bonds finds the two
     constraints (and no other bond); 120 steps through the projected stride lower the
     teacher-forced |dH| (cosine schedule), and the trained map is still reversible."""
-    from mdkstep.exact_training import (ExactTrainConfig, ExactWindows, fit_scales, rigid_bonds,
+    from mdkstep.exact.train import (ExactTrainConfig, ExactWindows, fit_scales, rigid_bonds,
                                         teacher_forced_abs_dH, train_exact)
 
     eng, tau, n_sub = ConstrainedMorse(), 0.006, 20
@@ -220,7 +220,7 @@ def test_06_runs_exact_mode_on_an_hbonds_molecule(prepared, tmp_path):
 
     from conftest import ROOT, load_script
 
-    from mdkstep.checkpoint import save_checkpoint, shear_payload
+    from mdkstep.model.checkpoint import save_checkpoint, shear_payload
     from mdkstep.config import run_cli
     from mdkstep.model.shear import untrained_shear_kicks
     from mdkstep.trajectory import load_trajectory

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from conftest import load_script
-from mdkstep.checkpoint import check_compatible, model_from_checkpoint, save_checkpoint, shear_payload
-from mdkstep.exact import ShearJumper
-from mdkstep.exact_run import run_exact_chunked
+from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint, save_checkpoint, shear_payload
+from mdkstep.exact.sampler import ShearJumper
+from mdkstep.exact.run import run_exact_chunked
 from mdkstep.hybrid.config import HybridConfig
-from mdkstep.metrics import (autocorrelation, effective_samples_per_force_call, iat_reliable,
+from mdkstep.analysis.metrics import (autocorrelation, effective_samples_per_force_call, iat_reliable,
                              integrated_autocorr_time, slowest_dihedral_iat)
 from mdkstep.model import EGNN, ModelConfig, build_model
 from mdkstep.model.shear import ShearKicks, graph_template, randomize_kick_heads_
@@ -190,8 +190,8 @@ def test_hybrid_yaml_has_metropolis():
 def test_06b_runs_exact_mode_on_water(tmp_path, monkeypatch):
     pytest.importorskip("tblite")
     from mdkstep.config import load_config, run_cli
-    from mdkstep.qm_md import QMConfig, QMRunSpec, run_qm_trajectory
-    from mdkstep.system import from_smiles
+    from mdkstep.baselines.ase_md import QMConfig, QMRunSpec, run_qm_trajectory
+    from mdkstep.molecule.system import from_smiles
 
     cfg = load_config(QMConfig, load_script.__globals__["ROOT"] / "configs/qm_quick.yaml",
                       {"production_ps": 0.01, "equilibration_ps": 0.005, "minimize_steps": 20})

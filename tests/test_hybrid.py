@@ -340,7 +340,7 @@ def _water_dir(root):
     import openmm
     from openmm import app
 
-    from mdkstep.chem import TopologyInfo, write_molecule_dir
+    from mdkstep.molecule.prep import TopologyInfo, write_molecule_dir
 
     masses = [15.999, 1.008, 1.008]
     system = openmm.System()
@@ -366,7 +366,7 @@ def _water_dir(root):
 
 
 def _checkpoint(path, k=4, atom_types=(1, 8)):
-    from mdkstep.checkpoint import save_checkpoint
+    from mdkstep.model.checkpoint import save_checkpoint
     from mdkstep.model import ModelConfig, build_model
 
     mc = ModelConfig(hidden=8, n_layers=1, n_rbf=4, max_hops=3)
@@ -401,7 +401,7 @@ def _base_args(tmp_path, water, ck):
 def test_model_jumper_batches_replicas_and_centres_inputs(tmp_path):
     import torch
 
-    from mdkstep.checkpoint import model_from_checkpoint
+    from mdkstep.model.checkpoint import model_from_checkpoint
     from mdkstep.model.jumper import ModelJumper
 
     model, _ = model_from_checkpoint(_checkpoint(tmp_path / "m.pt"))
@@ -474,7 +474,7 @@ def test_script_runs_a_drawn_stride_schedule(tmp_path, water, capsys):
 
 def test_permutation_schedule_expands_every_order():
     from mdkstep.hybrid import permutation_orders
-    from mdkstep.hybrid.cli import parse_schedule
+    from mdkstep.cli.hybrid import parse_schedule
 
     assert permutation_orders([4, 4, 10]) == [[4, 4, 10], [4, 10, 4], [10, 4, 4]]
     assert len(permutation_orders([4, 8, 10, 12])) == 24

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from mdkstep.checkpoint import check_compatible
-from mdkstep.dataset import (KStepDataset, WindowBatch, add_input_noise, build_dataset, collate,
+from mdkstep.model.checkpoint import check_compatible
+from mdkstep.data.windows import (KStepDataset, WindowBatch, add_input_noise, build_dataset, collate,
                              time_reverse_windows, write_split_files)
 from mdkstep.model import ModelConfig
 from mdkstep.trajectory import Trajectory, save_trajectory
-from mdkstep.training import (TrainConfig, augment_windows, compute_loss, per_element_ke_loss, train,
+from mdkstep.training.trainer import (TrainConfig, augment_windows, compute_loss, per_element_ke_loss, train,
                               training_loss)
 from mdkstep.utils import MdkstepError
 from test_model import batch_of, make_model, random_molecule, random_orthogonal, rel_err
@@ -120,7 +120,7 @@ def test_levers_off_change_nothing_and_draw_no_random_number():
 
 
 def test_relative_noise_scales_with_the_data():
-    from mdkstep.training import noise_sigmas
+    from mdkstep.training.trainer import noise_sigmas
 
     cfg = TrainConfig(input_noise_x=0.1, input_noise_v=0.2)
     assert noise_sigmas(cfg, {"dx_scale": 0.02, "dv_scale": 3.0}) == pytest.approx((0.002, 0.6))
@@ -176,7 +176,7 @@ def test_mass_weighted_dv_term_is_the_kinetic_energy_of_the_velocity_error():
         TrainConfig(dv_weight="energy").validate()
 
 def _targets_for(gb, dx: torch.Tensor, dv: torch.Tensor, x2=None, v2=None):
-    from mdkstep.dataset import Targets
+    from mdkstep.data.windows import Targets
 
     return gb, Targets(dx=dx, dv=dv, x1=gb.pos + dx, f1=gb.forces, bonds=gb.bond_index.T.contiguous(),
                        angles=torch.zeros((0, 3), dtype=torch.long), dihedrals=torch.zeros((0, 4), dtype=torch.long),
@@ -325,7 +325,7 @@ def test_training_with_every_lever_on(tmp_path):
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
     assert "train_ke_element" in header and "train_j2_dx" in header
     assert "model" in res["final_metrics"]["test"]
-    from mdkstep.checkpoint import model_from_checkpoint
+    from mdkstep.model.checkpoint import model_from_checkpoint
 
     model, ck = model_from_checkpoint(tmp_path / "run" / "best.pt")
     assert model.config.velocity_output == "direct" and ck["train_config"]["unroll_jumps"] == 2

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import load_script
-from mdkstep.system import from_molecule_dir as load_molecule
-from mdkstep.md import MDConfig, RunSpec, run_trajectory
+from mdkstep.molecule.system import from_molecule_dir as load_molecule
+from mdkstep.baselines.openmm_md import MDConfig, RunSpec, run_trajectory
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import KB_KJ_PER_MOL_K, center_of_mass
 
@@ -35,7 +35,7 @@ def test_short_run_physics_and_contract(prepared, tmp_path):
     assert t.metadata["constraints"] == "hbonds" and t.metadata["n_constraints"] == 8
     # saved forces are -dE/dx of the saved energy: check one frame by finite differences
     from mdkstep.engines.openmm_engine import OpenMMEngine
-    from mdkstep.md import build_system
+    from mdkstep.baselines.openmm_md import build_system
 
     eng = OpenMMEngine(build_system(mol, _cfg(constraints="none")), mol.atomic_numbers)
     e, f = eng.compute(t.positions[5])

@@ -1,4 +1,4 @@
-"""Peptide backbones from the bond graph (mdkstep/peptide.py) and stage 05's Ramachandran analysis."""
+"""Peptide backbones from the bond graph (mdkstep/molecule/peptide.py) and stage 05's Ramachandran analysis."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import load_script
-from mdkstep import peptide
-from mdkstep.peptide import BASIN_NAMES, assign_basins, count_transitions, find_backbone
+from mdkstep.analysis import ramachandran
+from mdkstep.molecule import peptide
+from mdkstep.molecule.peptide import find_backbone
+from mdkstep.analysis.ramachandran import BASIN_NAMES, assign_basins, count_transitions
 
 ALA2 = "CC(=O)NC(C)C(=O)NC"  # Ace-Ala-NMe, as in the brief (stereo left to ETKDG)
 
@@ -18,7 +20,7 @@ ALA2 = "CC(=O)NC(C)C(=O)NC"  # Ace-Ala-NMe, as in the brief (stereo left to ETKD
 @pytest.fixture(scope="module")
 def ala2(tmp_path_factory):
     """Alanine dipeptide prepared from SMILES (stage 00): the folder."""
-    from mdkstep.chem import PrepConfig, SmiEntry, prepare_from_smiles
+    from mdkstep.molecule.prep import PrepConfig, SmiEntry, prepare_from_smiles
 
     root = tmp_path_factory.mktemp("ala2_raw")
     return prepare_from_smiles(SmiEntry(1, ALA2, "ala2"), root, PrepConfig())
@@ -71,7 +73,7 @@ def test_no_backbone_in_aspirin(prepared, caplog):
     topo = _topo(prepared / "aspirin")
     assert find_backbone(topo["atomic_numbers"], topo["bonds"]) is None
     with caplog.at_level(logging.INFO, logger="mdkstep"):
-        out = peptide.ramachandran_evaluation("aspirin", topo, [], {}, None)
+        out = ramachandran.ramachandran_evaluation("aspirin", topo, [], {}, None)
     assert out["backbone"] is None
     assert any("aspirin: no peptide backbone" in r.getMessage() for r in caplog.records)
 
@@ -93,14 +95,14 @@ def test_transition_counter_on_a_synthetic_series():
     assert count_transitions(np.array([b["other"]] * 5)) == 0
     assert count_transitions(np.array([b["C7ax"]] * 5)) == 0
     labels = np.array([b[s] for s in seq])
-    pops = peptide.basin_populations(labels)
+    pops = ramachandran.basin_populations(labels)
     assert pops["other"] == pytest.approx(3 / 11) and sum(pops.values()) == pytest.approx(1.0)
-    assert peptide.total_variation({"C5": 1.0}, {"C7eq": 1.0}) == 1.0
+    assert ramachandran.total_variation({"C5": 1.0}, {"C7eq": 1.0}) == 1.0
 
 
 def _md(mol_dir, path, seed):
-    from mdkstep.md import MDConfig, RunSpec, run_trajectory
-    from mdkstep.system import from_molecule_dir
+    from mdkstep.baselines.openmm_md import MDConfig, RunSpec, run_trajectory
+    from mdkstep.molecule.system import from_molecule_dir
 
     cfg = MDConfig(production_ps=0.6, equilibration_ps=0.2, chunk_frames=1000)  # 300 frames at 2 fs
     run_trajectory(from_molecule_dir(mol_dir), cfg, RunSpec(path, seed, cfg.friction_per_ps, 0.6, 0.2), progress=False)
@@ -132,7 +134,7 @@ def test_05_end_to_end_ramachandran(ala2, tmp_path, monkeypatch):
     assert "### Ramachandran" in report and "C7eq %" in report and "| k4 | 1 |" in report
 
     # a molecule with a backbone whose plot fails says why, in metrics and report
-    from mdkstep import plots
+    from mdkstep.analysis import plots
 
     def broken(*a, **k):
         raise RuntimeError("no display")

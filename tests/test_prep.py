@@ -6,8 +6,8 @@ import json
 import pytest
 
 from conftest import load_script
-from mdkstep.chem import PrepConfig, SmiEntry, prepare_from_files, prepare_from_smiles, read_smi
-from mdkstep.system import from_molecule_dir as load_molecule
+from mdkstep.molecule.prep import PrepConfig, SmiEntry, prepare_from_files, prepare_from_smiles, read_smi
+from mdkstep.molecule.system import from_molecule_dir as load_molecule
 from mdkstep.utils import MdkstepError
 
 

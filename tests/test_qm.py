@@ -12,8 +12,9 @@ import pytest
 from conftest import load_script
 from mdkstep.engines.units import (ASE_VELOCITY_TO_NM_PS, BOHR_TO_NM, EV_PER_ANGSTROM_TO_KJ_MOL_NM, EV_TO_KJ_MOL,
                                    HARTREE_PER_BOHR_TO_KJ_MOL_NM, HARTREE_TO_KJ_MOL, PS_IN_ASE_TIME)
-from mdkstep.qm_md import QMConfig, QMRunSpec, limit_threads, run_qm_trajectory, temperature_warning
-from mdkstep.system import from_smiles as system_from_smiles
+from mdkstep.baselines.ase_md import QMConfig, QMRunSpec, run_qm_trajectory, temperature_warning
+from mdkstep.baselines.pool import limit_threads
+from mdkstep.molecule.system import from_smiles as system_from_smiles
 from mdkstep.trajectory import METADATA_KEYS, load_trajectory
 from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, center_of_mass
 
@@ -70,7 +71,7 @@ def test_unit_conversions_match_known_constants():
 def test_shipped_qm_configs_and_smiles_files_load():
     from conftest import ROOT
     from mdkstep.config import load_config
-    from mdkstep.system import from_smi_file as systems_from_smiles_file
+    from mdkstep.molecule.system import from_smi_file as systems_from_smiles_file
 
     cfgs = {p.name: load_config(QMConfig, p) for p in sorted((ROOT / "configs").glob("qm*.yaml"))}
     assert {"qm.yaml", "qm_quick.yaml", "qm_pyscf.yaml", "qm_pyscf_quick.yaml"} <= set(cfgs)
@@ -85,7 +86,7 @@ def test_shipped_qm_configs_and_smiles_files_load():
 def test_friction_units_and_temperature_warning():
     from ase import units
 
-    from mdkstep.qm_md import _langevin, _make_atoms
+    from mdkstep.baselines.ase_md import _langevin, _make_atoms
     from mdkstep.engines.xtb_engine import XTBEngine
 
     s = system_from_smiles("O", "water")
@@ -308,9 +309,9 @@ def test_resume_after_interruption_gives_same_frames(tmp_path, crash_after_flush
 
 def _try_dataset_windows(traj_paths, tmp_path) -> str:
     """If the k-step dataset module exists, build windows from our files (check, don't require)."""
-    if importlib.util.find_spec("mdkstep.dataset") is None:
+    if importlib.util.find_spec("mdkstep.data.windows") is None:
         return "absent"
-    import mdkstep.dataset as ds
+    import mdkstep.data.windows as ds
 
     if not (hasattr(ds, "build_dataset") and hasattr(ds, "KStepDataset")):
         return "no known window builder"

@@ -20,11 +20,11 @@ BATCH_SCRIPTS = ("run_qm_trajectories.sh", "make_qm_dataset.sh", "train_qm.sh", 
 @pytest.fixture(scope="module")
 def qm_water(tmp_path_factory):
     """Two tiny GFN2-xTB water baselines (0.25 fs, 0.03 ps each) and a fresh tiny checkpoint."""
-    from mdkstep.checkpoint import save_checkpoint
+    from mdkstep.model.checkpoint import save_checkpoint
     from mdkstep.config import load_config
     from mdkstep.model import ModelConfig, build_model
-    from mdkstep.qm_md import QMConfig, QMRunSpec, run_qm_trajectory
-    from mdkstep.system import from_smiles as system_from_smiles
+    from mdkstep.baselines.ase_md import QMConfig, QMRunSpec, run_qm_trajectory
+    from mdkstep.molecule.system import from_smiles as system_from_smiles
 
     root = tmp_path_factory.mktemp("qm")
     cfg = load_config(QMConfig, ROOT / "configs/qm_quick.yaml",

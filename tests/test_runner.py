@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SRC, load_script
-from mdkstep.md import MDConfig, RunSpec, run_trajectory
-from mdkstep.system import from_molecule_dir
+from mdkstep.baselines.openmm_md import MDConfig, RunSpec, run_trajectory
+from mdkstep.molecule.system import from_molecule_dir
 from mdkstep.trajectory import METADATA_KEYS, load_trajectory, make_metadata
 from mdkstep.utils import LOG, MdkstepError, atomic_write_text
 
@@ -85,7 +85,7 @@ def test_hybrid_resume_with_other_model_or_seed_is_refused(tmp_path):
 def test_cli_fingerprint_hashes_the_model_checkpoint(tmp_path):
     from types import SimpleNamespace
 
-    from mdkstep.hybrid.cli import run_fingerprint
+    from mdkstep.cli.hybrid import run_fingerprint
 
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     a.write_bytes(b"model A")
@@ -153,8 +153,8 @@ def test_finalize_refuses_a_gap_in_the_chunks(tmp_path):
 _KILL_DURING_ASSEMBLY = """
 import os, sys
 import mdkstep.trajectory as tr
-from mdkstep.md import MDConfig, RunSpec, run_trajectory
-from mdkstep.system import from_molecule_dir
+from mdkstep.baselines.openmm_md import MDConfig, RunSpec, run_trajectory
+from mdkstep.molecule.system import from_molecule_dir
 tr.load_trajectory = lambda path: os._exit(9)  # SIGKILL-like: the final file is written, nothing cleaned up
 cfg = MDConfig(production_ps=0.4, equilibration_ps=0.1, friction_per_ps=5.0, chunk_frames=50)
 run_trajectory(from_molecule_dir(sys.argv[1]), cfg, RunSpec(sys.argv[2], 5, 5.0, 0.4, 0.1), progress=False)
@@ -162,7 +162,7 @@ run_trajectory(from_molecule_dir(sys.argv[1]), cfg, RunSpec(sys.argv[2], 5, 5.0,
 
 
 def test_kill_during_assembly_leaves_nothing_beside_the_output_and_resume_cleans(ethanol, prepared, tmp_path):
-    from mdkstep.evaluation import hybrid_runs
+    from mdkstep.analysis.evaluation import hybrid_runs
 
     out = tmp_path / "r.npz"
     r = subprocess.run([sys.executable, "-c", _KILL_DURING_ASSEMBLY, str(prepared / "ethanol"), str(out)],
@@ -249,7 +249,7 @@ def test_outputs_respect_the_umask(ethanol, tmp_path):
 def test_checkpoint_refusal_says_what_was_refused(tmp_path):
     import torch
 
-    from mdkstep.checkpoint import read_checkpoint
+    from mdkstep.model.checkpoint import read_checkpoint
 
     class Evil:
         def __reduce__(self):
@@ -311,7 +311,7 @@ def test_make_metadata_enforces_the_metadata_keys():
 def test_seed_0_is_reproducible(ethanol, tmp_path):
     """OpenMM reads a seed of 0 as "random": replica 0 of the default --seed 0 differed between
     two identical runs (and so after every resume). openmm_seed maps it to a fixed seed."""
-    from mdkstep.mm import openmm_seed
+    from mdkstep.engines.openmm_setup import openmm_seed
 
     assert openmm_seed(0) != 0 and openmm_seed(0) == openmm_seed(0) and openmm_seed(5) == 5
     assert openmm_seed(-1) > 0 and openmm_seed(2**31 - 1) > 0
@@ -368,7 +368,7 @@ def test_hybrid_killed_after_publishing_finishes_on_rerun(tmp_path, monkeypatch)
 def test_training_resume_with_other_settings_is_refused():
     from dataclasses import asdict, replace
 
-    from mdkstep.training import TrainConfig, check_resume_settings
+    from mdkstep.training.trainer import TrainConfig, check_resume_settings
 
     cfg = TrainConfig(lr=1e-3)
     ck = {"train_config": asdict(cfg)}

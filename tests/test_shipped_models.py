@@ -42,8 +42,10 @@ def jump(model, mol: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 def check_shipped(path) -> None:
     """Equivariance of the jump and checkpoint == card, for one shipped checkpoint (exact
     mode's shear models: :func:`check_shipped_shear`)."""
-    from mdkstep.checkpoint import model_from_checkpoint
-    from mdkstep.shipped import SHIPPED_KEYS, read_card, sha256
+    from mdkstep.model.checkpoint import model_from_checkpoint
+    from mdkstep.shipped import SHIPPED_KEYS
+    from mdkstep.utils import file_sha256
+    from mdkstep.model.checkpoint import read_card
 
     model, ck = model_from_checkpoint(path, dtype=F64)
     assert set(ck) == set(SHIPPED_KEYS), f"{path.name}: keys {sorted(ck)} (optimizer state must be stripped)"
@@ -51,7 +53,7 @@ def check_shipped(path) -> None:
     assert card is not None, f"{path.name}: no model card {path.with_suffix('.json').name}"
     for key in ("model_config", "train_config", "k", "dt_fs", "engine", "atom_types"):
         assert card[key] == ck[key], f"{path.name}: card's {key} differs from the checkpoint's"
-    assert card["checkpoint_sha256"] == sha256(path), f"{path.name}: the card describes another file"
+    assert card["checkpoint_sha256"] == file_sha256(path), f"{path.name}: the card describes another file"
     assert (path.with_suffix(".md")).is_file()
     if ck["model_config"].get("kind") == "shear":
         return check_shipped_shear(path, model, ck, card)

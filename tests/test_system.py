@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mdkstep.chem import PrepConfig
+from mdkstep.molecule.prep import PrepConfig
 from mdkstep.engines.base import EngineCounters, ForceEngine
 from mdkstep.engines.factory import make_engine
-from mdkstep.system import System, from_molecule_dir, from_smi_file, from_smiles
+from mdkstep.molecule.system import System, from_molecule_dir, from_smi_file, from_smiles
 from mdkstep.utils import MdkstepError
 
 
@@ -58,7 +58,7 @@ def test_system_checks_shapes():
 def test_make_engine_openmm_matches_the_baseline_system(prepared):
     import openmm
 
-    from mdkstep.md import MDConfig, build_system
+    from mdkstep.baselines.openmm_md import MDConfig, build_system
 
     mol = from_molecule_dir(prepared / "ethanol")
     cfg = MDConfig()
@@ -146,8 +146,8 @@ def test_counted_span_counts_only_its_phase():
 
 
 def test_integrator_steps_are_recorded_as_such(prepared):
-    from mdkstep.md import MDConfig, build_system
-    from mdkstep.plain import OpenMMRunner
+    from mdkstep.baselines.openmm_md import MDConfig, build_system
+    from mdkstep.baselines.plain import OpenMMRunner
 
     mol = from_molecule_dir(prepared / "ethanol")
     runner = OpenMMRunner(build_system(mol, MDConfig()), mol.positions_nm, np.zeros((9, 3)), 1.0, 300.0, 1.0)
@@ -167,7 +167,7 @@ def test_integrator_steps_are_recorded_as_such(prepared):
 def test_limit_threads_uses_threadpoolctl():
     from threadpoolctl import threadpool_info
 
-    from mdkstep.qm_md import limit_threads
+    from mdkstep.baselines.pool import limit_threads
 
     before = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
     with limit_threads(1):
@@ -179,7 +179,7 @@ def test_limit_threads_uses_threadpoolctl():
 def test_ring_bonds_match_rdkit(smiles):
     from rdkit import Chem
 
-    from mdkstep.metrics import ring_bonds
+    from mdkstep.molecule.topology import ring_bonds
 
     mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
     bonds = np.array([[b.GetBeginAtomIdx(), b.GetEndAtomIdx()] for b in mol.GetBonds()])

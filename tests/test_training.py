@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import ROOT, load_script
-from mdkstep.checkpoint import model_from_checkpoint, read_checkpoint
-from mdkstep.dataset import build_dataset, write_split_files
+from mdkstep.model.checkpoint import model_from_checkpoint, read_checkpoint
+from mdkstep.data.windows import build_dataset, write_split_files
 from mdkstep.model import ModelConfig, build_model
 from mdkstep.model.common import freeze_first_layers
-from mdkstep.training import TrainConfig, train
+from mdkstep.training.trainer import TrainConfig, train
 from mdkstep.trajectory import Trajectory, save_trajectory
 from mdkstep.utils import MdkstepError
 
@@ -79,7 +79,7 @@ def test_checkpoint_roundtrip_weights_only(data, tmp_path):
 
 def test_resume_reproduces(data, tmp_path, monkeypatch):
     full = train(data / "dataset_k4.npz", _splits(data), MODEL, _tcfg(), tmp_path / "full", "cpu", progress=False)
-    import mdkstep.training as tr
+    import mdkstep.training.trainer as tr
 
     orig, calls = tr.compute_loss, {"n": 0}
 
@@ -185,7 +185,7 @@ def test_rerun_into_an_earlier_run_is_refused(data, tmp_path):
 
 
 def test_output_folder_checked_before_any_work(data, tmp_path, monkeypatch):
-    import mdkstep.training as tr
+    import mdkstep.training.trainer as tr
 
     (tmp_path / "blocker").write_text("a file, not a folder")
     monkeypatch.setattr(tr, "load_datasets", lambda *a, **k: pytest.fail("data loaded before the output check"))

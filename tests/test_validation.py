@@ -12,7 +12,7 @@ import torch
 from conftest import load_script
 from mdkstep.config import load_config
 from mdkstep.hybrid import HybridConfig
-from mdkstep.md import MDConfig
+from mdkstep.baselines.openmm_md import MDConfig
 from mdkstep.utils import MdkstepError
 
 
@@ -79,7 +79,7 @@ def test_zero_jump_is_rejected_as_frozen_without_force_calls(tmp_path):
 def test_run_summary_warns_loudly_on_fallbacks(tmp_path, capsys):
     from test_hybrid import HarmonicLattice, cfg, start
 
-    from mdkstep.hybrid.cli import run_and_report
+    from mdkstep.cli.hybrid import run_and_report
 
     eng = HarmonicLattice()
     c = cfg(corrector="kick", max_attempts=1)
@@ -141,7 +141,7 @@ def test_empty_smi_is_an_error(tmp_path, capsys):
 
 
 def test_extra_tokens_after_the_name_are_an_error(tmp_path):
-    from mdkstep.chem import read_smi
+    from mdkstep.molecule.prep import read_smi
 
     p = tmp_path / "m.smi"
     p.write_text("CCO ethanol\nCCC propane gas phase\nC methane # a comment\n")
@@ -160,7 +160,7 @@ def test_only_with_an_unknown_name_is_an_error(tmp_path, capsys):
 
 
 def test_undefined_stereo_is_warned_and_recorded(tmp_path, caplog):
-    from mdkstep.chem import PrepConfig, SmiEntry, prepare_from_smiles, undefined_stereo
+    from mdkstep.molecule.prep import PrepConfig, SmiEntry, prepare_from_smiles, undefined_stereo
     from mdkstep.utils import LOG
 
     LOG.propagate = True  # let caplog see the project logger
@@ -248,7 +248,7 @@ def test_binary_smi_is_one_line_error(tmp_path, capsys):
 
 
 def test_prep_negative_minimize_iterations_is_refused(tmp_path):
-    from mdkstep.chem import PrepConfig
+    from mdkstep.molecule.prep import PrepConfig
 
     with pytest.raises(MdkstepError, match=r"key 'minimize_max_iterations': must be >= 0 \(0 = until converged\), got -3"):
         load_config(PrepConfig, None, None, ["minimize_max_iterations=-3"])
@@ -257,7 +257,7 @@ def test_prep_negative_minimize_iterations_is_refused(tmp_path):
 def test_truncated_system_xml_is_one_line_error(prepared, tmp_path):
     import shutil
 
-    from mdkstep.system import from_molecule_dir
+    from mdkstep.molecule.system import from_molecule_dir
 
     d = tmp_path / "ethanol"
     shutil.copytree(prepared / "ethanol", d)

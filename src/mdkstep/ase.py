@@ -23,10 +23,13 @@ import numpy as np
 from ase import units
 from ase.md.md import MolecularDynamics
 
-from .engines.ase_engine import ASEEngine, EngineCalculator
-from .engines.units import ANGSTROM_TO_NM, ASE_VELOCITY_TO_NM_PS, EV_PER_ANGSTROM_TO_KJ_MOL_NM, EV_TO_KJ_MOL
-from .hybrid import HybridConfig, HybridIntegrator, Jumper
-from .utils import MdkstepError
+from mdkstep.engines.ase_engine import ASEEngine, EngineCalculator
+from mdkstep.engines.units import ANGSTROM_TO_NM, ASE_VELOCITY_TO_NM_PS, EV_PER_ANGSTROM_TO_KJ_MOL_NM, EV_TO_KJ_MOL
+from mdkstep.hybrid import HybridConfig, HybridIntegrator, Jumper
+from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint
+from mdkstep.model.jumper import ModelJumper
+from mdkstep.molecule.topology import infer_bonds
+from mdkstep.utils import MdkstepError
 
 
 class HybridMD(MolecularDynamics):
@@ -66,9 +69,6 @@ class HybridMD(MolecularDynamics):
                         device: str = "cpu", **kwargs) -> "HybridMD":
         """A ``HybridMD`` driven by a trained model: k and dt come from the checkpoint, bonds
         (for the model's graph) are perceived from the current geometry."""
-        from .checkpoint import check_compatible, model_from_checkpoint
-        from .dataset import infer_bonds
-        from .model.jumper import ModelJumper
 
         model, ck = model_from_checkpoint(checkpoint, device=device)
         check_compatible(ck, str(checkpoint), atom_types=set(int(z) for z in atoms.numbers))

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import yaml
 
-from .utils import MdkstepError
+from mdkstep.utils import MdkstepError
 
 T = TypeVar("T")
 

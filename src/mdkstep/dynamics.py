@@ -1,7 +1,7 @@
 """The ground floor of the physics: one MD step and the quantities every run reports.
 
 Everything that integrates, thermostats or measures temperature uses these functions: the
-hybrid integrator and its physics fallback, the plain-MD segments (``mdkstep.plain``), the
+hybrid integrator and its physics fallback, the plain-MD segments (``mdkstep.baselines.plain``), the
 benchmark and the metrics. Units: positions nm, velocities nm/ps, forces kJ/(mol nm),
 energies kJ/mol, masses amu, time ps, temperature K.
 
@@ -11,7 +11,7 @@ energies kJ/mol, masses amu, time ps, temperature K.
 - thermostats: :func:`ou_step` (exact Ornstein-Uhlenbeck O-step, per atom = local) and
   :func:`csvr_factor` (Bussi stochastic velocity rescaling, global);
 - the step: :func:`velocity_verlet_step` (RATTLE form: "V R V" with constraints projected the
-  way OpenMM's CustomIntegrator of :func:`mdkstep.mm.make_integrator` does), one force call;
+  way OpenMM's CustomIntegrator of :func:`mdkstep.engines.openmm_setup.make_integrator` does), one force call;
 - :func:`linear_drift`: NVE drift as the slope of a linear fit of U + K vs time.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .utils import KB_KJ_PER_MOL_K, MdkstepError, element_symbol
+from mdkstep.utils import KB_KJ_PER_MOL_K, MdkstepError, element_symbol
 
 
 class UnstableStep(MdkstepError):

@@ -1,7 +1,7 @@
 """The one resumable chunked run loop: frames -> chunks -> checkpoint -> resume check -> finalize.
 
-Used by the MM baselines (:func:`mdkstep.md.run_trajectory`), the QM baselines
-(:func:`mdkstep.qm_md.run_qm_trajectory`) and the hybrid (:func:`mdkstep.hybrid.run_hybrid`).
+Used by the MM baselines (:func:`mdkstep.baselines.openmm_md.run_trajectory`), the QM baselines
+(:func:`mdkstep.baselines.ase_md.run_qm_trajectory`) and the hybrid (:func:`mdkstep.hybrid.run_hybrid`).
 Each wraps its dynamics in a :class:`Stepper`; this module owns the files:
 
 - an exclusive lock per output (``<lock>`` holds the owner's PID; a dead owner's lock is taken
@@ -33,8 +33,8 @@ from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from .trajectory import ChunkedTrajectoryWriter
-from .utils import LOG, MdkstepError, atomic_path
+from mdkstep.trajectory import ChunkedTrajectoryWriter
+from mdkstep.utils import LOG, MdkstepError, atomic_path
 
 #: version of the resume-state file layout (manifest key ``format``)
 STATE_FORMAT = 1
@@ -88,16 +88,6 @@ def content_hash(*parts: Any) -> str:
         else:
             h.update(json.dumps(p, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's content; errors name the file."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-    except OSError as e:
-        raise MdkstepError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def normalize(obj: Any) -> Any:
@@ -406,5 +396,5 @@ def is_leftover(path: str | Path) -> bool:
             or p.parent.name.endswith(".parts"))
 
 
-__all__ = ["Stepper", "RunResult", "run_chunked", "content_hash", "file_sha256", "fingerprint_changes",
+__all__ = ["Stepper", "RunResult", "run_chunked", "content_hash", "fingerprint_changes",
            "output_lock", "lock_path_for", "tidy_finished", "pack_json", "unpack_json", "write_state", "read_state", "is_leftover"]

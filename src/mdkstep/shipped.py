@@ -15,13 +15,30 @@ Units: nm, ps, kJ/mol, amu, K; dt in fs; wall times in s.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .utils import LOG, MdkstepError, atomic_write_json, atomic_write_text
+from mdkstep.analysis.refcheck import kinetic_check, trajectory_dof
+from mdkstep.config import from_dict
+from mdkstep.exact.onpolicy import OnPolicyStage, fine_tune, on_policy_force_calls
+from mdkstep.model.checkpoint import model_from_checkpoint, read_card, read_checkpoint, save_checkpoint
+from mdkstep.molecule.prep import read_smi_strict
+from mdkstep.pipeline.config import BenchConfig
+from mdkstep.pipeline.machine import machine_info, set_threads
+from mdkstep.pipeline.mm import MMMode
+from mdkstep.pipeline.models import (
+    data_cost,
+    ensure_exact_model,
+    ensure_model,
+    teacher_forced_summary,
+    training_cost,
+    training_run,
+)
+from mdkstep.pipeline.qm import QMMode
+from mdkstep.trajectory import load_trajectory
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, file_sha256
 
 #: checkpoint keys a shipped model keeps (training state is stripped)
 SHIPPED_KEYS = ("model_state", "model_config", "train_config", "k", "dt_fs", "engine", "atom_types")
@@ -78,7 +95,7 @@ class ModelsConfig:
     qm_exact_model_config: str = "configs/model_shear.yaml"
     qm_exact_train_config: str = "configs/train_exact.yaml"
     qm_exact_train_overrides: dict[str, Any] = field(default_factory=dict)
-    #: on-policy stages after the QM exact model's first stage (mdkstep.exact_onpolicy.OnPolicyStage keys, chained,
+    #: on-policy stages after the QM exact model's first stage (mdkstep.exact.onpolicy.OnPolicyStage keys, chained,
     #: each with GFN2-xTB at the model's proposals); the model shipped is the last stage's
     qm_exact_on_policy: list[dict[str, Any]] = field(default_factory=list)
 
@@ -124,25 +141,6 @@ def shipped_path(models_dir: str | Path, mode: str, k: int) -> Path:
     return Path(models_dir) / f"{model_name(mode, k)}.pt"
 
 
-def read_card(checkpoint: str | Path) -> dict[str, Any] | None:
-    """The JSON model card beside a shipped checkpoint, or None when there is none."""
-    path = Path(checkpoint).with_suffix(".json")
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise MdkstepError(f"{path}: unreadable model card ({e})") from None
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------ molecules
 
 def parse_entry(entry: str) -> tuple[Path, list[str] | None]:
@@ -157,7 +155,6 @@ def parse_entry(entry: str) -> tuple[Path, list[str] | None]:
 def combined_smi(entries: list[str], out: Path) -> Path:
     """One ``SMILES name`` file of every chosen molecule of ``entries`` (names unique, first
     occurrence wins); an unknown name is an error naming its file."""
-    from .chem import read_smi_strict
 
     lines, seen = [], set()
     for entry in entries:
@@ -180,7 +177,6 @@ def combined_smi(entries: list[str], out: Path) -> Path:
 def bench_config(cfg: ModelsConfig, mode: str):
     """The BenchConfig whose MMMode / QMMode make this config's training runs (only the keys
     the training runs read are set; ``out_dir`` = ``work_dir``)."""
-    from .bench.config import BenchConfig
 
     work = Path(cfg.work_dir)
     smi = {p: (str(combined_smi(getattr(cfg, f"{p}_molecules"), work / f"{p}_molecules.smi")) if p == mode else None)
@@ -195,8 +191,6 @@ def bench_config(cfg: ModelsConfig, mode: str):
 
 def make_mode(cfg: ModelsConfig, mode: str):
     """The bench's MMMode or QMMode over this config's molecules, rooted at ``work_dir``."""
-    from .bench.mm import MMMode
-    from .bench.qm import QMMode
 
     bcfg = bench_config(cfg, mode)
     return (MMMode if mode == "mm" else QMMode)(bcfg, Path(cfg.work_dir))
@@ -204,7 +198,6 @@ def make_mode(cfg: ModelsConfig, mode: str):
 
 def training_data(m, cfg: ModelsConfig) -> tuple[list[str], dict[str, Path]]:
     """Every molecule's training trajectory (made now unless cached): names and paths."""
-    from .bench.core import training_run
 
     p = m.name
     mols = m.molecules()
@@ -219,7 +212,6 @@ def training_data(m, cfg: ModelsConfig) -> tuple[list[str], dict[str, Path]]:
 def train_one(m, cfg: ModelsConfig, k: int, runs: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
     """The bench's ensure_model for jump length k on every training run, then the optional
     warm-started second stage (``<mode>_finetune_by_k``); (best.pt, final metrics)."""
-    from .bench.core import ensure_model, training_cost
 
     p = m.name
     by_k = getattr(cfg, f"{p}_model_overrides_by_k")
@@ -235,7 +227,7 @@ def train_one(m, cfg: ModelsConfig, k: int, runs: dict[str, Path]) -> tuple[Path
     out = m.root / "models" / f"k{k}_ft"
     out.mkdir(parents=True, exist_ok=True)
     stage1 = training_cost(best.parent) or {}
-    atomic_write_json(out / "warm_start.json", {"checkpoint": str(best), "sha256": sha256(best), "k": from_k,
+    atomic_write_json(out / "warm_start.json", {"checkpoint": str(best), "sha256": file_sha256(best), "k": from_k,
                                                 "steps": stage1.get("steps"), "wall_s": stage1.get("wall_s")})
     return ensure_model(p, k, list(runs.values()), out, *args, {**train_over, **ft}, None, pretrained=best,
                         allow_k_change=from_k != k)
@@ -243,7 +235,6 @@ def train_one(m, cfg: ModelsConfig, k: int, runs: dict[str, Path]) -> tuple[Path
 
 def data_summary(m, cfg: ModelsConfig, runs: dict[str, Path]) -> dict[str, Any]:
     """The card's data section: per molecule its SMILES, ps, seed, force calls and wall s."""
-    from .bench.core import data_cost
 
     p = m.name
     temperature, friction = m.thermostat()
@@ -266,8 +257,6 @@ def data_summary(m, cfg: ModelsConfig, runs: dict[str, Path]) -> dict[str, Any]:
 def run_temperature_check(run: Path, target_K: float) -> dict[str, Any]:
     """Mean temperature (K), its deviation from ``target_K`` and the KS p-value of the kinetic
     energies against Gamma(n_dof/2, kT) of one training trajectory (bench/refcheck.py)."""
-    from .bench.refcheck import kinetic_check, trajectory_dof
-    from .trajectory import load_trajectory
 
     traj = load_trajectory(run)
     r = kinetic_check(traj.velocities, traj.masses, target_K, trajectory_dof(traj))
@@ -277,7 +266,6 @@ def run_temperature_check(run: Path, target_K: float) -> dict[str, Any]:
 
 def strip_checkpoint(src: Path, dst: Path) -> dict[str, Any]:
     """Write the weights, configs, k, dt, engine and atom types of ``src`` to ``dst``; returns them."""
-    from .checkpoint import read_checkpoint, save_checkpoint
 
     ck = read_checkpoint(src)
     small = {key: ck.get(key) for key in SHIPPED_KEYS}
@@ -296,9 +284,6 @@ def make_card(mode: str, k: int, ck: dict[str, Any], data: dict[str, Any], final
               train_dir: Path, checkpoint: Path, source: Path, name: str | None = None) -> dict[str, Any]:
     """The JSON model card of one shipped model: a jump model's one-jump metrics beside the
     trivial predictors, or a shear model's (exact mode) teacher-forced |dH| before / after."""
-    from .bench.core import teacher_forced_summary
-    from .bench.core import training_cost
-    from .bench.run import machine_info
 
     tc = training_cost(train_dir) or {}
     summ = final.get("train_summary", {})
@@ -321,14 +306,13 @@ def make_card(mode: str, k: int, ck: dict[str, Any], data: dict[str, Any], final
                  "total_wall_s": total_wall},
         "one_jump": None if final.get("kind") == "shear" else one_jump_table(final),
         "teacher_forced": teacher_forced_summary(final) if final.get("kind") == "shear" else None,
-        "checkpoint": checkpoint.name, "checkpoint_sha256": sha256(checkpoint), "source_sha256": sha256(source),
+        "checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint), "source_sha256": file_sha256(source),
         "created": _dt.date.today().isoformat(), "machine": machine_info(),
     }
 
 
 def count_parameters(checkpoint: Path) -> int:
     """Trainable parameters of a checkpoint's model (for cards whose training summary lacks it)."""
-    from .checkpoint import model_from_checkpoint
 
     model, _ = model_from_checkpoint(checkpoint)
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
@@ -388,7 +372,7 @@ def ship(mode: str, k: int, best: Path, final: dict[str, Any], data: dict[str, A
     skipped when the card already describes this very ``best`` (same sha256)."""
     dst = Path(out_dir) / f"{name or model_name(mode, k)}.pt"
     card = read_card(dst) if dst.is_file() else None
-    if card and card.get("source_sha256") == sha256(best):
+    if card and card.get("source_sha256") == file_sha256(best):
         LOG.info("%s: up to date", dst)
         return dst
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -403,7 +387,6 @@ def ship(mode: str, k: int, best: Path, final: dict[str, Any], data: dict[str, A
 def make_models(cfg: ModelsConfig, only: list[str] | None = None) -> list[Path]:
     """Training data, training and shipping of every model of ``cfg`` (``only``: names such as
     ``mm_k8`` to limit it). Returns the shipped checkpoints."""
-    from .bench.run import set_threads
 
     cfg.validate()
     known = set(model_names(cfg))
@@ -434,8 +417,6 @@ def make_models(cfg: ModelsConfig, only: list[str] | None = None) -> list[Path]:
 
 def on_policy_stage(entry: Any, where: str):
     """An OnPolicyStage from one entry of ``qm_exact_on_policy``; a bad key is a one-line error."""
-    from .config import from_dict
-    from .exact_onpolicy import OnPolicyStage
 
     if not isinstance(entry, dict):
         raise ValueError(f"key '{where}': {entry!r} must be a mapping of stage settings")
@@ -450,7 +431,6 @@ def on_policy_stages(m, cfg: ModelsConfig, k: int, best: Path, final: dict[str, 
     """The chained on-policy stages of ``qm_exact_on_policy`` after the exact model ``best``
     (each cached in models/exact_k<K>_onpolicy<i>); (last best.pt, its final metrics with the
     untrained map's teacher-forced |dH| as "before", every on-policy xTB call)."""
-    from .exact_onpolicy import fine_tune, on_policy_force_calls
 
     first = m.root / "models" / f"exact_k{k}"
     for i, entry in enumerate(cfg.qm_exact_on_policy, start=1):
@@ -467,8 +447,7 @@ def on_policy_stages(m, cfg: ModelsConfig, k: int, best: Path, final: dict[str, 
 
 def train_exact_one(m, cfg: ModelsConfig, k: int, runs: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
     """The bench's ensure_exact_model for stride k on every training run of mode ``m``; (best.pt,
-    final metrics). MM's HBonds constraints are read off the data (mdkstep.exact_training.rigid_bonds)."""
-    from .bench.core import ensure_exact_model
+    final metrics). MM's HBonds constraints are read off the data (mdkstep.exact.train.rigid_bonds)."""
 
     out = m.root / "models" / f"exact_k{k}"
     p = m.name

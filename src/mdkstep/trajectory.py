@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .utils import MdkstepError, atomic_path, atomic_write_json
+from mdkstep.utils import MdkstepError, atomic_path, atomic_write_json
 
 #: key -> (shape pattern, unit). "F" = n_frames, "N" = n_atoms.
 SCHEMA: dict[str, tuple[tuple[str | int, ...], str]] = {

@@ -5,6 +5,7 @@ Units throughout the project: nm, ps, kJ/mol, amu, K.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from scipy.constants import Avogadro as _NA
 
 #: Boltzmann constant in kJ/(mol K) (CODATA via scipy.constants: k_B * N_A / 1000).
-from scipy.constants import Boltzmann as _KB, Avogadro as _NA
+from scipy.constants import Boltzmann as _KB
 
 KB_KJ_PER_MOL_K: float = _KB * _NA / 1000.0
 
@@ -181,3 +183,20 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise MdkstepError(f"--shard {spec!r}: need 0 <= i < n")
     return i, n
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, cached per process by path, size and mtime; errors name the file."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _SHA_CACHE:
+            with open(path, "rb") as fh:
+                _SHA_CACHE[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as e:
+        raise MdkstepError(f"{path}: cannot read ({e.strerror})") from None
+    return _SHA_CACHE[key]

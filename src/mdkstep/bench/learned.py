@@ -18,10 +18,24 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..plain import Segment
-from ..utils import LOG, MdkstepError, atomic_write_json
-from .core import (Method, cached_stats, hybrid_config, hybrid_nve, hybrid_timer, load_jumper, run_fingerprint,
-                   run_hybrid_production)
+from mdkstep.baselines.plain import Segment
+from mdkstep.bench.core import (
+    cached_stats,
+    hybrid_config,
+    hybrid_nve,
+    hybrid_timer,
+    load_jumper,
+    run_fingerprint,
+    run_hybrid_production,
+)
+from mdkstep.dynamics import kinetic_energy
+from mdkstep.exact.run import exact_config, run_exact_chunked
+from mdkstep.exact.sampler import ShearJumper, exact_step, init_chain, nve_config
+from mdkstep.hybrid import StrideSchedule, permutation_orders
+from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint
+from mdkstep.model.shear import untrained_shear_kicks
+from mdkstep.pipeline.mode import Method
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json
 
 
 def production_calls_per_ps(calls: int, st: dict[str, Any]) -> float | None:
@@ -53,7 +67,6 @@ class HybridMethod:
 
     def _jumper(self, engine):
         if self.orders:
-            from ..hybrid import StrideSchedule
             jumpers = {k: load_jumper(ck, engine, self.bonds, k, self.method.dt_fs)
                        for k, ck in sorted({kc for o in self.orders for kc in o})}
             orders = [[(jumpers[k], k) for k, _ in o] for o in self.orders]
@@ -104,10 +117,6 @@ class ExactMethod:
     def _jumper(self, engine):
         import torch
 
-        from ..checkpoint import check_compatible, model_from_checkpoint
-        from ..exact import ShearJumper
-        from ..model.shear import untrained_shear_kicks
-
         if self.checkpoint is None:
             kicks = untrained_shear_kicks()
         else:
@@ -120,7 +129,6 @@ class ExactMethod:
 
     def production(self, x0: np.ndarray, v0: np.ndarray, time_ps: float, out: Path, seed: int,
                    meta: dict[str, Any]) -> dict[str, Any]:
-        from ..exact_run import run_exact_chunked
 
         fp = run_fingerprint(self.checkpoint, self.hcfg, time_ps, seed)
         stats = cached_stats(out, fp)
@@ -137,8 +145,6 @@ class ExactMethod:
 
     def nve(self, x0: np.ndarray, v0: np.ndarray, time_ps: float) -> Segment:
         """Phi alone (no O-step, no test): U + K after every stride; a non-finite energy ends it."""
-        from ..dynamics import kinetic_energy
-        from ..exact import exact_step, init_chain, nve_config
 
         engine = self.mode.engine(self.mol)
         jumper = self._jumper(engine)
@@ -166,8 +172,6 @@ class ExactMethod:
     def timer(self, x0: np.ndarray, v0: np.ndarray, time_ps: float, seed: int) -> Callable[[], Segment]:
         """Advances one NVT chain by ``time_ps`` per call; records the non-force ms per stride
         (model forwards, O-steps, test) in ``self.ms``."""
-        from ..exact import exact_step, init_chain
-        from ..exact_run import exact_config
 
         engine = self.mode.engine(self.mol)
         jumper = self._jumper(engine)
@@ -232,7 +236,6 @@ def schedule_orders(sched: list | dict) -> list[list[int]]:
     """The orders of a bench stride schedule: [4, 12] -> [[4, 12]]; [[8, 10], [9, 9]] as given;
     {permutations: [4, 10, 12]} -> every order of those k (mdkstep.hybrid.permutation_orders)."""
     if isinstance(sched, dict):
-        from ..hybrid import permutation_orders
         return permutation_orders(sched["permutations"])
     return [[int(k) for k in o] for o in sched] if sched and isinstance(sched[0], list) else [[int(k) for k in sched]]
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..evaluation import fmt
-from ..utils import MdkstepError, atomic_write_json, atomic_write_text
+from mdkstep.analysis.evaluation import fmt
+from mdkstep.analysis.plots import pareto_grid
+from mdkstep.utils import MdkstepError, atomic_write_json, atomic_write_text, element_symbol
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 MODE_TITLES = {"mm": "MM (OpenMM + OpenFF, HBonds constraints)", "qm": "QM (GFN2-xTB via tblite, no constraints)"}
@@ -24,7 +25,6 @@ def _dist(r: dict[str, Any], key: str) -> str:
 
 def _per_element(t: dict[str, float] | None) -> str:
     """Per-element kinetic temperatures, e.g. ``H 301 / C 296 / O 310`` (equipartition check)."""
-    from ..utils import element_symbol
 
     named = {element_symbol(int(el)) if str(el).isdigit() else el: v for el, v in (t or {}).items()}  # older JSON: Z keys
     return " / ".join(f"{el} {v:.0f}" for el, v in sorted(named.items())) or "n/a"
@@ -229,7 +229,6 @@ def update_readme(readme: Path, result: dict[str, Any]) -> None:
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """bench.json, bench.md and pareto.png in ``out_dir`` (each written atomically)."""
-    from ..plots import pareto_grid
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "bench.json", "md": out_dir / "bench.md", "pareto": out_dir / "pareto.png"}

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import platform
 import time
 import zlib
 from dataclasses import asdict
@@ -20,13 +18,27 @@ from typing import Any
 
 import numpy as np
 
-from ..trajectory import load_trajectory
-from ..utils import LOG, MdkstepError
-from .config import BenchConfig
-from .breakeven import BREAK_EVEN_KEYS, add_break_even, model_cost, schedule_cost
-from .core import (FloorCache, Method, Mode, data_cost, ensure_exact_model, ensure_model, fidelity, interleaved_timing,
-                   one_jump_summary, sampling_efficiency, trajectory_summary, training_cost, training_run)
-from .learned import exact_method_names, learned_methods, schedule_name, schedule_orders
+from mdkstep.analysis.refcheck import reference_check
+from mdkstep.bench.breakeven import BREAK_EVEN_KEYS, add_break_even, model_cost, schedule_cost
+from mdkstep.bench.core import FloorCache, fidelity, interleaved_timing, sampling_efficiency, trajectory_summary
+from mdkstep.bench.learned import exact_method_names, learned_methods, schedule_name, schedule_orders
+from mdkstep.model.checkpoint import read_card
+from mdkstep.pipeline.config import BenchConfig
+from mdkstep.pipeline.machine import machine_info, set_threads
+from mdkstep.pipeline.mm import MMMode
+from mdkstep.pipeline.mode import Method, Mode
+from mdkstep.pipeline.models import (
+    data_cost,
+    ensure_exact_model,
+    ensure_model,
+    one_jump_summary,
+    training_cost,
+    training_run,
+)
+from mdkstep.pipeline.qm import QMMode
+from mdkstep.shipped import shipped_path
+from mdkstep.trajectory import load_trajectory
+from mdkstep.utils import LOG, MdkstepError
 
 #: keys every record carries (None where a key does not apply, e.g. model_ms_per_jump of plain MD)
 RECORD_KEYS = (
@@ -50,49 +62,6 @@ RECORD_KEYS = (
 #: replica 0's -- or within fidelity_ratio_ok x the replicas' own spread, where short
 #: references are noisier than that (the same rule as every other distance)
 ELEMENT_T_TOLERANCE = 0.10
-
-
-def set_threads(n: int) -> None:
-    """The same thread count for every method: torch, OpenMP (xTB) and OpenMM's CPU platform."""
-    import torch
-
-    from ..qm_md import limit_threads
-
-    torch.set_num_threads(n)
-    limit_threads(n)
-    os.environ["OPENMM_CPU_THREADS"] = str(n)
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, core count, GPU (if any) and library versions, for the report."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_gib = round(int(line.split()[1]) / 2**20)
-    except OSError:
-        pass
-    import torch
-
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    for pkg in ("numpy", "torch", "openmm", "tblite", "ase", "rdkit", "openff-toolkit"):
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib, "gpu": gpu, "system": platform.platform(),
-            "versions": versions}
 
 
 def mode_settings(mode: Mode, cfg: BenchConfig) -> dict[str, Any]:
@@ -294,7 +263,6 @@ def resolve_checkpoint(mode_name: str, k: int, given: dict, use_shipped: bool, m
     """Which model the bench uses for jump length k: the ``<mode>_checkpoints`` entry
     ("given"), else the shipped ``<models_dir>/<mode>_k<K>.pt`` when ``use_shipped`` and it
     exists ("shipped"), else None: train it here ("trained")."""
-    from ..shipped import shipped_path
 
     ck = given.get(str(k)) or given.get(k)
     if ck:
@@ -310,7 +278,6 @@ def bench_model(mode: Mode, cfg: BenchConfig, k: int, train_runs: list[Path]) ->
     neither given nor shipped), its one-jump metrics and its cost (bench/breakeven.py): a
     shipped model's from its card, a trained one's from this bench's training runs and
     training stats, a given one's unknown."""
-    from ..shipped import read_card
 
     s = mode_settings(mode, cfg)
     given, source = resolve_checkpoint(mode.name, k, s["checkpoints"], cfg.use_shipped_models, cfg.models_dir)
@@ -331,7 +298,6 @@ def bench_exact_model(mode: Mode, cfg: BenchConfig, k: int,
     """Exact mode's shear checkpoint for k: ``<mode>_exact_checkpoints`` ("given"), else the
     shipped ``<models_dir>/<mode>_exact_k<K>.pt`` ("shipped"), else trained here on the
     training runs ("trained"). Returns it, its teacher-forced |dH| (kJ/mol) and its cost."""
-    from ..shipped import read_card, shipped_path
 
     s = mode_settings(mode, cfg)
     given = s["exact_checkpoints"].get(str(k)) or s["exact_checkpoints"].get(k)
@@ -352,7 +318,6 @@ def bench_exact_model(mode: Mode, cfg: BenchConfig, k: int,
 def reference_checks(mode: Mode, cfg: BenchConfig, mols: list[str], runs: dict[str, dict[str, Path]]) -> dict[str, Any]:
     """bench/refcheck.py on every reference replica of every molecule; a WARNING per replica
     whose mean temperature is off by more than 5 % or whose kinetic energies fail the Gamma law."""
-    from .refcheck import reference_check
 
     target, _ = mode.thermostat()
     out = {}
@@ -366,8 +331,6 @@ def reference_checks(mode: Mode, cfg: BenchConfig, mols: list[str], runs: dict[s
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """The whole benchmark; returns {"meta": ..., "records": [...]} (written by the report)."""
-    from .mm import MMMode
-    from .qm import QMMode
 
     cfg.validate()
     set_threads(cfg.threads)

@@ -1,5 +1,5 @@
 """Force engines behind one interface (:class:`ForceEngine`). Heavy backends import lazily."""
-from .base import CountedSpan, EngineCounters, ForceEngine
+from mdkstep.engines.base import CountedSpan, EngineCounters, ForceEngine
 
 __all__ = ["CountedSpan", "EngineCounters", "ForceEngine", "OpenMMEngine", "XTBEngine", "PySCFEngine", "ASEEngine",
            "EngineCalculator", "make_engine"]

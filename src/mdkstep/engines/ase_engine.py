@@ -11,8 +11,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from .base import ForceEngine
-from .units import ANGSTROM_TO_NM, EV_PER_ANGSTROM_TO_KJ_MOL_NM, EV_TO_KJ_MOL, nm_to_angstrom
+from mdkstep.engines.base import ForceEngine
+from mdkstep.engines.units import ANGSTROM_TO_NM, EV_PER_ANGSTROM_TO_KJ_MOL_NM, EV_TO_KJ_MOL, nm_to_angstrom
 
 
 class ASEEngine(ForceEngine):

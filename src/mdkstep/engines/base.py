@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 #: where a force-call count comes from: each call counted by the engine itself, or (OpenMM's
 #: own integrator, which cannot be hooked per call) one force evaluation per integrator step
 FORCE_CALL_SOURCES = ("engine_counter", "integrator_steps")

@@ -1,11 +1,16 @@
 """The one engine factory: :func:`make_engine` (``openmm | xtb | pyscf | ase``) for a
-:class:`mdkstep.system.System`; heavy backends import lazily."""
+:class:`mdkstep.molecule.system.System`; heavy backends import lazily."""
 from __future__ import annotations
 
 from typing import Any
 
-from ..utils import MdkstepError
-from .base import ForceEngine
+from mdkstep.engines.ase_engine import ASEEngine
+from mdkstep.engines.base import ForceEngine
+from mdkstep.engines.openmm_engine import OpenMMEngine
+from mdkstep.engines.openmm_setup import apply_constraints_and_hmr
+from mdkstep.engines.pyscf_engine import PySCFEngine
+from mdkstep.engines.xtb_engine import XTBEngine
+from mdkstep.utils import MdkstepError
 
 ENGINE_KINDS = ("openmm", "xtb", "pyscf", "ase")
 QM_ENGINES = ("xtb", "pyscf")
@@ -23,8 +28,6 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
 def _openmm(system, cfg: Any) -> ForceEngine:
     """OpenMM engine on the system's XML with the MD config's constraints and HMR
     (keys: constraints [hbonds], hydrogen_mass_amu [None], platform [auto], constraint_tolerance [1e-8])."""
-    from ..mm import apply_constraints_and_hmr
-    from .openmm_engine import OpenMMEngine
 
     omm = apply_constraints_and_hmr(system.openmm_system(), system.atomic_numbers, _get(cfg, "constraints", "hbonds"),
                                     _get(cfg, "hydrogen_mass_amu", None))
@@ -35,7 +38,6 @@ def _openmm(system, cfg: Any) -> ForceEngine:
 def _xtb(system, cfg: Any) -> ForceEngine:
     """GFN-xTB (keys: method [GFN2-xTB], multiplicity [the system's], backend [tblite],
     accuracy [1.0], electronic_temperature_K [300])."""
-    from .xtb_engine import XTBEngine
 
     return XTBEngine(system.atomic_numbers, system.masses, method=_get(cfg, "method", "GFN2-xTB"),
                      charge=system.charge, multiplicity=int(_get(cfg, "multiplicity", system.multiplicity)),
@@ -46,7 +48,6 @@ def _xtb(system, cfg: Any) -> ForceEngine:
 def _pyscf(system, cfg: Any) -> ForceEngine:
     """PySCF (keys: method [RHF], basis [sto-3g], xc, multiplicity [the system's], omp_num_threads,
     max_memory_mb, use_gpu [auto], conv_tol [1e-9 Hartree])."""
-    from .pyscf_engine import PySCFEngine
 
     multiplicity = int(_get(cfg, "multiplicity", system.multiplicity))
     return PySCFEngine(system.atomic_numbers, system.masses, method=_get(cfg, "method", "RHF"),
@@ -58,7 +59,6 @@ def _pyscf(system, cfg: Any) -> ForceEngine:
 
 def _ase(system, cfg: Any) -> ForceEngine:
     """Any ASE calculator (keys: calculator, an instance or a zero-argument factory; cell_nm [None]; pbc [False])."""
-    from .ase_engine import ASEEngine
 
     calc = _get(cfg, "calculator", None)
     if calc is None:

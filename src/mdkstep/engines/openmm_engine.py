@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..mm import choose_platform, system_masses
-from .base import ForceEngine
+from mdkstep.engines.base import ForceEngine
+from mdkstep.engines.openmm_setup import choose_platform, system_masses
 
 
 class OpenMMEngine(ForceEngine):

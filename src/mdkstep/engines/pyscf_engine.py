@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..utils import LOG, MdkstepError
-from .base import ForceEngine
-from .units import HARTREE_PER_BOHR_TO_KJ_MOL_NM, HARTREE_TO_KJ_MOL, nm_to_bohr
+from mdkstep.engines.base import ForceEngine
+from mdkstep.engines.units import HARTREE_PER_BOHR_TO_KJ_MOL_NM, HARTREE_TO_KJ_MOL, nm_to_bohr
+from mdkstep.utils import LOG, MdkstepError
 
 HF_METHODS = ("RHF", "UHF", "ROHF")
 KS_METHODS = ("RKS", "UKS", "ROKS")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 from ase import units as ase_units
 
-from ..utils import LOG, MdkstepError
-from .base import ForceEngine
-from .units import HARTREE_PER_BOHR_TO_KJ_MOL_NM, HARTREE_TO_KJ_MOL, nm_to_bohr
+from mdkstep.engines.base import ForceEngine
+from mdkstep.engines.units import HARTREE_PER_BOHR_TO_KJ_MOL_NM, HARTREE_TO_KJ_MOL, nm_to_bohr
+from mdkstep.utils import LOG, MdkstepError
 
 #: accepted spellings -> canonical method name
 _METHODS = {

@@ -4,10 +4,17 @@ benchmark. Its rooms: ``config`` (the settings), ``integrator`` (the cycle, guar
 jumper lives in :mod:`mdkstep.model.jumper`; the physics step in :mod:`mdkstep.dynamics`."""
 from __future__ import annotations
 
-from .config import CORRECTORS, ENSEMBLES, REJECT_REASONS, THERMOSTATS, HybridConfig
-from .integrator import (HybridCounters, HybridIntegrator, Jumper, StrideSchedule, angular_momentum,
-                         permutation_orders, set_angular_momentum)
-from .run import checkpoint_path, replica_paths, run_hybrid
+from mdkstep.hybrid.config import CORRECTORS, ENSEMBLES, REJECT_REASONS, THERMOSTATS, HybridConfig
+from mdkstep.hybrid.integrator import (
+                         HybridCounters,
+                         HybridIntegrator,
+                         Jumper,
+                         StrideSchedule,
+                         angular_momentum,
+                         permutation_orders,
+                         set_angular_momentum,
+)
+from mdkstep.hybrid.run import checkpoint_path, replica_paths, run_hybrid
 
 __all__ = [
     "HybridConfig", "HybridCounters", "HybridIntegrator", "Jumper", "StrideSchedule", "angular_momentum", "permutation_orders",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..utils import MdkstepError
+from mdkstep.utils import MdkstepError
 
 ENSEMBLES = ("nve", "nvt")
 THERMOSTATS = ("langevin", "csvr", "none")

@@ -59,10 +59,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..dynamics import UnstableStep, atom_dof, csvr_factor, n_dof, ou_step, velocity_verlet_step
-from ..engines.base import ForceEngine
-from ..utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path, element_symbol
-from .config import REJECT_REASONS, HybridConfig
+from mdkstep.dynamics import UnstableStep, atom_dof, csvr_factor, n_dof, ou_step, velocity_verlet_step
+from mdkstep.engines.base import ForceEngine
+from mdkstep.hybrid.config import REJECT_REASONS, HybridConfig
+from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path, element_symbol
 
 #: a jump whose largest displacement is below this fraction of k dt max|v| (COM-free) is "frozen"
 FROZEN_FRACTION = 1e-4

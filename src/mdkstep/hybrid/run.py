@@ -17,12 +17,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..engines.base import ForceEngine
-from ..runner import content_hash, lock_path_for, run_chunked
-from ..trajectory import ChunkedTrajectoryWriter, make_metadata
-from ..utils import MdkstepError
-from .config import HybridConfig
-from .integrator import HybridIntegrator, Jumper
+from mdkstep.engines.base import ForceEngine
+from mdkstep.hybrid.config import HybridConfig
+from mdkstep.hybrid.integrator import HybridIntegrator, Jumper
+from mdkstep.runner import content_hash, lock_path_for, run_chunked
+from mdkstep.trajectory import ChunkedTrajectoryWriter, make_metadata
+from mdkstep.utils import MdkstepError
 
 
 def replica_paths(out_path: str | Path, n_replicas: int) -> list[Path]:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .graph import GraphBatch
+from mdkstep.model.config import ModelConfig
+from mdkstep.model.graph import GraphBatch
 
 #: Softening length (nm) of the direction vectors r_ij / (|r_ij| + DELTA).
 DIR_SOFTENING_NM = 0.02

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from mdkstep.model.graph import make_graph_batch
+
 
 class ModelJumper:
     """A trained k-step model as a :class:`Jumper`: one forward for all R replicas.
@@ -37,7 +39,6 @@ class ModelJumper:
 
     def _template(self, n_rep: int):
         if n_rep not in self._templates:
-            from .graph import make_graph_batch
 
             n = len(self.z)
             zeros = np.zeros((n, 3))

@@ -14,7 +14,7 @@ D k_1 D k_2 ... D k_L D ... k_2 D k_1 D, 2L drifts of h = tau/(2L) and 2L-1 inne
   Jacobian, so the map is volume-preserving. The sequence is a palindrome and
   R (v -> -v) inverts every shear (R K_g R = K_g^{-1}, R D_h R = D_h^{-1}), so
   Phi R Phi = R: the map is time-reversible. Both hold for ANY functions delta(x); this is
-  what makes a Metropolis test on H = U + K exact (mdkstep.exact).
+  what makes a Metropolis test on H = U + K exact (mdkstep.exact.sampler).
 * The deltas come from the EGNN's velocity-update channel: zero mass-weighted sum per
   molecule (linear momentum is then conserved exactly by every stride, as far as the
   engine's forces sum to zero), optionally zero torque (a projection that depends on x
@@ -42,11 +42,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..constraints import DistanceConstraints
-from . import build_model
-from .common import KStepModel
-from .config import ModelConfig
-from .graph import GraphBatch, make_graph_batch
+from mdkstep.constraints import DistanceConstraints
+from mdkstep.model.common import KStepModel
+from mdkstep.model.config import ModelConfig
+from mdkstep.model.graph import GraphBatch, make_graph_batch
+from mdkstep.model.networks import build_network
 
 #: (positions (N,3) nm) -> (potential energies (G,) kJ/mol, forces (N,3) kJ/(mol nm))
 ForceFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -104,10 +104,10 @@ class ShearKicks(nn.Module):
         #: what a checkpoint stores
         self.model_config = replace(cfg, kind="shear", n_inner=int(n_inner), members=int(members))
         self.n_inner, self.members = int(n_inner), int(members)
-        self.outer = zero_kick_heads_(build_model(sub))
-        self.inner = nn.ModuleList(zero_kick_heads_(build_model(sub)) for _ in range(n_inner))
-        self.outer_more = nn.ModuleList(zero_kick_heads_(build_model(sub)) for _ in range(members - 1))
-        self.inner_more = nn.ModuleList(nn.ModuleList(zero_kick_heads_(build_model(sub)) for _ in range(n_inner))
+        self.outer = zero_kick_heads_(build_network(sub))
+        self.inner = nn.ModuleList(zero_kick_heads_(build_network(sub)) for _ in range(n_inner))
+        self.outer_more = nn.ModuleList(zero_kick_heads_(build_network(sub)) for _ in range(members - 1))
+        self.inner_more = nn.ModuleList(nn.ModuleList(zero_kick_heads_(build_network(sub)) for _ in range(n_inner))
                                         for _ in range(members - 1))
         self.set_scales(f_scale=1.0, kick_scale=1.0)
 
@@ -246,4 +246,6 @@ def untrained_shear_kicks(dtype: torch.dtype = torch.float64) -> ShearKicks:
     test this is Metropolized velocity Verlet (exact mode's honest peer). A tiny network: its
     size does not matter when every output layer is zero."""
     torch.manual_seed(0)
-    return build_model(ModelConfig(kind="shear", hidden=8, n_layers=1, n_rbf=4, max_hops=3, cutoff_nm=None)).to(dtype)
+    cfg = ModelConfig(kind="shear", hidden=8, n_layers=1, n_rbf=4, max_hops=3, cutoff_nm=None)
+    cfg.validate()
+    return ShearKicks(cfg, n_inner=cfg.n_inner, members=cfg.members).to(dtype)

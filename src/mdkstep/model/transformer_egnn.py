@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import KStepModel, Prepared, edge_softmax, small_init_
-from .config import ModelConfig
+from mdkstep.model.common import KStepModel, Prepared, edge_softmax, small_init_
+from mdkstep.model.config import ModelConfig
 
 
 class TransformerEGNNLayer(nn.Module):

@@ -12,12 +12,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..system import System
-from ..plain import OpenMMRunner, Segment, stable_by_drift
-from ..trajectory import load_trajectory
-from ..utils import LOG, atomic_write_json
-from .config import BenchConfig
-from .core import Method
+from mdkstep.baselines.openmm_md import MDConfig, RunSpec, build_system, run_trajectory
+from mdkstep.baselines.plain import OpenMMRunner, Segment, stable_by_drift
+from mdkstep.config import load_config
+from mdkstep.engines.factory import make_engine
+from mdkstep.molecule.prep import PrepConfig, prepare_from_smiles, read_smi_strict
+from mdkstep.molecule.system import System, from_molecule_dir
+from mdkstep.pipeline.config import BenchConfig
+from mdkstep.pipeline.mode import Method
+from mdkstep.trajectory import load_trajectory
+from mdkstep.utils import LOG, atomic_write_json
 
 
 class MMMode:
@@ -34,9 +38,6 @@ class MMMode:
     # -- molecules -------------------------------------------------------------------
     def molecules(self) -> list[str]:
         """Prepare (stage 00, skipped when present) every molecule of ``mm_smiles``."""
-        from ..chem import PrepConfig, prepare_from_smiles, read_smi_strict
-        from ..config import load_config
-        from ..system import from_molecule_dir
 
         entries = read_smi_strict(self.cfg.mm_smiles)
         prep = load_config(PrepConfig, self.cfg.mm_prep_config)
@@ -77,7 +78,6 @@ class MMMode:
         return out
 
     def md_config(self, dt_fs: float, hmr: bool, time_ps: float, save_forces: bool = False, friction: float | None = None):
-        from ..md import MDConfig
 
         c = self.cfg
         return MDConfig(temperature_K=c.mm_temperature_K, dt_fs=dt_fs,
@@ -87,7 +87,6 @@ class MMMode:
                         save_forces=save_forces, platform="auto", nve_windows=0)
 
     def system(self, mol: str, dt_fs: float, hmr: bool):
-        from ..md import build_system
 
         return build_system(self.mol(mol), self.md_config(dt_fs, hmr, 1.0))
 
@@ -121,7 +120,6 @@ class MMMode:
         """Plain NVT trajectory (stage-01 runner: equilibration, chunked, resumable); skipped when done.
         Writes <out>.stats.json with its force calls: OpenMM's production integrator steps
         (one force evaluation per step; ``force_calls_source: integrator_steps``)."""
-        from ..md import RunSpec, run_trajectory
 
         cfg = self.md_config(method.dt_fs, method.hmr, time_ps, save_forces=training)
         if not out.is_file():
@@ -153,7 +151,6 @@ class MMMode:
 
     def engine(self, mol: str):
         """OpenMM force engine with the reference system (HBonds, no HMR)."""
-        from ..engines.factory import make_engine
 
         return make_engine("openmm", self.mol(mol), self.md_config(self.cfg.mm_ref_dt_fs, False, 1.0))
 

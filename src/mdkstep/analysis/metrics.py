@@ -7,78 +7,24 @@ NVE drift. The same distances between independent baseline replicas give the noi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 
-from .structure import bond_angles, bond_lengths, dihedral_angles
-from .trajectory import Trajectory
-from .dynamics import atom_dof, kinetic_energy, linear_drift
-from .dynamics import per_element_temperature as dyn_per_element_temperature
-from .utils import remove_com
+from mdkstep.dynamics import atom_dof, kinetic_energy, linear_drift
+from mdkstep.dynamics import per_element_temperature as dyn_per_element_temperature
+from mdkstep.molecule.geometry import bond_angles, bond_lengths, dihedral_angles
+from mdkstep.molecule.topology import classify_dihedrals
+from mdkstep.trajectory import Trajectory
+from mdkstep.utils import remove_com
 
 NM_TO_A = 10.0
 RAD_TO_DEG = 180.0 / np.pi
 
 
 # ------------------------------------------------------------------------- topology
-
-def _neighbors(n_atoms: int, bonds: np.ndarray) -> list[set[int]]:
-    nb: list[set[int]] = [set() for _ in range(n_atoms)]
-    for a, b in bonds:
-        nb[a].add(int(b))
-        nb[b].add(int(a))
-    return nb
-
-
-def ring_bonds(n_atoms: int, bonds: np.ndarray) -> set[tuple[int, int]]:
-    """Bonds in a ring, as sorted index pairs: the bond graph's edges that are not bridges (networkx)."""
-    import networkx as nx
-
-    g = nx.Graph()
-    g.add_nodes_from(range(n_atoms))
-    g.add_edges_from((int(a), int(b)) for a, b in np.asarray(bonds, dtype=int).reshape(-1, 2))
-    bridges = {frozenset(e) for e in nx.bridges(g)}
-    return {(min(a, b), max(a, b)) for a, b in g.edges() if frozenset((a, b)) not in bridges}
-
-
-@dataclass
-class DihedralClasses:
-    """Dihedral groups: each group is pooled into one distribution; 'slow' = about a rotatable bond."""
-
-    groups: list[list[int]]  #: indices into the dihedral list, pooled per group
-    slow: list[bool]  #: per group
-
-
-def classify_dihedrals(z: np.ndarray, bonds: np.ndarray, dihedrals: np.ndarray) -> DihedralClasses:
-    """Pool dihedrals whose end atoms are interchangeable hydrogens (on an atom with >= 3 H:
-    methyl, NH3+), and flag groups about rotatable bonds (not in a ring, both central atoms with
-    >= 2 neighbours, neither carrying >= 3 H) as slow."""
-    n = len(z)
-    nb = _neighbors(n, bonds)
-    n_h = [sum(1 for w in nb[i] if z[w] == 1) for i in range(n)]
-    rings = ring_bonds(n, bonds)
-
-    def end_class(a: int) -> tuple[str, int]:
-        if z[a] == 1:
-            parent = next(iter(nb[a]))
-            if n_h[parent] >= 3:
-                return ("H3", parent)
-        return ("atom", a)
-
-    keys: dict[tuple, list[int]] = {}
-    for idx, (i, j, k, l) in enumerate(np.asarray(dihedrals, dtype=int)):
-        keys.setdefault((end_class(i), j, k, end_class(l)), []).append(idx)
-    groups, slow = [], []
-    for (ci, j, k, cl), members in keys.items():
-        rot = ((min(j, k), max(j, k)) not in rings and len(nb[j]) >= 2 and len(nb[k]) >= 2
-               and n_h[j] < 3 and n_h[k] < 3)
-        groups.append(members)
-        slow.append(bool(rot))
-    return DihedralClasses(groups, slow)
 
 
 # ------------------------------------------------------------------------ series

@@ -1,6 +1,6 @@
 """Exact-mode runs through the shared chunked run loop (:func:`mdkstep.runner.run_chunked`).
 
-The sampler is :func:`mdkstep.exact.exact_step` (O(tau/2) -> learned shear stride Phi, one
+The sampler is :func:`mdkstep.exact.sampler.exact_step` (O(tau/2) -> learned shear stride Phi, one
 force call -> Metropolis test on H = U + K -> O(tau/2); generalized HMC: a rejected stride
 keeps x, U, F and flips v). :class:`ExactStepper` is its :class:`~mdkstep.runner.Stepper`; the
 files are the hybrid's: one trajectory NPZ per replica in the schema of
@@ -8,7 +8,7 @@ files are the hybrid's: one trajectory NPZ per replica in the schema of
 ``<stem>.hybrid_ckpt.npz`` (chain state, RNG state, every stride's dH and acceptance, force
 calls), and statistics: acceptance, |dH| median / p90, force calls per ps counted by the
 engine, and the integrated autocorrelation time of U and of the slowest dihedral with the
-effective samples per force call (:mod:`mdkstep.metrics`).
+effective samples per force call (:mod:`mdkstep.analysis.metrics`).
 
 Settings come from the hybrid config (:class:`~mdkstep.hybrid.config.HybridConfig`):
 temperature_K, friction_per_ps (Langevin O-steps), metropolis, ensemble (nve: no O-steps and
@@ -25,13 +25,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .dynamics import kinetic_energy, n_dof
-from .engines.base import ForceEngine
-from .exact import ChainState, ExactConfig, ShearJumper, exact_step, init_chain, nve_config
-from .model.shear import n_forwards_per_stride
-from .runner import content_hash, lock_path_for, pack_json, run_chunked, unpack_json
-from .trajectory import ChunkedTrajectoryWriter, make_metadata
-from .utils import KB_KJ_PER_MOL_K, MdkstepError
+from mdkstep.analysis.metrics import (
+    effective_samples_per_force_call,
+    iat_reliable,
+    integrated_autocorr_time,
+    slowest_dihedral_iat,
+)
+from mdkstep.dynamics import kinetic_energy, n_dof
+from mdkstep.engines.base import ForceEngine
+from mdkstep.exact.sampler import ChainState, ExactConfig, ShearJumper, exact_step, init_chain, nve_config
+from mdkstep.hybrid.run import checkpoint_path, replica_paths
+from mdkstep.model.shear import n_forwards_per_stride
+from mdkstep.runner import content_hash, lock_path_for, pack_json, run_chunked, unpack_json
+from mdkstep.trajectory import ChunkedTrajectoryWriter, load_trajectory, make_metadata
+from mdkstep.utils import KB_KJ_PER_MOL_K, MdkstepError
 
 CHAIN_KEYS = ("x", "v", "u", "f", "a")
 
@@ -153,7 +160,6 @@ def run_exact_chunked(engine: ForceEngine, jumper: ShearJumper, hcfg, x0: np.nda
     (checkpointed); dihedrals (D,4) for the slowest-dihedral efficiency figure; fingerprint:
     more facts defining the run (the model checkpoint's hash), compared on resume.
     Returns the statistics (see :func:`exact_stats`)."""
-    from .hybrid.run import checkpoint_path, replica_paths
 
     check_constraints(engine, jumper)
     hcfg.validate()
@@ -196,9 +202,6 @@ def exact_stats(stepper: ExactStepper, engine: ForceEngine, hcfg, cfg: ExactConf
     and calls/ps (engine-counted, setup included, all replicas), wall s/ps, temperature, and
     tau_int (frames) of U and of the slowest dihedral with the effective samples per force call
     (n_frames R / (tau_int force calls)), read back from the written trajectories."""
-    from .metrics import (effective_samples_per_force_call, iat_reliable, integrated_autocorr_time,
-                          slowest_dihedral_iat)
-    from .trajectory import load_trajectory
 
     dH, acc = np.stack(stepper.dH), np.stack(stepper.accepted)
     n_strides, n_rep = dH.shape

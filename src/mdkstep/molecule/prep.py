@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .utils import LOG, MdkstepError, atomic_write_json, atomic_write_text
+from mdkstep.molecule.topology import topology_lists
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -132,53 +133,12 @@ def read_smi_strict(path: str | Path) -> list[SmiEntry]:
 
 # ------------------------------------------------------------------------- topology lists
 
-def angles_from_bonds(n_atoms: int, bonds: np.ndarray) -> np.ndarray:
-    """All bond angles i-j-k (i < k) of the bond graph; shape (n_angles, 3)."""
-    nbrs: list[list[int]] = [[] for _ in range(n_atoms)]
-    for a, b in np.asarray(bonds, dtype=int).reshape(-1, 2):
-        nbrs[a].append(int(b))
-        nbrs[b].append(int(a))
-    out = [(i, j, k) for j in range(n_atoms) for i in nbrs[j] for k in nbrs[j] if i < k]
-    return np.asarray(sorted(out), dtype=int).reshape(-1, 3)
-
-
-def dihedrals_from_bonds(n_atoms: int, bonds: np.ndarray) -> np.ndarray:
-    """All proper dihedrals i-j-k-l about each bond j-k (i != k, l != j, i != l); (n, 4)."""
-    bonds = np.asarray(bonds, dtype=int).reshape(-1, 2)
-    nbrs: list[list[int]] = [[] for _ in range(n_atoms)]
-    for a, b in bonds:
-        nbrs[a].append(int(b))
-        nbrs[b].append(int(a))
-    out = []
-    for j, k in bonds:
-        j, k = int(j), int(k)
-        for i in nbrs[j]:
-            if i == k:
-                continue
-            for l in nbrs[k]:
-                if l == j or l == i:
-                    continue
-                out.append((i, j, k, l))
-    return np.asarray(sorted(out), dtype=int).reshape(-1, 4)
-
-
-def topology_lists(n_atoms: int, bonds: np.ndarray) -> dict[str, list[list[int]]]:
-    """Bond, angle and proper-dihedral index lists from a bond list."""
-    b = np.sort(np.asarray(bonds, dtype=int).reshape(-1, 2), axis=1)
-    b = b[np.lexsort((b[:, 1], b[:, 0]))]
-    return {
-        "bonds": b.tolist(),
-        "angles": angles_from_bonds(n_atoms, b).tolist(),
-        "dihedrals": dihedrals_from_bonds(n_atoms, b).tolist(),
-    }
-
 
 # ------------------------------------------------------------------------ SMILES -> system
 
 def rdkit_conformer(smiles: str, seed: int):
     """RDKit molecule with explicit hydrogens and one ETKDG conformer (seeded)."""
-    from rdkit import Chem
-    from rdkit import RDLogger
+    from rdkit import Chem, RDLogger
     from rdkit.Chem import AllChem
 
     RDLogger.DisableLog("rdApp.*")  # our own one-line error replaces RDKit's multi-line log
@@ -424,7 +384,7 @@ def prepare_from_files(
     return write_molecule_dir(out_root / name, info, system, omm_top, pos)
 
 
-# --------------------------------- finding molecule dirs (loading one: mdkstep.system.from_molecule_dir)
+# --------------------------------- finding molecule dirs (loading one: mdkstep.molecule.system.from_molecule_dir)
 
 def find_molecules(root: str | Path) -> list[Path]:
     """Molecule folders (those with a topology.json) directly under ``root``, sorted by name."""

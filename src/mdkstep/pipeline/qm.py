@@ -13,10 +13,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..plain import Segment, engine_vv_segment
-from ..utils import LOG, atomic_write_json
-from .config import BenchConfig
-from .core import Method
+from mdkstep.baselines.ase_md import QMConfig, QMRunSpec, run_qm_trajectory
+from mdkstep.baselines.plain import Segment, engine_vv_segment
+from mdkstep.baselines.pool import limit_threads
+from mdkstep.config import load_config
+from mdkstep.engines.factory import make_engine
+from mdkstep.molecule.system import from_smi_file
+from mdkstep.pipeline.config import BenchConfig
+from mdkstep.pipeline.mode import Method
+from mdkstep.utils import LOG, atomic_write_json
 
 
 class QMMode:
@@ -25,8 +30,6 @@ class QMMode:
     name = "qm"
 
     def __init__(self, cfg: BenchConfig, out_dir: Path):
-        from ..config import load_config
-        from ..qm_md import QMConfig, limit_threads
 
         self.cfg = cfg
         self.root = out_dir / "qm"
@@ -37,7 +40,6 @@ class QMMode:
     # -- molecules -------------------------------------------------------------------
     def molecules(self) -> list[str]:
         """Every molecule of ``qm_smiles`` (RDKit conformer); writes runs/<mol>/topology.json."""
-        from ..system import from_smi_file
 
         systems = from_smi_file(self.cfg.qm_smiles, self.cfg.seed)
         for sysm in systems:
@@ -74,7 +76,6 @@ class QMMode:
     # -- runs ------------------------------------------------------------------------
     def run_plain(self, mol: str, method: Method, seed: int, out: Path, time_ps: float, training: bool = False) -> Path:
         """Plain QM trajectory (stage-01b runner: minimise, equilibrate, chunked, resumable)."""
-        from ..qm_md import QMRunSpec, run_qm_trajectory
 
         if out.is_file():
             return out
@@ -104,7 +105,6 @@ class QMMode:
         return engine_vv_segment(self.engine(mol), x0, v0, method.dt_fs, n)[0]
 
     def engine(self, mol: str):
-        from ..engines.factory import make_engine
 
         return make_engine(self.qcfg.engine, self._systems[mol], self.qcfg)
 

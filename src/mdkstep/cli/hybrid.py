@@ -13,8 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from ..config import load_config, to_dict
-from ..utils import LOG, MdkstepError, atomic_write_json, check_writable_file, seed_everything
+from mdkstep.config import load_config, to_dict
+from mdkstep.exact.run import run_exact_chunked
+from mdkstep.exact.sampler import ShearJumper
+from mdkstep.hybrid.config import FALLBACK_WARN_FRACTION, HybridConfig
+from mdkstep.hybrid.integrator import StrideSchedule, permutation_orders
+from mdkstep.hybrid.run import checkpoint_path, replica_paths, run_hybrid
+from mdkstep.model.checkpoint import check_compatible, checkpoint_kind, model_from_checkpoint, read_checkpoint
+from mdkstep.model.jumper import ModelJumper
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, check_writable_file, file_sha256, seed_everything
 
 
 def add_hybrid_arguments(p: argparse.ArgumentParser, default_config: str = "configs/hybrid.yaml") -> None:
@@ -68,7 +75,6 @@ def checkpoint_paths(args) -> list[Path]:
 def read_checkpoints(args, atom_types: set[int], engine_name: str) -> list[dict]:
     """The --checkpoint file(s), each checked against the molecule's elements (one-line errors);
     a warning for a model trained on another engine's data."""
-    from ..checkpoint import check_compatible, read_checkpoint
 
     cks = []
     for path in checkpoint_paths(args):
@@ -84,7 +90,6 @@ def parse_schedule(text: str, ks: list[int]) -> list[list[int]]:
     """--schedule "8+10,9+9,10+8" -> [[8, 10], [9, 9], [10, 8]]; "permutations:4+10+12" -> every
     order of 4, 10, 12. Every k one of ``ks`` (the checkpoints'), equal totals; anything else is
     a one-line error naming --schedule."""
-    from .integrator import permutation_orders
 
     body = text.replace(" ", "")
     perms = body.startswith("permutations:")
@@ -132,8 +137,6 @@ def resolve_hybrid_config(args, ck: dict | list[dict], dt_fs: float, temperature
     engine config's dt_fs (``engine_config`` names that file in errors); unset k, dt_fs and
     temperature_K are filled from the checkpoint / engine config. Several checkpoints (a list)
     run the --schedule: k is the orders' total (``args.orders`` is set here)."""
-    from ..checkpoint import check_compatible
-    from .config import HybridConfig
 
     cks = ck if isinstance(ck, list) else [ck]
     paths = checkpoint_paths(args)
@@ -183,7 +186,6 @@ def check_run_args(args) -> None:
 
 def prepare_outputs(args) -> tuple[list[Path], Path]:
     """Replica output paths and the stats JSON path; an error when finished and not --overwrite."""
-    from .run import replica_paths
 
     outs = replica_paths(args.out, args.replicas)
     if all(p.exists() for p in outs) and not args.overwrite and not is_resuming(args):  # a resume file: a session
@@ -195,10 +197,6 @@ def load_model(args, checkpoint: Path):
     """(model, device) on the chosen device with ``args.threads`` torch threads; seeds everything."""
     import torch
 
-    from ..checkpoint import model_from_checkpoint
-
-    from ..checkpoint import read_checkpoint
-
     seed_everything(args.seed)
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
@@ -208,7 +206,6 @@ def load_model(args, checkpoint: Path):
 
 def is_exact_checkpoint(ck: dict) -> bool:
     """True for exact mode's ShearKicks checkpoints (model kind "shear")."""
-    from ..checkpoint import checkpoint_kind
 
     return checkpoint_kind(ck) == "shear"
 
@@ -224,9 +221,8 @@ def model_dtype(ck: dict):
 
 
 def exact_jumper(model, system, engine, hcfg):
-    """The :class:`~mdkstep.exact.ShearJumper` of a loaded shear model on ``system`` (stride
+    """The :class:`~mdkstep.exact.sampler.ShearJumper` of a loaded shear model on ``system`` (stride
     k*dt of the resolved hybrid config), RATTLE-projected onto the engine's constraints if any."""
-    from ..exact import ShearJumper
 
     return ShearJumper.for_engine(model, engine, system.bonds, hcfg.k * hcfg.dt_ps)
 
@@ -238,7 +234,6 @@ def run_model(args, engine, model, ck: dict, system, hcfg, x0: np.ndarray, v0: n
     if is_exact_checkpoint(ck):  # exact mode: generalized HMC with the learned shear stride
         return run_exact_and_report(args, engine, exact_jumper(model, system, engine, hcfg), hcfg, x0, v0,
                                     system.name, meta, extra_stats, device, system.dihedrals)
-    from ..model.jumper import ModelJumper
 
     if getattr(args, "orders", None):
         jumper = schedule_jumper(args, engine, system, device)
@@ -251,10 +246,6 @@ def schedule_jumper(args, engine, system, device: str):
     """The :class:`~mdkstep.hybrid.StrideSchedule` of --schedule: one ModelJumper per checkpoint
     (float32, on ``device``), the first order plus the others drawn per cycle."""
     import torch
-
-    from ..checkpoint import model_from_checkpoint
-    from ..model.jumper import ModelJumper
-    from .integrator import StrideSchedule
 
     jumpers = {}
     for k, path in sorted(args.checkpoint_by_k.items()):
@@ -273,9 +264,8 @@ def checkpoint_field(args) -> str | list[str]:
 def run_exact_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, name: str,
                          meta: dict[str, Any], extra_stats: dict[str, Any], device: str,
                          dihedrals: np.ndarray | None = None) -> dict[str, Any]:
-    """Exact mode for 06/06b: n_strides from --time-ps, :func:`mdkstep.exact_run.run_exact_chunked`,
+    """Exact mode for 06/06b: n_strides from --time-ps, :func:`mdkstep.exact.run.run_exact_chunked`,
     the stats JSON beside ``args.out`` and a one-line summary. Returns the stats."""
-    from ..exact_run import run_exact_chunked
 
     stats_path = args.out.with_suffix(".stats.json")
     every = hcfg.save_interval_cycles
@@ -298,7 +288,6 @@ def run_exact_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndar
 
 
 def is_resuming(args) -> bool:
-    from .run import checkpoint_path
 
     return checkpoint_path(args.out).is_file() and not args.overwrite
 
@@ -306,7 +295,6 @@ def is_resuming(args) -> bool:
 def guard_warning(stats: dict[str, Any]) -> str | None:
     """One loud line when more than FALLBACK_WARN_FRACTION of the replica-cycles fell back to
     plain physics (the model is not doing the work), naming the reject reasons seen."""
-    from .config import FALLBACK_WARN_FRACTION
 
     attempted = stats.get("jumps_attempted") or 0
     frac = stats.get("fallbacks", 0) / attempted if attempted else 0.0
@@ -322,7 +310,6 @@ def run_fingerprint(args) -> dict[str, Any]:
     """What defines a hybrid run beyond its config: the model checkpoint's content hash and
     --seed (compared when a partial run resumes); a --schedule adds its orders and every
     checkpoint's hash."""
-    from ..runner import file_sha256
 
     fp = {"model_checkpoint_sha256": file_sha256(args.checkpoint), "seed": args.seed}
     if getattr(args, "orders", None):
@@ -335,7 +322,6 @@ def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, n
                    meta: dict[str, Any], extra_stats: dict[str, Any], device: str) -> dict[str, Any]:
     """n_cycles from --time-ps, :func:`mdkstep.hybrid.run_hybrid`, the stats JSON beside
     ``args.out`` and a one-line summary. Returns the stats."""
-    from .run import run_hybrid
 
     stats_path = args.out.with_suffix(".stats.json")
     n_cycles = max(hcfg.save_interval_cycles,

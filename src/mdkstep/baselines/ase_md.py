@@ -12,21 +12,27 @@ Units: nm, ps, kJ/mol, amu, K; ``dt_fs`` in fs; ``friction_per_ps`` in 1/ps.
 """
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from .system import System, from_molecule_dir, from_smi_file
-from .dynamics import kinetic_energy, n_dof
-from .runner import content_hash, lock_path_for, pack_json, run_chunked, tidy_finished, unpack_json
-from .trajectory import ChunkedTrajectoryWriter, make_metadata
-from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, remove_com
+from mdkstep.dynamics import kinetic_energy, n_dof
+from mdkstep.engines.ase_engine import EngineCalculator
+from mdkstep.engines.factory import make_engine
+from mdkstep.engines.units import (
+    ANGSTROM_TO_NM,
+    ASE_VELOCITY_TO_NM_PS,
+    EV_PER_ANGSTROM_TO_KJ_MOL_NM,
+    PS_IN_ASE_TIME,
+    nm_to_angstrom,
+)
+from mdkstep.molecule.system import System
+from mdkstep.runner import content_hash, lock_path_for, pack_json, run_chunked, unpack_json
+from mdkstep.trajectory import ChunkedTrajectoryWriter, make_metadata
+from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, remove_com
 
 #: a run whose mean temperature is further than this fraction from the target is flagged
 TEMPERATURE_TOLERANCE = 0.10
@@ -134,9 +140,6 @@ def _make_atoms(system: System, engine):
     from ase import Atoms
     from ase.constraints import FixCom
 
-    from .engines.ase_engine import EngineCalculator
-    from .engines.units import nm_to_angstrom
-
     atoms = Atoms(numbers=system.atomic_numbers, positions=nm_to_angstrom(system.positions_nm),
                   masses=system.masses)
     atoms.calc = EngineCalculator(engine)
@@ -149,8 +152,6 @@ def _langevin(atoms, cfg: QMConfig, rng, friction_per_ps: float | None = None):
     mass); friction converted from 1/ps to ASE's inverse time unit."""
     from ase import units
     from ase.md.langevin import Langevin
-
-    from .engines.units import PS_IN_ASE_TIME
 
     fr = cfg.friction_per_ps if friction_per_ps is None else friction_per_ps
     return Langevin(atoms, timestep=cfg.dt_fs * units.fs, temperature_K=cfg.temperature_K,
@@ -168,8 +169,6 @@ def _production_dynamics(atoms, cfg: QMConfig, rng):
 
 def _minimize(atoms, cfg: QMConfig) -> None:
     from ase.optimize import BFGS
-
-    from .engines.units import EV_PER_ANGSTROM_TO_KJ_MOL_NM
 
     opt = BFGS(atoms, logfile=None)
     opt.run(fmax=cfg.minimize_fmax_kj_mol_nm / EV_PER_ANGSTROM_TO_KJ_MOL_NM, steps=cfg.minimize_steps)
@@ -232,7 +231,6 @@ class ASEStepper:
         self.setup_s = time.perf_counter() - t0
 
     def advance(self, first_frame: int, n_frames: int) -> list[dict[str, np.ndarray]]:
-        from .engines.units import ANGSTROM_TO_NM, ASE_VELOCITY_TO_NM_PS
 
         if self.dyn is None:
             self.dyn = _production_dynamics(self.atoms, self.cfg, self.rng)
@@ -265,7 +263,6 @@ class ASEStepper:
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Positions (native Å and nm), momenta (native) and velocities (nm/ps), step, RNG."""
-        from .engines.units import ANGSTROM_TO_NM, ASE_VELOCITY_TO_NM_PS
 
         return {"positions_A": self.atoms.positions.copy(), "momenta_ase": self.atoms.get_momenta(),
                 "positions_nm": self.atoms.positions * ANGSTROM_TO_NM,
@@ -290,7 +287,6 @@ def run_qm_trajectory(system: System, cfg: QMConfig, spec: QMRunSpec, progress: 
     settings is refused). Returns statistics (frames, steps/s, force calls and ms/call, mean
     temperature).
     """
-    from .engines.factory import make_engine
 
     if system.multiplicity != cfg.multiplicity:
         LOG.warning("%s: the molecule's multiplicity is %d (RDKit radical electrons + 1) but the config's is %d",
@@ -336,197 +332,6 @@ def _qm_stats(system: System, cfg: QMConfig, spec: QMRunSpec, engine, st: ASESte
     return stats
 
 
-# ------------------------------------------------------------------------ batch running
-
-@dataclass
-class QMJob:
-    """A (molecule, replica) pair for the worker pool."""
-
-    system: System
-    spec: QMRunSpec
-    cfg: QMConfig
-    progress: bool = False
 
 
-def limit_threads(n_threads: int):
-    """Limit OpenMP/BLAS threads of this process to ``n_threads``.
-
-    Sets the environment (read by libraries loaded later) and, through threadpoolctl, every
-    OpenMP/BLAS runtime already loaded (tblite and PySCF each bring one). Oversubscribed
-    OpenMP is catastrophic here: GFN2-xTB on ethanol took ~600 ms/call with 2 threads on a busy
-    2-core machine vs ~1 ms with 1 thread. Returns the ``threadpool_limits`` handle: use it as a
-    context manager, or call ``restore_original_limits()`` to undo (not the environment).
-    """
-    from threadpoolctl import threadpool_limits
-
-    n = max(1, int(n_threads))
-    os.environ.update({k: str(n) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
-    return threadpool_limits(limits=n)
-
-
-def _worker_init(n_threads: int, log_level: str) -> None:
-    """Pool initializer: thread limits before any QM library loads, logging for the child."""
-    limit_threads(n_threads)
-    from .utils import setup_logging
-
-    setup_logging(log_level)
-
-
-def run_job(job: QMJob) -> dict[str, Any]:
-    """Run one job; a failure is returned as ``{'error': one line}`` so the batch goes on."""
-    try:
-        return run_qm_trajectory(job.system, job.cfg, job.spec, progress=job.progress)
-    except MdkstepError as e:
-        return {"molecule": job.system.name, "label": job.spec.label, "out": str(job.spec.out_path), "error": str(e)}
-    except Exception as e:  # a backend crash in one molecule must not kill the batch
-        return {"molecule": job.system.name, "label": job.spec.label, "out": str(job.spec.out_path),
-                "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-
-
-def default_threads(engine: str, num_workers: int) -> int:
-    """OpenMP threads per worker when none are given: 1. The molecules here are tiny; threads
-    gain little and oversubscription (workers x threads > free cores) costs up to 100x.
-    Raise ``omp_num_threads`` for larger PySCF systems or basis sets."""
-    return 1
-
-
-def run_jobs(jobs: Sequence[QMJob], num_workers: int = 1, omp_num_threads: int | None = None,
-             log_level: str = "INFO") -> Iterable[dict[str, Any]]:
-    """Yield job results as they finish; ``num_workers`` > 1 uses a spawn process pool.
-    Every worker (or this process) runs with ``omp_num_threads`` OpenMP threads (default:
-    :func:`default_threads`)."""
-    if not jobs:
-        return
-    threads = omp_num_threads or default_threads(jobs[0].cfg.engine, num_workers)
-    if num_workers <= 1 or len(jobs) <= 1:
-        with limit_threads(threads):
-            for job in jobs:
-                yield run_job(job)
-        return
-    from tqdm import tqdm
-
-    ctx = mp.get_context("spawn")  # no fork after OpenMP/BLAS initialisation
-    with ctx.Pool(min(num_workers, len(jobs)), initializer=_worker_init, initargs=(threads, log_level)) as pool:
-        for res in tqdm(pool.imap_unordered(run_job, jobs), total=len(jobs), desc="trajectories", unit="traj"):
-            yield res
-
-
-def summary_line(res: dict[str, Any]) -> str:
-    """One line per trajectory for the end-of-run summary."""
-    if "error" in res:
-        return f"{res['molecule']}:{res['label']}: FAILED: {res['error']}"
-    line = (f"{res['molecule']}:{res['label']}: {res['n_frames']} frames, mean T {res['mean_temperature_K']:.1f} "
-            f"± {res['std_temperature_K']:.1f} K (target {res['target_temperature_K']:.0f} K)")
-    if res.get("steps_per_s") and res.get("force_ms_per_call"):
-        line += f", {res['steps_per_s']:.0f} steps/s, {res['force_ms_per_call']:.2f} ms/force call"
-    return line
-
-
-# ---------------------------------------------------------------------------- the CLI
-
-def add_cli_arguments(p, default_config: str, default_smiles: str | None = None) -> None:
-    """The options shared by 01b (xtb) and 01c (pyscf)."""
-    src = p.add_mutually_exclusive_group(required=default_smiles is None)
-    src.add_argument("--molecule", type=Path, help="one prepared molecule folder (topology.json + molecule.pdb, stage 00)")
-    src.add_argument("--all", type=Path, metavar="RAW_DIR", help="every prepared molecule folder under RAW_DIR")
-    src.add_argument("--smiles-file", type=Path, default=default_smiles,
-                     help="'SMILES name' per line; RDKit ETKDG conformer, formal charge from RDKit"
-                          + (f" (default: {default_smiles})" if default_smiles else ""))
-    p.add_argument("--config", type=Path, default=Path(default_config), help=f"QM YAML (default: {default_config})")
-    p.add_argument("--out", type=Path, required=True, help="output root; writes <out>/<molecule>/replica_<r>.npz")
-    p.add_argument("--time-ps", type=float, default=None, help="production length per replica, ps (overrides production_ps)")
-    p.add_argument("--equil-ps", type=float, default=None, help="Langevin equilibration, ps (overrides equilibration_ps)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (conformer and velocities); replica r uses seed + 1000*r")
-    p.add_argument("--replicas", type=int, default=1, help="independent replicas per molecule (>= 2 gives the noise floor)")
-    p.add_argument("--num-workers", type=int, default=1, help="parallel processes, one (molecule, replica) each")
-    p.add_argument("--omp-num-threads", type=int, default=None,
-                   help="OpenMP threads per worker (default: config omp_num_threads, else 1; "
-                        "keep workers x threads <= free cores)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="pyscf: auto uses GPU4PySCF when a CUDA GPU is present; xtb runs on CPU only")
-    p.add_argument("--shard", default=None, metavar="i/n", help="run only molecules i, i+n, ... (0-based), for array jobs")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key (repeatable)")
-    p.add_argument("--overwrite", action="store_true", help="recompute trajectories that already exist")
-    p.add_argument("--no-progress", action="store_true", help="no per-trajectory progress bars")
-    p.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING")
-
-
-def load_systems(args) -> list[System]:
-    """The molecules named by --molecule / --all / --smiles-file."""
-    from .chem import find_molecules
-
-    if args.molecule:
-        return [from_molecule_dir(args.molecule)]
-    if args.all:
-        dirs = find_molecules(args.all)
-        if not dirs:
-            raise MdkstepError(f"{args.all}: no molecule folders (run src/00_prep_mols.py first)")
-        return [from_molecule_dir(d) for d in dirs]
-    if args.smiles_file:
-        return from_smi_file(args.smiles_file, args.seed)
-    raise MdkstepError("give --molecule, --all or --smiles-file")
-
-
-def main_from_args(args, required_engine: str | None = None) -> int:
-    """Shared body of 01b / 01c: config, jobs, pool, summary, run_stats.json per molecule."""
-    from .config import load_config, to_dict
-    from .utils import atomic_write_json, check_writable, parse_shard, setup_logging
-
-    setup_logging(args.log_level)
-    for flag, value, strict in (("--time-ps", args.time_ps, True), ("--equil-ps", args.equil_ps, False)):
-        if value is not None and not (value > 0 if strict else value >= 0):
-            raise MdkstepError(f"{flag} must be {'> 0' if strict else '>= 0'} ps, got {value}")
-    overrides: dict[str, Any] = {"production_ps": args.time_ps, "equilibration_ps": args.equil_ps,
-                                 "omp_num_threads": args.omp_num_threads}
-    if args.device != "auto":
-        overrides["use_gpu"] = args.device == "cuda"
-    cfg = load_config(QMConfig, args.config, overrides, args.set)
-    if required_engine and cfg.engine != required_engine:
-        raise MdkstepError(f"{args.config}: key 'engine' is {cfg.engine!r}, but this script runs {required_engine!r}")
-    if cfg.engine == "xtb" and args.device == "cuda":
-        raise MdkstepError("--device cuda: the xtb engine runs on CPU only")
-    if args.replicas < 1 or args.num_workers < 1:
-        raise MdkstepError("--replicas and --num-workers must be >= 1")
-    check_writable(args.out, "--out")  # before any trajectory runs
-    i, n = parse_shard(args.shard)
-    systems = load_systems(args)[i::n]
-    jobs: list[QMJob] = []
-    for s in systems:
-        for r in range(args.replicas):
-            spec = QMRunSpec(args.out / s.name / f"replica_{r}.npz", args.seed + 1000 * r, f"replica{r}", r)
-            if spec.out_path.exists() and not args.overwrite:
-                LOG.info("%s exists, skipping (use --overwrite to redo)", spec.out_path)
-                tidy_finished(spec.out_path)
-                continue
-            jobs.append(QMJob(s, spec, cfg, progress=args.num_workers == 1 and not args.no_progress))
-    LOG.info("%d trajectories (%d molecules x %d replicas) with %s %s, %d worker(s)", len(jobs), len(systems),
-             args.replicas, cfg.engine, cfg.method, args.num_workers)
-    results: list[dict[str, Any]] = []
-    for res in run_jobs(jobs, args.num_workers, cfg.omp_num_threads, args.log_level):
-        results.append(res)
-        print(summary_line(res), flush=True)
-        if res.get("temperature_warning"):
-            LOG.warning(res["temperature_warning"])
-    by_mol: dict[str, list[dict[str, Any]]] = {}
-    for res in results:
-        by_mol.setdefault(res["molecule"], []).append(res)
-    for name, rs in by_mol.items():
-        stats_path = args.out / name / "run_stats.json"
-        old = json.loads(stats_path.read_text()).get("replicas", []) if stats_path.is_file() else []
-        labels = {r["label"] for r in rs}
-        merged = [r for r in old if r.get("label") not in labels] + rs
-        atomic_write_json(stats_path, {"molecule": name, "config": to_dict(cfg),
-                                       "replicas": sorted(merged, key=lambda r: r.get("label", ""))})
-    failed = [r for r in results if "error" in r]
-    hot = [r for r in results if r.get("temperature_warning")]
-    print(f"{len(results) - len(failed)} trajectories written under {args.out}; {len(failed)} failed; "
-          f"{len(hot)} with mean temperature > {TEMPERATURE_TOLERANCE:.0%} off target")
-    if failed:
-        raise MdkstepError(f"{len(failed)} trajectory(ies) failed, first: {failed[0]['error']}")
-    return 0
-
-
-__all__ = [
-    "QMConfig", "QMRunSpec", "QMJob", "run_qm_trajectory", "limit_threads", "run_jobs", "run_job", "temperature_warning",
-    "add_cli_arguments", "load_systems", "main_from_args",
-]
+__all__ = ["QMConfig", "QMRunSpec", "run_qm_trajectory", "temperature_warning"]

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .constraints import ConstraintFailure, DistanceConstraints
-from .dynamics import kinetic_energy, ou_step
-from .engines.base import ForceEngine
-from .model.graph import GraphBatch
-from .model.shear import ShearKicks, graph_template, inner_path, outer_kick, stride
-from .utils import KB_KJ_PER_MOL_K
+from mdkstep.constraints import ConstraintFailure, DistanceConstraints
+from mdkstep.dynamics import kinetic_energy, ou_step
+from mdkstep.engines.base import ForceEngine
+from mdkstep.model.graph import GraphBatch
+from mdkstep.model.shear import ShearKicks, graph_template, inner_path, outer_kick, stride
+from mdkstep.utils import KB_KJ_PER_MOL_K
 
 #: a constrained proposal whose reverse misses the start by more than this (nm, nm/ps) is rejected
 REVERSIBILITY_TOL = 1e-8

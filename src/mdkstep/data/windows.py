@@ -11,7 +11,6 @@ never trains on trajectories that changed after it was built. Samples are COM-ce
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -21,62 +20,20 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from .trajectory import load_trajectory, memmap_npz
-from .utils import LOG, MdkstepError, atomic_path, atomic_write_json, remove_com
+from mdkstep.model import make_graph_batch
+from mdkstep.molecule.topology import molecule_topology
+from mdkstep.trajectory import load_trajectory, memmap_npz
+from mdkstep.utils import LOG, MdkstepError, atomic_path, atomic_write_json, file_sha256, remove_com
 
 if TYPE_CHECKING:
     import torch
 
-    from .model import GraphBatch
+    from mdkstep.model import GraphBatch
 
 SPLITS = ("train", "val", "test")
 
 
 # ------------------------------------------------------------------------------ topology
-
-def infer_bonds(atomic_numbers: np.ndarray, positions_nm: np.ndarray, scale: float = 1.2) -> np.ndarray:
-    """Bonds perceived from 3D positions (nm) by RDKit when no topology.json is available.
-
-    ``rdDetermineBonds.DetermineConnectivity`` with covalent radii x ``scale``; returns the
-    sorted (M, 2) int64 array of atom index pairs i < j.
-    """
-    from rdkit import Chem
-    from rdkit.Chem import rdDetermineBonds
-
-    z = np.asarray(atomic_numbers, dtype=int)
-    rw = Chem.RWMol()
-    for zi in z:
-        rw.AddAtom(Chem.Atom(int(zi)))
-    conf = Chem.Conformer(len(z))
-    for i, p in enumerate(np.asarray(positions_nm, dtype=float) * 10.0):  # nm -> Angstrom
-        conf.SetAtomPosition(i, p.tolist())
-    mol = rw.GetMol()
-    mol.AddConformer(conf, assignId=True)
-    rdDetermineBonds.DetermineConnectivity(mol, useHueckel=False, covFactor=scale, useVdw=True)
-    pairs = sorted(tuple(sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))) for b in mol.GetBonds())
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
-
-
-def find_topology(traj_path: Path, raw_root: Path | None, molecule: str) -> Path | None:
-    """topology.json beside the trajectory, else under ``raw_root/<molecule>/``."""
-    for cand in (traj_path.parent / "topology.json", (raw_root / molecule / "topology.json") if raw_root else None):
-        if cand is not None and cand.is_file():
-            return cand
-    return None
-
-
-def molecule_topology(traj_path: Path, raw_root: Path | None, molecule: str, z: np.ndarray,
-                      x0: np.ndarray) -> dict[str, list[list[int]]]:
-    """Bond/angle/dihedral index lists of a trajectory's molecule (inferred if no file)."""
-    from .chem import topology_lists
-
-    topo = find_topology(traj_path, raw_root, molecule)
-    if topo is not None:
-        info = json.loads(topo.read_text())
-        if len(info["atomic_numbers"]) != len(z) or list(info["atomic_numbers"]) != list(map(int, z)):
-            raise MdkstepError(f"{topo}: atoms do not match trajectory {traj_path}")
-        return {k: info[k] for k in ("bonds", "angles", "dihedrals")}
-    return topology_lists(len(z), infer_bonds(z, x0))
 
 
 # ------------------------------------------------------------------------------- windows
@@ -142,19 +99,8 @@ class DatasetSpec:
 
 # --------------------------------------------------------------------- source fingerprints
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 _WARNED_UNFINGERPRINTED: set[Path] = set()
 FINGERPRINT_KEYS = ("dt_fs", "save_interval", "n_frames", "size_bytes", "sha256")
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 (hex) of a file's bytes; cached per process by path, size and mtime."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        with open(path, "rb") as fh:
-            _SHA_CACHE[key] = hashlib.file_digest(fh, "sha256").hexdigest()
-    return _SHA_CACHE[key]
 
 
 def source_fingerprint(path: Path, n_frames: int, meta: dict[str, Any]) -> dict[str, Any]:
@@ -538,8 +484,6 @@ def collate(wbs: list[WindowBatch], use_forces: bool, dtype: torch.dtype | None 
     ``dtype`` defaults to torch.float32.
     """
     import torch
-
-    from .model import make_graph_batch
 
     dtype = torch.float32 if dtype is None else dtype
     if aug == "batch":

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..dynamics import KB_KJ_PER_MOL_K, kinetic_energy, n_dof
-from ..utils import remove_com
+from mdkstep.dynamics import KB_KJ_PER_MOL_K, kinetic_energy, n_dof
+from mdkstep.utils import remove_com
 
 #: mean temperature within this fraction of the target
 TEMPERATURE_TOLERANCE = 0.05

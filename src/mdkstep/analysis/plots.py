@@ -6,9 +6,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .metrics import internal_coordinates, pair_distance_hist
-from .trajectory import Trajectory
-from .utils import atomic_path
+from mdkstep.analysis.metrics import internal_coordinates, pair_distance_hist
+from mdkstep.trajectory import Trajectory
+from mdkstep.utils import atomic_path
 
 
 def _plt():

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from .mm import apply_constraints_and_hmr, choose_platform, make_integrator, openmm_seed
-from .dynamics import kinetic_energy, n_dof
-from .system import System
-from .runner import content_hash, lock_path_for, run_chunked
-from .trajectory import ChunkedTrajectoryWriter, make_metadata
-from .utils import KB_KJ_PER_MOL_K, MdkstepError, remove_com
+from mdkstep.dynamics import kinetic_energy, n_dof
+from mdkstep.engines.openmm_setup import apply_constraints_and_hmr, choose_platform, make_integrator, openmm_seed
+from mdkstep.molecule.system import System
+from mdkstep.runner import content_hash, lock_path_for, run_chunked
+from mdkstep.trajectory import ChunkedTrajectoryWriter, make_metadata
+from mdkstep.utils import KB_KJ_PER_MOL_K, MdkstepError, remove_com
 
 
 @dataclass

@@ -19,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .utils import MdkstepError
+from mdkstep.molecule.prep import TopologyInfo, rdkit_conformer, read_smi_strict
+from mdkstep.molecule.topology import molecule_topology, topology_lists
+from mdkstep.trajectory import load_trajectory
+from mdkstep.utils import MdkstepError
 
 MOLECULE_FILES = ("topology.json", "system.xml", "molecule.pdb")
 
@@ -102,8 +105,7 @@ class System:
 # ----------------------------------------------------------------------------- loaders
 
 def _read_topology_json(path: Path):
-    """``topology.json`` as a :class:`mdkstep.chem.TopologyInfo`; errors name the file."""
-    from .chem import TopologyInfo
+    """``topology.json`` as a :class:`mdkstep.molecule.prep.TopologyInfo`; errors name the file."""
 
     try:
         return TopologyInfo(**json.loads(path.read_text()))
@@ -144,8 +146,6 @@ def from_smiles(smiles: str, name: str, seed: int = 0) -> System:
     from rdkit import Chem
     from rdkit.Chem import Descriptors
 
-    from .chem import rdkit_conformer, topology_lists
-
     mol = rdkit_conformer(smiles, seed)
     bonds = np.array([[b.GetBeginAtomIdx(), b.GetEndAtomIdx()] for b in mol.GetBonds()], dtype=int).reshape(-1, 2)
     return System(
@@ -162,7 +162,6 @@ def from_smiles(smiles: str, name: str, seed: int = 0) -> System:
 
 def from_smi_file(path: str | Path, seed: int = 0) -> list[System]:
     """Every molecule of a ``SMILES name`` file; the first bad line is a one-line error naming it."""
-    from .chem import read_smi_strict
 
     out = []
     for e in read_smi_strict(path):
@@ -177,8 +176,6 @@ def from_trajectory(traj_path: str | Path, traj=None) -> System:
     """The atoms of a trajectory NPZ (types, masses; last frame as positions; charge,
     multiplicity and SMILES from its metadata); bonds from the ``topology.json`` beside it,
     else inferred from covalent radii."""
-    from .dataset import molecule_topology
-    from .trajectory import load_trajectory
 
     traj_path = Path(traj_path)
     traj = load_trajectory(traj_path) if traj is None else traj

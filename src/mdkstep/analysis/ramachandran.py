@@ -1,30 +1,20 @@
-"""Peptide backbones from the bond graph: phi/psi, Ramachandran basins, basin transitions.
-
-The backbone is found from the topology itself (atomic numbers + bond list of
-``topology.json``), not from PDB residue names: a molecule prepared from SMILES is one ``UNK``
-residue, so mdtraj's name-based ``compute_phi`` finds nothing there. Bond orders are not in
-the topology, so the pattern is matched on elements and heavy-atom connectivity, with every
-hydrogen an explicit atom (degree ``D`` counts all neighbours):
-
-    C(=O)-N-CA-C(=O)-N    SMARTS  [#6D3](~[#8D1])~[#7D3]~[#6D4]~[#6D3](~[#8D1])~[#7D3]
-
-one match per residue that has both phi (C'(i-1)-N-CA-C) and psi (N-CA-C-N(i+1)); a free
-N-terminal NH3+ or C-terminal COO- residue has only one of them and is not counted.
+"""Ramachandran basins of peptide backbones: basin populations, transitions, the replicas'
+spread of both, and the 05 report of a run against them (angles in radians in, degrees out).
 
 Basin regions (degrees, phi and psi in [-180, 180)) are defined once, in ``BASINS_DEG``.
 """
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .utils import LOG
-
-#: C(=O)-N-CA-C(=O)-N on the explicit-hydrogen bond graph (no bond orders needed).
-BACKBONE_SMARTS = "[#6D3](~[#8D1])~[#7D3]~[#6D4]~[#6D3](~[#8D1])~[#7D3]"
+from mdkstep.analysis import plots
+from mdkstep.analysis.evaluation import frame_interval_ps
+from mdkstep.analysis.metrics import subsample_to_interval
+from mdkstep.molecule.peptide import Backbone, backbone_from_topology, phi_psi
+from mdkstep.utils import LOG
 
 #: Ramachandran basins of the alanine dipeptide, rectangles in degrees: name -> ((phi_lo, phi_hi),
 #: (psi_lo, psi_hi)), half-open [lo, hi); lo > hi means the range wraps through +-180.
@@ -39,92 +29,9 @@ BASINS_DEG: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "alphaR": ((-120.0, -30.0), (-90.0, 0.0)),
     "C7ax": ((30.0, 120.0), (-120.0, 0.0)),
 }
+
+
 BASIN_NAMES: tuple[str, ...] = tuple(BASINS_DEG) + ("other",)
-
-
-@dataclass
-class Backbone:
-    """Backbone dihedral quadruplets, one row per residue in N -> C order (0-based atom indices)."""
-
-    phi: np.ndarray  #: (R, 4) C'(i-1), N, CA, C
-    psi: np.ndarray  #: (R, 4) N, CA, C, N(i+1)
-
-    @property
-    def n_residues(self) -> int:
-        return len(self.phi)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"phi_atoms": self.phi.tolist(), "psi_atoms": self.psi.tolist(), "n_residues": self.n_residues}
-
-
-def _graph_mol(atomic_numbers, bonds):
-    """An RDKit molecule of the bond graph: explicit atoms, single bonds, no implicit H, unsanitized."""
-    from rdkit import Chem
-
-    rw = Chem.RWMol()
-    for z in atomic_numbers:
-        a = Chem.Atom(int(z))
-        a.SetNoImplicit(True)
-        rw.AddAtom(a)
-    for i, j in np.asarray(bonds, dtype=int).reshape(-1, 2):
-        rw.AddBond(int(i), int(j), Chem.BondType.SINGLE)
-    mol = rw.GetMol()
-    mol.UpdatePropertyCache(strict=False)
-    Chem.FastFindRings(mol)
-    return mol
-
-
-def _chain_order(rows: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-    """Residue matches (C', O, N, CA, C, O, N') sorted N -> C: follow N' of one residue to N of the next."""
-    by_n = {r[2]: r for r in rows}
-    nexts = {r[6] for r in rows}
-    out: list[tuple[int, ...]] = []
-    for start in sorted((r for r in rows if r[2] not in nexts), key=lambda r: r[3]):
-        r = start
-        while r is not None and r not in out:
-            out.append(r)
-            r = by_n.get(r[6])
-    out += sorted((r for r in rows if r not in out), key=lambda r: r[3])  # cyclic peptides
-    return out
-
-
-def find_backbone(atomic_numbers, bonds) -> Backbone | None:
-    """phi/psi quadruplets of every residue found in the bond graph, or None when there is none."""
-    from rdkit import Chem
-
-    mol = _graph_mol(atomic_numbers, bonds)
-    matches = mol.GetSubstructMatches(Chem.MolFromSmarts(BACKBONE_SMARTS), uniquify=False)
-    by_ca: dict[int, tuple[int, ...]] = {}
-    for m in matches:  # the two O's are interchangeable only in atom order; one row per CA
-        by_ca.setdefault(m[3], m)
-    if not by_ca:
-        return None
-    rows = _chain_order(list(by_ca.values()))
-    phi = np.array([[r[0], r[2], r[3], r[4]] for r in rows], dtype=np.int64)
-    psi = np.array([[r[2], r[3], r[4], r[6]] for r in rows], dtype=np.int64)
-    return Backbone(phi, psi)
-
-
-def backbone_from_topology(topo: dict[str, Any], name: str = "molecule") -> Backbone | None:
-    """``find_backbone`` on a ``topology.json`` dict; logs one line when there is no backbone."""
-    bb = find_backbone(topo["atomic_numbers"], topo["bonds"])
-    if bb is None:
-        LOG.info("%s: no peptide backbone C(=O)-N-CA-C(=O)-N in the bond graph: no Ramachandran analysis", name)
-    else:
-        LOG.info("%s: peptide backbone with %d residue(s) having phi and psi", name, bb.n_residues)
-    return bb
-
-
-def phi_psi(positions_nm: np.ndarray, bb: Backbone) -> tuple[np.ndarray, np.ndarray]:
-    """phi, psi (F, R) in radians, (-pi, pi], of positions (F, N, 3) nm — via structure.dihedral_angles."""
-    import torch
-
-    from .structure import dihedral_angles
-
-    x = torch.as_tensor(np.asarray(positions_nm), dtype=torch.float64)
-    phi = dihedral_angles(x, torch.as_tensor(bb.phi)).numpy()
-    psi = dihedral_angles(x, torch.as_tensor(bb.psi)).numpy()
-    return phi, psi
 
 
 def _in_range(x_deg: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -198,13 +105,8 @@ def basin_floor(replica_summaries: list[dict[str, Any]]) -> dict[str, Any]:
             "n_pairs": len(vals)}
 
 
-def _frame_interval_ps(t) -> float:
-    return float(np.median(np.diff(t.time_ps))) if t.n_frames > 1 else 0.0
-
-
 def _trajectory_summary(t, bb: Backbone, interval_ps: float) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """series_summary of one trajectory at ``interval_ps`` (ps); also its phi, psi (F, R) radians."""
-    from .metrics import subsample_to_interval
 
     idx = subsample_to_interval(t, interval_ps) if interval_ps > 0 else np.arange(t.n_frames)
     phi, psi = phi_psi(t.positions[idx], bb)
@@ -223,7 +125,7 @@ def ramachandran_evaluation(name: str, topo: dict[str, Any], replicas: list, run
     bb = backbone_from_topology(topo, name)
     if bb is None:
         return {"backbone": None, "note": "no peptide backbone C(=O)-N-CA-C(=O)-N in the bond graph"}
-    interval = max(_frame_interval_ps(t) for t in [*replicas, *runs.values()])
+    interval = max(frame_interval_ps(t) for t in [*replicas, *runs.values()])
     out: dict[str, Any] = {"backbone": bb.as_dict(), "interval_ps": interval, "basins_deg": BASINS_DEG,
                            "replicas": {}, "runs": {}}
     angles: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -250,7 +152,6 @@ def ramachandran_evaluation(name: str, topo: dict[str, Any], replicas: list, run
 
 def _plot(name: str, angles: dict[str, tuple[np.ndarray, np.ndarray]], plot_path) -> dict[str, Any]:
     """The Ramachandran PNG (<= 5000 points per panel), or the reason it could not be drawn."""
-    from . import plots
 
     try:
         thin = {k: (p[:: max(1, len(p) // 5000)], s[:: max(1, len(s) // 5000)]) for k, (p, s) in angles.items()}

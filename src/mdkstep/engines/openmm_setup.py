@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError
+from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError
 
 Constraints = Literal["hbonds", "none"]
 

@@ -13,15 +13,16 @@ Layout of a checkpoint dict:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import from_dict
-from .model import ModelConfig, build_model
-from .utils import MdkstepError, atomic_path
+from mdkstep.config import from_dict
+from mdkstep.model import ModelConfig, build_model
+from mdkstep.utils import MdkstepError, atomic_path
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -126,3 +127,14 @@ def check_compatible(ck: dict[str, Any], source: str, k: int | None = None,
         if unseen:
             raise MdkstepError(f"{source}: molecule has elements {unseen} the model never saw in training "
                                f"(trained on {sorted(ck['atom_types'])})")
+
+
+def read_card(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The JSON model card beside a shipped checkpoint, or None when there is none."""
+    path = Path(checkpoint).with_suffix(".json")
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise MdkstepError(f"{path}: unreadable model card ({e})") from None

@@ -2,7 +2,7 @@
 
 Two kinds, one result type:
 - :class:`OpenMMRunner`: OpenMM's own integrator (the BAOAB CustomIntegrator of
-  :func:`mdkstep.mm.make_integrator`; friction 0 = velocity Verlet) on a Context, the way a
+  :func:`mdkstep.engines.openmm_setup.make_integrator`; friction 0 = velocity Verlet) on a Context, the way a
   chemist runs plain MM. OpenMM caches the forces between steps, so a step costs exactly one
   force evaluation; the count is the integrator's step count (it cannot be hooked in-engine),
   recorded with ``force_calls_source = "integrator_steps"``.
@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .engines.base import EngineCounters
-from .dynamics import linear_drift, velocity_verlet_step
-from .utils import LOG, remove_com
+from mdkstep.dynamics import linear_drift, velocity_verlet_step
+from mdkstep.engines.base import EngineCounters
+from mdkstep.engines.openmm_setup import choose_platform, make_integrator, openmm_seed
+from mdkstep.utils import LOG, remove_com
 
 
 @dataclass
@@ -73,8 +74,6 @@ class OpenMMRunner:
     def __init__(self, system, x0: np.ndarray, v0: np.ndarray, dt_fs: float, temperature_K: float,
                  friction_per_ps: float, seed: int = 0, platform: str = "auto", constraint_tolerance: float = 1e-8):
         import openmm
-
-        from .mm import choose_platform, make_integrator, openmm_seed
 
         self.dt_fs = dt_fs
         self.n_atoms = system.getNumParticles()

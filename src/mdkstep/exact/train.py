@@ -30,12 +30,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .constraints import DistanceConstraints
-from .dataset import KStepDataset, WindowBatch
-from .model.graph import GraphBatch
-from .model.shear import ShearKicks, graph_template, inner_path, outer_kick
-from .utils import KB_KJ_PER_MOL_K, LOG, MdkstepError
-
+from mdkstep.config import to_dict
+from mdkstep.constraints import DistanceConstraints
+from mdkstep.data.windows import KStepDataset, WindowBatch
+from mdkstep.model import build_model
+from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint, save_checkpoint, shear_payload
+from mdkstep.model.graph import GraphBatch
+from mdkstep.model.shear import ShearKicks, graph_template, inner_path, outer_kick
+from mdkstep.training.trainer import RunPaths, prepare_run_folder
+from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_write_json
 
 # --------------------------------------------------------------------------- windows
 
@@ -361,7 +364,7 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
 @torch.no_grad()
 def teacher_forced_abs_dH(kicks: ShearKicks, w: ExactWindows, tau_ps: float) -> np.ndarray:
     """|dH| (B,) kJ/mol of the teacher-forced proposals on windows ``w`` (a cheap validation;
-    the true dH needs the engine: mdkstep.exact.ShearJumper.propose)."""
+    the true dH needs the engine: mdkstep.exact.sampler.ShearJumper.propose)."""
     ref = next(kicks.parameters())
     tmpl = graph_template(w.z, w.masses, w.bonds, len(w), kicks.config.max_hops, ref.dtype, ref.device)
     b = to_tensors(w, ref.dtype, ref.device)
@@ -398,12 +401,6 @@ def train_shear(dataset_file, splits, model_cfg, cfg: ExactTrainConfig, out, dev
     import csv
     from pathlib import Path
 
-    from .checkpoint import save_checkpoint, shear_payload
-    from .config import to_dict
-    from .model import build_model
-    from .training import RunPaths, prepare_run_folder
-    from .utils import atomic_write_json
-
     try:
         cfg.validate()
         model_cfg.validate()
@@ -425,7 +422,6 @@ def train_shear(dataset_file, splits, model_cfg, cfg: ExactTrainConfig, out, dev
     kicks = build_model(model_cfg).to(device=device, dtype=dtype)
     init_scales = None
     if cfg.init_checkpoint:
-        from .checkpoint import check_compatible, model_from_checkpoint
 
         init, ck = model_from_checkpoint(cfg.init_checkpoint, device=device, dtype=dtype)
         check_compatible(ck, cfg.init_checkpoint, k=train_ds.k, model_config=model_cfg)

@@ -13,8 +13,8 @@ Losses are computed in normalized units (Δx / dx_scale, Δv / dv_scale) plus st
 on the predicted frame x_t + Δx against the target x_{t+k}: bond lengths (scale 0.001 nm),
 angles (scale 0.02 rad) and dihedrals (1 - cos Δφ, scale 0.1 rad), and a force-head term in
 units of f_scale when the data has forces. Distributed training via torchrun (DDP; gloo on
-CPU, nccl on CUDA). Batching and rotation augmentation live in :mod:`mdkstep.dataset`, the
-loss curve in :mod:`mdkstep.plots`, the one-jump metrics in :mod:`mdkstep.evaluation`.
+CPU, nccl on CUDA). Batching and rotation augmentation live in :mod:`mdkstep.data.windows`, the
+loss curve in :mod:`mdkstep.analysis.plots`, the one-jump metrics in :mod:`mdkstep.analysis.evaluation`.
 """
 from __future__ import annotations
 
@@ -29,15 +29,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import check_compatible, read_checkpoint, save_checkpoint
-from .dataset import (KStepDataset, Targets, WindowBatch, add_input_noise, collate, split_name, targets_to,
-                      time_reverse_windows)
-from .evaluation import one_jump_metrics
-from .model import GraphBatch, ModelConfig, build_model
-from .model.common import freeze_first_layers
-from .plots import loss_curve
-from .structure import bond_angles, bond_lengths, dihedral_angles
-from .utils import LOG, MdkstepError, atomic_write_json, check_writable
+from mdkstep.analysis.evaluation import one_jump_metrics
+from mdkstep.analysis.plots import loss_curve
+from mdkstep.data.windows import (
+    KStepDataset,
+    Targets,
+    WindowBatch,
+    add_input_noise,
+    collate,
+    split_name,
+    targets_to,
+    time_reverse_windows,
+)
+from mdkstep.model import GraphBatch, ModelConfig, build_model
+from mdkstep.model.checkpoint import check_compatible, read_checkpoint, save_checkpoint
+from mdkstep.model.common import freeze_first_layers
+from mdkstep.molecule.geometry import bond_angles, bond_lengths, dihedral_angles
+from mdkstep.runner import fingerprint_changes
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, check_writable
 
 BOND_SCALE_NM = 0.001
 ANGLE_SCALE_RAD = 0.02
@@ -224,7 +233,7 @@ def noise_sigmas(cfg: TrainConfig, scales: dict[str, float]) -> tuple[float, flo
 def augment_windows(wbs: list[WindowBatch], cfg: TrainConfig, scales: dict[str, float],
                     rng: np.random.Generator) -> list[WindowBatch]:
     """Training-only window levers: time reversal with probability ``time_reverse_prob``, then
-    input noise (:func:`mdkstep.dataset.add_input_noise`). A no-op (no random number drawn)
+    input noise (:func:`mdkstep.data.windows.add_input_noise`). A no-op (no random number drawn)
     when both are off."""
     sx, sv = noise_sigmas(cfg, scales)
     if cfg.time_reverse_prob > 0:
@@ -372,7 +381,6 @@ RESUME_MAY_CHANGE = frozenset({"max_steps", "epochs", "log_every", "wandb", "wan
 def check_resume_settings(ck: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     """A --resume with another seed, lr, batch size, loss weight, ... would splice two runs into
     one model: refused in one line that names what changed."""
-    from .runner import fingerprint_changes
 
     old = {k: v for k, v in (ck.get("train_config") or {}).items() if k not in RESUME_MAY_CHANGE}
     new = {k: v for k, v in asdict(cfg).items() if k not in RESUME_MAY_CHANGE and k in old}
@@ -651,7 +659,7 @@ def train(dataset_file: Path, splits: tuple[Path, Path], model_cfg: ModelConfig,
     import torch.distributed as dist
 
     if model_cfg.kind != "jump":
-        raise MdkstepError(f"model kind {model_cfg.kind!r} trains with mdkstep.exact_training.train_shear "
+        raise MdkstepError(f"model kind {model_cfg.kind!r} trains with mdkstep.exact.train.train_shear "
                            "(src/04_train.py dispatches on the kind)")
     try:
         cfg.validate()

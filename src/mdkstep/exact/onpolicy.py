@@ -4,7 +4,7 @@ The teacher-forced loss of stage 04 puts the data's F_{t+k} where the sampler ha
 x' leaves x_{t+k} (QM aspirin at 4 fs: median |dH| 1.3 teacher-forced vs 3.2 kJ/mol real) it
 stops training the acceptance. A stage here adds ``lambda_on_policy`` times a penalty of the
 *real* dH/kT: one xTB call at each proposal x' per window and step
-(mdkstep.exact_training.on_policy_energy_error). Stages chain: each starts from a checkpoint
+(mdkstep.exact.train.on_policy_energy_error). Stages chain: each starts from a checkpoint
 (a stage-04 run, a shipped model or an earlier stage) and records what trained it before
 (``warm_start.json``), so that a card can count every step, second and xTB call.
 
@@ -22,7 +22,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .utils import MdkstepError, atomic_write_json
+from mdkstep.config import to_dict
+from mdkstep.data.windows import KStepDataset
+from mdkstep.engines.xtb_engine import XTBEngine
+from mdkstep.exact.sampler import engine_forces
+from mdkstep.exact.train import (
+    ON_POLICY_LOSSES,
+    ExactTrainConfig,
+    _subsample,
+    abs_dH_summary,
+    dataset_windows,
+    teacher_forced_abs_dH,
+    train_exact,
+)
+from mdkstep.model.checkpoint import model_from_checkpoint, read_card, save_checkpoint, shear_payload
+from mdkstep.model.shear import grow_members
+from mdkstep.utils import MdkstepError, atomic_write_json, file_sha256
 
 
 @dataclass
@@ -44,7 +59,6 @@ class OnPolicyStage:
 
     def validate(self) -> None:
         """Raise ValueError on a bad setting (checked when a config is read, before any training)."""
-        from .exact_training import ON_POLICY_LOSSES
 
         for key in ("steps", "batch_size", "max_windows"):
             if getattr(self, key) < 1:
@@ -62,10 +76,9 @@ def earlier_stages(checkpoint: Path) -> dict[str, Any]:
     """What trained ``checkpoint`` before a stage: its folder's own record when it is an earlier
     on-policy stage (chained), else its shipped card or its stage-04 folder's train_cost.json;
     steps, wall s (None if unknown) and on-policy xTB calls summed over the stages."""
-    from .shipped import read_card, sha256
 
     mine = checkpoint.parent / "final_metrics.json"
-    rec = {"checkpoint": str(checkpoint), "sha256": sha256(checkpoint), "k": None}
+    rec = {"checkpoint": str(checkpoint), "sha256": file_sha256(checkpoint), "k": None}
     if mine.is_file() and json.loads(mine.read_text()).get("on_policy"):
         fm, prev = json.loads(mine.read_text()), json.loads((checkpoint.parent / "warm_start.json").read_text())
         wall = prev["wall_s"] + fm["train_seconds"] if prev.get("wall_s") is not None else None
@@ -93,14 +106,6 @@ def fine_tune(checkpoint: Path, dataset: Path, split: Path, out: Path, stage: On
     windows of ``split``; writes <out>/best.pt, metrics.csv, final_metrics.json (teacher-forced
     |dH| on ``test_split`` before / after), train_cost.json and warm_start.json. Returns the
     final metrics. Bad inputs raise MdkstepError."""
-    from .checkpoint import model_from_checkpoint, save_checkpoint, shear_payload
-    from .config import to_dict
-    from .dataset import KStepDataset
-    from .engines.xtb_engine import XTBEngine
-    from .exact import engine_forces
-    from .model.shear import grow_members
-    from .exact_training import (ExactTrainConfig, _subsample, abs_dH_summary, dataset_windows,
-                                 teacher_forced_abs_dH, train_exact)
 
     stage.validate()
     kicks, ck = model_from_checkpoint(checkpoint, dtype=torch.float64)

@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import compare, summarize_trajectory
-from .runner import is_leftover
-from .trajectory import Trajectory, load_trajectory
-from .utils import MdkstepError
+from mdkstep.analysis.metrics import compare, summarize_trajectory
+from mdkstep.data.windows import collate
+from mdkstep.molecule.geometry import bond_angles, bond_lengths, dihedral_angles, wrap_angle
+from mdkstep.runner import is_leftover
+from mdkstep.trajectory import Trajectory, load_trajectory
+from mdkstep.utils import MdkstepError
 
 FIDELITY_KEYS = ("bond_w1_A", "mean_bond_err_A", "angle_w1_deg", "dihedral_w1_deg", "rdf_l1", "vacf_l2")
 
@@ -155,9 +157,6 @@ def _one_jump_metrics(model, ds, max_windows: int, seed: int, batch_size: int, d
     import math
 
     import torch
-
-    from .dataset import collate
-    from .structure import bond_angles, bond_lengths, dihedral_angles, wrap_angle
 
     if len(ds) == 0:
         return {}

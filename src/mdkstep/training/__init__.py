@@ -1,0 +1,1 @@
+"""mdkstep.training.trainer"""
