@@ -7,17 +7,15 @@
 #   QM_CONFIG  TIME_PS  REPLICAS=2  WORKERS=1  PREP=0 (1: 00 prep -> $OUT/raw, then 01b --all)  PY=.venv/bin/python
 # xTB runs on CPU with 1 OpenMP thread per worker (oversubscription costs ~100x); DEVICE is not used here.
 set -euo pipefail
-case "${1:-}" in -h|--help) sed -n '2,9p' "$0"; exit 0;; esac
 cd "$(dirname "$0")"
+source scripts/batch_common.sh; TAG=run_qm_trajectories; batch_help "$0" "${1:-}"
 FULL=${FULL:-0}; OUT=${OUT:-outputs/qm}; SMI=${SMI:-data/qm_molecules.smi}; PY=${PY:-.venv/bin/python}
 REPLICAS=${REPLICAS:-2}; WORKERS=${WORKERS:-1}; PREP=${PREP:-0}
 if [ "$FULL" = 1 ]; then QM_CONFIG=${QM_CONFIG:-configs/qm.yaml}; TIME_PS=${TIME_PS:-10}; MOLECULES=${MOLECULES:-all}
 else QM_CONFIG=${QM_CONFIG:-configs/qm_quick.yaml}; TIME_PS=${TIME_PS:-1}; MOLECULES=${MOLECULES:-water ethanol}; fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 echo "[run_qm_trajectories] FULL=$FULL OUT=$OUT SMI=$SMI MOLECULES='$MOLECULES' QM_CONFIG=$QM_CONFIG TIME_PS=$TIME_PS REPLICAS=$REPLICAS WORKERS=$WORKERS PREP=$PREP PY=$PY"
-if [ "${DRY_RUN:-0}" = 1 ]; then echo "[run_qm_trajectories] DRY_RUN=1: nothing run"; exit 0; fi
-mkdir -p "$OUT"
-SEL="$OUT/molecules.smi"
+if [ "${DRY_RUN:-0}" = 1 ]; then SEL=$(mktemp); else mkdir -p "$OUT"; SEL="$OUT/molecules.smi"; fi
 if [ "$MOLECULES" = all ]; then grep -v '^\s*#' "$SMI" | grep -v '^\s*$' > "$SEL"
 else : > "$SEL"; for m in $MOLECULES; do
   awk -v n="$m" '$2 == n' "$SMI" | grep -q . || { echo "error: MOLECULES: '$m' is not a molecule name in $SMI" >&2; exit 2; }
@@ -25,10 +23,10 @@ else : > "$SEL"; for m in $MOLECULES; do
 [ -s "$SEL" ] || { echo "no molecules of '$MOLECULES' in $SMI" >&2; exit 2; }
 if [ "$PREP" = 1 ]; then
   echo "[run_qm_trajectories] 00 prep: $SEL -> $OUT/raw"
-  $PY src/00_prep_mols.py --smiles "$SEL" --out-dir "$OUT/raw" --skip-existing
+  run $PY src/00_prep_mols.py --smiles "$SEL" --out-dir "$OUT/raw" --skip-existing
   SRC=(--all "$OUT/raw")
 else SRC=(--smiles-file "$SEL"); fi
 echo "[run_qm_trajectories] 01b GFN2-xTB baselines -> $OUT/md"
-$PY src/01b_run_qm_baselines.py "${SRC[@]}" --config "$QM_CONFIG" --out "$OUT/md" --time-ps "$TIME_PS" \
+run $PY src/01b_run_qm_baselines.py "${SRC[@]}" --config "$QM_CONFIG" --out "$OUT/md" --time-ps "$TIME_PS" \
     --replicas "$REPLICAS" --num-workers "$WORKERS" --omp-num-threads 1 --no-progress
-echo "[run_qm_trajectories] done: $OUT/md/<molecule>/replica_*.npz"
+[ "${DRY_RUN:-0}" = 1 ] || echo "[run_qm_trajectories] done: $OUT/md/<molecule>/replica_*.npz"
