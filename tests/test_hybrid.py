@@ -239,6 +239,26 @@ def test_energy_filter_and_momentum_conservation(tmp_path):
     assert np.abs(t2.energies + t2.kinetic - etot[0]).max() > 1e-3
 
 
+def test_com_free_kinetic_and_frame_match_a_direct_computation():
+    """The integrator's COM-free kinetic energy and frame temperature (through mdkstep.utils'
+    centre of mass) equal the direct sums."""
+    from mdkstep.hybrid.integrator import HybridIntegrator
+
+    eng = HarmonicLattice()
+    x0, v0 = start(2, com_velocity=[0.3, -0.2, 0.1])
+    integ = HybridIntegrator(eng, Oracle(eng, 0.002), cfg(remove_com=False), np.random.default_rng(0))
+    integ.initialize(x0, v0)
+    for r in range(2):
+        v = integ.v[r]
+        vcm = sum(MASSES[i] * v[i] for i in range(4)) / MASSES.sum()
+        k_direct = 0.5 * sum(MASSES[i] * float((v[i] - vcm) @ (v[i] - vcm)) for i in range(4))
+        assert integ.internal_kinetic(v) == pytest.approx(k_direct, rel=1e-13)
+        fr = integ.frame(r)
+        assert float(fr["kinetic"]) == pytest.approx(k_direct, rel=1e-13)
+        assert float(fr["temperature"]) == pytest.approx(2 * k_direct / (integ.dof * KB_KJ_PER_MOL_K), rel=1e-13)
+    assert np.abs(integ.v[0] - v0[0]).max() < 1e-15  # remove_com=False keeps the COM motion
+
+
 def test_fix_angular_momentum_restores_pre_jump_value(tmp_path):
     from mdkstep.hybrid import angular_momentum
 
