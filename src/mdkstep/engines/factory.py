@@ -13,7 +13,6 @@ from mdkstep.engines.xtb_engine import XTBEngine
 from mdkstep.utils import MdkstepError
 
 ENGINE_KINDS = ("openmm", "xtb", "pyscf", "ase")
-QM_ENGINES = ("xtb", "pyscf")
 
 
 def _get(cfg: Any, key: str, default: Any) -> Any:
