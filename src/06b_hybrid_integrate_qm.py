@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         x0, v0, idx = start_frames(traj, args.replicas)
         start = f"{args.start_from} frames {idx}"
     meta = {"molecule": mol.name, "smiles": mol.smiles, "constraints": "none", "charge": mol.charge,
-            "multiplicity": qcfg.multiplicity, "seed": args.seed, "checkpoint": str(args.checkpoint),
+            "multiplicity": mol.resolve_multiplicity(qcfg.multiplicity), "seed": args.seed,
+            "checkpoint": str(args.checkpoint),
             "start": start, "bonds_from": mol.bonds_from, "qm_method": qcfg.method}
     if args.orders:
         meta.update(checkpoints=[str(c) for c in args.checkpoints], schedule=args.schedule)

@@ -8,7 +8,7 @@ import pytest
 from mdkstep.dynamics import atom_dof, kinetic_energy, n_dof, ou_step, velocity_verlet_step
 from mdkstep.analysis.metrics import per_element_temperature
 from mdkstep.trajectory import Trajectory
-from mdkstep.utils import KB_KJ_PER_MOL_K
+from mdkstep.utils import KB_KJ_PER_MOL_K, center_of_mass, remove_com
 
 T = 300.0
 
@@ -110,3 +110,18 @@ def test_velocity_verlet_step_conserves_energy_and_one_call():
         es.append(u + kinetic_energy(v, MASSES))
     assert eng.counters.calls - calls == 2000
     assert np.max(np.abs(np.array(es) - e0)) < 0.01 * abs(e0) + 0.05
+
+
+def test_center_of_mass_is_the_direct_mass_weighted_mean_for_one_frame_and_many():
+    """The one centre-of-mass implementation (mdkstep.utils) against sum_i m_i x_i / sum_i m_i
+    written out; a stack of frames gives exactly the per-frame results."""
+    rng = np.random.default_rng(3)
+    m = rng.uniform(1.0, 16.0, 9)
+    x = rng.normal(size=(5, 9, 3))
+    direct = np.array([[sum(m[i] * x[f, i, d] for i in range(9)) / sum(m) for d in range(3)] for f in range(5)])
+    assert np.allclose(center_of_mass(x, m), direct, rtol=1e-14, atol=1e-15)
+    assert np.array_equal(center_of_mass(x, m), np.stack([center_of_mass(xf, m) for xf in x]))
+    w = remove_com(x, m)
+    assert w.shape == x.shape
+    assert np.abs(np.einsum("fij,i->fj", w, m)).max() < 1e-12
+    assert np.array_equal(remove_com(x[2], m), w[2])

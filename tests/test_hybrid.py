@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from mdkstep.hybrid import HybridConfig, checkpoint_path, replica_paths, run_hyb
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import KB_KJ_PER_MOL_K
 
+ROOT = Path(__file__).resolve().parents[1]  #: the repository (configs/ is found from here, not the working directory)
 MASSES = np.array([12.0, 1.008, 15.999, 1.008])  # amu
 Z = np.array([6, 1, 8, 1])
 X_EQ = np.array([[0.0, 0.0, 0.0], [0.11, 0.0, 0.0], [-0.06, 0.12, 0.0], [-0.14, 0.16, 0.05]])  # nm
@@ -239,6 +241,26 @@ def test_energy_filter_and_momentum_conservation(tmp_path):
     assert np.abs(t2.energies + t2.kinetic - etot[0]).max() > 1e-3
 
 
+def test_com_free_kinetic_and_frame_match_a_direct_computation():
+    """The integrator's COM-free kinetic energy and frame temperature (through mdkstep.utils'
+    centre of mass) equal the direct sums."""
+    from mdkstep.hybrid.integrator import HybridIntegrator
+
+    eng = HarmonicLattice()
+    x0, v0 = start(2, com_velocity=[0.3, -0.2, 0.1])
+    integ = HybridIntegrator(eng, Oracle(eng, 0.002), cfg(remove_com=False), np.random.default_rng(0))
+    integ.initialize(x0, v0)
+    for r in range(2):
+        v = integ.v[r]
+        vcm = sum(MASSES[i] * v[i] for i in range(4)) / MASSES.sum()
+        k_direct = 0.5 * sum(MASSES[i] * float((v[i] - vcm) @ (v[i] - vcm)) for i in range(4))
+        assert integ.internal_kinetic(v) == pytest.approx(k_direct, rel=1e-13)
+        fr = integ.frame(r)
+        assert float(fr["kinetic"]) == pytest.approx(k_direct, rel=1e-13)
+        assert float(fr["temperature"]) == pytest.approx(2 * k_direct / (integ.dof * KB_KJ_PER_MOL_K), rel=1e-13)
+    assert np.abs(integ.v[0] - v0[0]).max() < 1e-15  # remove_com=False keeps the COM motion
+
+
 def test_fix_angular_momentum_restores_pre_jump_value(tmp_path):
     from mdkstep.hybrid import angular_momentum
 
@@ -391,8 +413,6 @@ def water(tmp_path):
 
 
 def _base_args(tmp_path, water, ck):
-    from conftest import ROOT
-
     return ["--checkpoint", str(ck), "--molecule", str(water), "--out", str(tmp_path / "hyb.npz"),
             "--md-config", str(ROOT / "configs/md_quick.yaml"), "--hybrid-config", str(ROOT / "configs/hybrid.yaml"),
             "--no-progress", "--log-level", "WARNING"]
@@ -507,7 +527,7 @@ def test_langevin_with_default_energy_filter_reaches_target(tmp_path, corrector,
     U + K stayed exactly constant. The thermostat now acts after the Hamiltonian part."""
     from mdkstep.config import load_config
 
-    shipped = load_config(HybridConfig, "configs/hybrid.yaml")
+    shipped = load_config(HybridConfig, ROOT / "configs/hybrid.yaml")
     assert shipped.energy_filter and shipped.thermostat == "langevin" and shipped.ensemble == "nvt"
     eng = HarmonicLattice()
     c = replace(shipped, k=4, dt_fs=1.0, corrector=corrector, temperature_K=300.0, friction_per_ps=20.0,
@@ -527,8 +547,8 @@ def test_shipped_hybrid_configs_differ_only_in_the_measured_friction():
     are the same settings but for the bath friction chosen by measurement (README)."""
     from mdkstep.config import load_config, to_dict
 
-    mm = to_dict(load_config(HybridConfig, "configs/hybrid.yaml"))
-    qm = to_dict(load_config(HybridConfig, "configs/hybrid_qm.yaml"))
+    mm = to_dict(load_config(HybridConfig, ROOT / "configs/hybrid.yaml"))
+    qm = to_dict(load_config(HybridConfig, ROOT / "configs/hybrid_qm.yaml"))
     assert (mm.pop("friction_per_ps"), qm.pop("friction_per_ps")) == (20.0, 50.0)
     assert mm == qm
     assert HybridConfig().friction_per_ps == 20.0

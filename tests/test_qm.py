@@ -389,3 +389,48 @@ def test_qmmm_example_runs_and_conserves_energy(capsys):
     assert np.abs(out["E_total"] - out["E_total"][0]).max() < 1.0  # NVE, 0.5 fs, kJ/mol
     assert mod.main(["--steps", "2", "--n-side", "2", "--relax-steps", "2"]) == 0
     assert "E_QM" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- spin multiplicity
+
+def test_radical_takes_the_smiles_multiplicity_unless_the_config_sets_one(tmp_path, caplog):
+    """[CH3] (9 electrons): no 'multiplicity' key -> RDKit's radical electrons + 1 = 2 (xTB uhf 1,
+    PySCF spin 1), recorded in the metadata; an explicit 1 is a one-line error naming the molecule
+    before any engine call; an explicit value the electrons allow is honoured with a warning."""
+    from dataclasses import replace
+
+    from mdkstep.engines.factory import make_engine
+
+    s = system_from_smiles("[CH3]", "methyl", seed=0)
+    cfg = _tiny_cfg(production_ps=0.0005, equilibration_ps=0.0, minimize=False)  # 2 steps of 0.25 fs
+    assert cfg.multiplicity is None and s.multiplicity == 2 and s.n_electrons == 9
+    run_qm_trajectory(s, cfg, QMRunSpec(tmp_path / "m.npz", 1), progress=False)
+    t = load_trajectory(tmp_path / "m.npz")
+    assert t.n_frames == 2 and t.metadata["multiplicity"] == 2 and t.metadata["config"]["multiplicity"] == 2
+    eng = make_engine("xtb", s, cfg)
+    assert eng.multiplicity == 2 and eng.describe()["multiplicity"] == 2
+    if importlib.util.find_spec("pyscf") is not None:
+        assert make_engine("pyscf", s, QMConfig(engine="pyscf")).spin == 1
+
+    with pytest.raises(MdkstepError) as e:
+        run_qm_trajectory(s, replace(cfg, multiplicity=1), QMRunSpec(tmp_path / "m1.npz", 1), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("methyl ([CH3]): 9 electrons") and "multiplicity 1" in msg
+    assert "multiplicity' to 2" in msg and not (tmp_path / "m1.npz").exists()
+    with pytest.raises(MdkstepError, match="methyl"):
+        make_engine("xtb", s, {"multiplicity": 1})
+
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        run_qm_trajectory(s, replace(cfg, multiplicity=4), QMRunSpec(tmp_path / "m4.npz", 1), progress=False)
+    assert load_trajectory(tmp_path / "m4.npz").metadata["multiplicity"] == 4
+    assert "the molecule's multiplicity is 2" in caplog.text and "config's is 4" in caplog.text
+
+
+def test_closed_shell_multiplicity_is_one_and_an_odd_spin_is_refused():
+    w = system_from_smiles("O", "water", seed=0)
+    assert w.resolve_multiplicity(None) == 1 == w.resolve_multiplicity(1) and w.resolve_multiplicity(3) == 3
+    for bad in (2, 12):  # wrong parity; more unpaired electrons than electrons
+        with pytest.raises(MdkstepError, match=rf"^water \(O\): 10 electrons \(charge \+0\) cannot have spin "
+                                               rf"multiplicity {bad} \(key 'multiplicity'\)"):
+            w.resolve_multiplicity(bad)
+    assert system_from_smiles("[NH4+]", "ammonium").resolve_multiplicity(None) == 1  # 10 electrons

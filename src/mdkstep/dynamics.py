@@ -115,12 +115,6 @@ def temperature(v: np.ndarray, masses: np.ndarray, n_dof_: int) -> np.ndarray:
     return 2.0 * kinetic_energy(v, masses) / (n_dof_ * KB_KJ_PER_MOL_K)
 
 
-def com_velocity(v: np.ndarray, masses: np.ndarray) -> np.ndarray:
-    """Centre-of-mass velocity (..., 3) of v (..., N, 3)."""
-    m = np.asarray(masses, dtype=float)
-    return np.einsum("...ij,i->...j", v, m) / m.sum()
-
-
 # ----------------------------------------------------------------- thermostats
 
 def ou_step(v: np.ndarray, masses: np.ndarray, friction_per_ps: float, duration_ps: float, kT: float,

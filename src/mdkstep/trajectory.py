@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mdkstep.utils import MdkstepError, atomic_path, atomic_write_json
+from mdkstep.utils import MdkstepError, atomic_path
 
 #: key -> (shape pattern, unit). "F" = n_frames, "N" = n_atoms.
 SCHEMA: dict[str, tuple[tuple[str | int, ...], str]] = {
@@ -264,11 +264,6 @@ class ChunkedTrajectoryWriter:
         os.replace(tmp, self.out_path)
         shutil.rmtree(self.parts)
         return self.out_path
-
-
-def write_stats(path: str | Path, stats: Mapping[str, Any]) -> None:
-    """Write a run's statistics JSON atomically."""
-    atomic_write_json(path, dict(stats))
 
 
 def memmap_npz(path: str | Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:

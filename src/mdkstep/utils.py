@@ -78,9 +78,11 @@ def element_symbol(z: int) -> str:
 
 
 def center_of_mass(x: np.ndarray, masses: np.ndarray) -> np.ndarray:
-    """Mass-weighted centre of ``x`` (..., n_atoms, 3) with masses (n_atoms,) in amu."""
+    """Mass-weighted centre (..., 3) of ``x`` (..., n_atoms, 3) with masses (n_atoms,) in amu:
+    positions give the centre of mass, velocities the centre-of-mass velocity. The one
+    implementation (the hybrid integrator, the baselines, the datasets and the analysis call it)."""
     m = np.asarray(masses, dtype=float)
-    return np.einsum("...ij,i->...j", x, m) / m.sum()
+    return (m @ np.asarray(x)) / m.sum()
 
 
 def remove_com(x: np.ndarray, masses: np.ndarray) -> np.ndarray:
@@ -122,12 +124,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

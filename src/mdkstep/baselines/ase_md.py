@@ -13,7 +13,7 @@ Units: nm, ps, kJ/mol, amu, K; ``dt_fs`` in fs; ``friction_per_ps`` in 1/ps.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class QMConfig:
     # --- force engine
     engine: str = "xtb"  #: xtb | pyscf
     method: str = "GFN2-xTB"  #: xtb: GFN2-xTB | GFN1-xTB | IPEA1-xTB; pyscf: RHF | UHF | RKS | UKS | ...
-    multiplicity: int = 1  #: spin multiplicity 2S+1
+    multiplicity: int | None = None  #: spin multiplicity 2S+1; None: each molecule's own (RDKit: radicals + 1)
     backend: str = "tblite"  #: xtb only: tblite | xtb-python
     accuracy: float = 1.0  #: xtb only: SCC accuracy multiplier (smaller = tighter)
     electronic_temperature_K: float = 300.0  #: xtb only: Fermi smearing, K
@@ -86,7 +86,7 @@ class QMConfig:
             raise ValueError("key 'friction_per_ps' must be > 0 for thermostat 'langevin' (use thermostat: nve)")
         if self.equilibration_ps > 0 and not self.equilibration_friction > 0:
             raise ValueError("equilibration needs a friction > 0: set 'equilibration_friction_per_ps' (1/ps)")
-        if self.multiplicity < 1:
+        if self.multiplicity is not None and self.multiplicity < 1:
             raise ValueError("key 'multiplicity' must be >= 1")
 
     @property
@@ -288,9 +288,11 @@ def run_qm_trajectory(system: System, cfg: QMConfig, spec: QMRunSpec, progress: 
     temperature).
     """
 
-    if system.multiplicity != cfg.multiplicity:
+    multiplicity = system.resolve_multiplicity(cfg.multiplicity)  # one the electrons cannot have: one-line error
+    if multiplicity != system.multiplicity:
         LOG.warning("%s: the molecule's multiplicity is %d (RDKit radical electrons + 1) but the config's is %d",
-                    system.name, system.multiplicity, cfg.multiplicity)
+                    system.name, system.multiplicity, multiplicity)
+    cfg = replace(cfg, multiplicity=multiplicity)  # metadata and resume fingerprint record the value used
     if cfg.n_frames < 1:
         raise MdkstepError(f"production of {cfg.production_ps} ps at {cfg.dt_fs} fs gives no frames")
     if engine is None:

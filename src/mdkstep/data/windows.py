@@ -16,7 +16,7 @@ import os
 import zipfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -371,16 +371,6 @@ class KStepDataset:
             out.append(wb)
         return out
 
-    def iter_batches(self, batch_size: int, shuffle: bool, rng: np.random.Generator | None = None,
-                     drop_last: bool = False) -> Iterator[list[WindowBatch]]:
-        """Mini-batches of ``batch_size`` windows (possibly several molecules each)."""
-        n = len(self)
-        order = (rng or np.random.default_rng()).permutation(n) if shuffle else np.arange(n)
-        for s in range(0, n, batch_size):
-            chunk = order[s:s + batch_size]
-            if drop_last and len(chunk) < batch_size:
-                break
-            yield self.batches(chunk)
 
 
 # ------------------------------------------------------------------------------ batching

@@ -13,7 +13,6 @@ from mdkstep.engines.xtb_engine import XTBEngine
 from mdkstep.utils import MdkstepError
 
 ENGINE_KINDS = ("openmm", "xtb", "pyscf", "ase")
-QM_ENGINES = ("xtb", "pyscf")
 
 
 def _get(cfg: Any, key: str, default: Any) -> Any:
@@ -40,7 +39,7 @@ def _xtb(system, cfg: Any) -> ForceEngine:
     accuracy [1.0], electronic_temperature_K [300])."""
 
     return XTBEngine(system.atomic_numbers, system.masses, method=_get(cfg, "method", "GFN2-xTB"),
-                     charge=system.charge, multiplicity=int(_get(cfg, "multiplicity", system.multiplicity)),
+                     charge=system.charge, multiplicity=system.resolve_multiplicity(_get(cfg, "multiplicity", None)),
                      backend=_get(cfg, "backend", "tblite"), accuracy=float(_get(cfg, "accuracy", 1.0)),
                      electronic_temperature=float(_get(cfg, "electronic_temperature_K", 300.0)))
 
@@ -49,7 +48,7 @@ def _pyscf(system, cfg: Any) -> ForceEngine:
     """PySCF (keys: method [RHF], basis [sto-3g], xc, multiplicity [the system's], omp_num_threads,
     max_memory_mb, use_gpu [auto], conv_tol [1e-9 Hartree])."""
 
-    multiplicity = int(_get(cfg, "multiplicity", system.multiplicity))
+    multiplicity = system.resolve_multiplicity(_get(cfg, "multiplicity", None))
     return PySCFEngine(system.atomic_numbers, system.masses, method=_get(cfg, "method", "RHF"),
                        basis=_get(cfg, "basis", "sto-3g"), charge=system.charge, spin=multiplicity - 1,
                        xc=_get(cfg, "xc", None), omp_num_threads=_get(cfg, "omp_num_threads", None),
@@ -77,7 +76,9 @@ def make_engine(kind: str, system, cfg: Any = None) -> ForceEngine:
 
     ``cfg`` is a config dataclass (MDConfig for openmm, QMConfig for xtb / pyscf) or a dict;
     missing keys take the defaults named in each builder. Charge (e) comes from the system;
-    the spin multiplicity from ``cfg.multiplicity`` when given, else from the system.
+    the spin multiplicity from ``cfg.multiplicity`` when given (not None), else the system's own
+    (:meth:`mdkstep.molecule.system.System.resolve_multiplicity`: one the electron count cannot
+    have is a one-line error naming the molecule).
     """
     if kind not in _BUILDERS:
         raise MdkstepError(f"unknown engine {kind!r} (key 'engine': use one of {list(ENGINE_KINDS)})")

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError
+from mdkstep.utils import KB_KJ_PER_MOL_K, MdkstepError
 
 Constraints = Literal["hbonds", "none"]
 
@@ -107,10 +107,6 @@ def make_integrator(dt_fs: float, temperature_K: float, friction_per_ps: float,
     integ.addComputePerDof("fsave", "f")
     integ.addComputeGlobal("pe", "energy")
     return integ
-
-
-def log_platform(platform) -> None:
-    LOG.info("OpenMM platform: %s", platform.getName())
 
 
 def openmm_seed(seed: int) -> int:

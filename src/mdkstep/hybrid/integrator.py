@@ -52,9 +52,7 @@ from __future__ import annotations
 import json
 import math
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -62,7 +60,7 @@ import numpy as np
 from mdkstep.dynamics import UnstableStep, atom_dof, csvr_factor, n_dof, ou_step, velocity_verlet_step
 from mdkstep.engines.base import ForceEngine
 from mdkstep.hybrid.config import REJECT_REASONS, HybridConfig
-from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path, element_symbol
+from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, center_of_mass, element_symbol, remove_com
 
 #: a jump whose largest displacement is below this fraction of k dt max|v| (COM-free) is "frozen"
 FROZEN_FRACTION = 1e-4
@@ -147,7 +145,7 @@ def permutation_orders(ks: list[int]) -> list[list[int]]:
 def angular_momentum(x: np.ndarray, v: np.ndarray, masses: np.ndarray) -> np.ndarray:
     """Angular momentum (3,) about the centre of mass, amu nm^2/ps, of one configuration (N,3)."""
     m = masses
-    xc = x - (m @ x) / m.sum()
+    xc = remove_com(x, m)
     return np.sum(m[:, None] * np.cross(xc, v), axis=0)
 
 
@@ -155,7 +153,7 @@ def set_angular_momentum(x: np.ndarray, v: np.ndarray, masses: np.ndarray, targe
     """v (N,3) minus the rigid rotation omega x (x - x_com) that brings its angular momentum to
     ``target`` (3,). Rigid rotations keep distance constraints and linear momentum."""
     m = masses
-    xc = x - (m @ x) / m.sum()
+    xc = remove_com(x, m)
     dl = angular_momentum(x, v, m) - target
     r2 = np.sum(xc * xc, axis=1)
     inertia = np.einsum("i,ijk->jk", m, r2[:, None, None] * np.eye(3) - xc[:, :, None] * xc[:, None, :])
@@ -250,12 +248,9 @@ class HybridIntegrator:
     def _calls(self) -> int:
         return self.engine.counters.calls
 
-    def _com_v(self, v: np.ndarray) -> np.ndarray:
-        return (self.masses @ v) / self.masses.sum()
-
     def internal_kinetic(self, v: np.ndarray) -> float:
         """Kinetic energy (kJ/mol) of the COM-free velocities of one replica."""
-        w = v - self._com_v(v)
+        w = remove_com(v, self.masses)
         return float(0.5 * np.sum(self.m3 * w * w))
 
     def total_energy(self, r: int) -> float:
@@ -265,7 +260,7 @@ class HybridIntegrator:
     def _project_velocity(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         v = self.engine.constrain_velocities(x, v)
         if self.cfg.remove_com:
-            v = v - self._com_v(v)
+            v = remove_com(v, self.masses)
         return v
 
     def _set_element_dof(self, x: np.ndarray) -> None:
@@ -279,7 +274,7 @@ class HybridIntegrator:
             return self._project_velocity(x, ou_step(v, self.masses, self.cfg.friction_per_ps, duration_ps,
                                                      self.kT, self.rng))
         if self.thermostat == "csvr":
-            vc = self._com_v(v)
+            vc = center_of_mass(v, self.masses)
             alpha = csvr_factor(self.internal_kinetic(v), 0.5 * self.dof * self.kT, self.dof,
                                 duration_ps / self.cfg.tau_ps, self.rng)
             return vc + alpha * (v - vc)
@@ -296,7 +291,7 @@ class HybridIntegrator:
     # -- the Hamiltonian part --------------------------------------------------------
     def _filter(self, v: np.ndarray, u: float, e_ref: float) -> np.ndarray | None:
         """Velocities rescaled (COM part kept) so that U + K = e_ref; None when impossible."""
-        vc = self._com_v(v)
+        vc = center_of_mass(v, self.masses)
         k_com = 0.5 * self.masses.sum() * float(vc @ vc)
         k_int = self.internal_kinetic(v)
         target = e_ref - u - k_com
@@ -316,7 +311,7 @@ class HybridIntegrator:
     def _frozen(self, s: float, dx: np.ndarray, v0: np.ndarray) -> bool:
         """True when the scaled jump s dx moves no atom by FROZEN_FRACTION of the ballistic
         distance k dt max_i |v_i| (COM-free v): impossible for k steps of MD with moving atoms."""
-        w = v0 - self._com_v(v0)
+        w = remove_com(v0, self.masses)
         ballistic = self.k_now * self.dt * float(np.sqrt(np.max(np.sum(w * w, axis=1))))
         moved = abs(s) * float(np.sqrt(np.max(np.sum(dx * dx, axis=1))))
         return ballistic > 0 and moved < FROZEN_FRACTION * ballistic
@@ -477,7 +472,7 @@ class HybridIntegrator:
     def _monitor(self) -> None:
         c = self.counters
         for r in range(self.x.shape[0]):
-            w = self.v[r] - self._com_v(self.v[r])
+            w = remove_com(self.v[r], self.masses)
             mv2 = self.masses * np.sum(w * w, axis=1)
             t = float(mv2.sum()) / (self.dof * KB_KJ_PER_MOL_K)
             c.t_sum += t
@@ -488,7 +483,7 @@ class HybridIntegrator:
 
     def frame(self, r: int) -> dict[str, np.ndarray]:
         """The current state of replica r as one trajectory frame (schema units)."""
-        w = self.v[r] - self._com_v(self.v[r])
+        w = remove_com(self.v[r], self.masses)
         ke = 0.5 * float(np.sum(self.m3 * w * w))
         out = {"positions": self.x[r].copy(), "velocities": self.v[r].copy(), "energies": np.float64(self.u[r]),
                "kinetic": np.float64(ke), "temperature": np.float64(2.0 * ke / (self.dof * KB_KJ_PER_MOL_K))}
@@ -537,17 +532,3 @@ class HybridIntegrator:
             raise MdkstepError(f"{source}: damaged hybrid state (RNG: {e}); delete it to start over") from None
         self._set_element_dof(self.x[0])
         return meta
-
-    def save_state(self, path: Path, extra: dict[str, Any]) -> None:
-        """Atomically write :meth:`get_state` (+ ``extra``) to ``path`` (NPZ)."""
-        with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, **self.get_state(extra))
-
-    def load_state(self, path: Path) -> dict[str, Any]:
-        """Restore what :meth:`save_state` wrote; returns its ``extra`` entries."""
-        try:
-            with np.load(path) as z:
-                state = {k: z[k] for k in z.files}
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise MdkstepError(f"{path}: unreadable hybrid checkpoint ({e}); delete it to restart") from None
-        return self.set_state(state, str(path))

@@ -74,6 +74,32 @@ class System:
     def n_atoms(self) -> int:
         return int(len(self.atomic_numbers))
 
+    @property
+    def n_electrons(self) -> int:
+        """Electrons of the molecule: sum of the atomic numbers minus the net charge."""
+        return int(self.atomic_numbers.sum()) - self.charge
+
+    def _can_have(self, multiplicity: int) -> bool:
+        """2S = multiplicity - 1 unpaired electrons: at least 0, at most all, of the electrons' parity."""
+        unpaired = int(multiplicity) - 1
+        return 0 <= unpaired <= self.n_electrons and (self.n_electrons - unpaired) % 2 == 0
+
+    def resolve_multiplicity(self, requested: int | None = None) -> int:
+        """The spin multiplicity 2S+1 to compute this molecule with: ``requested`` (a config's
+        explicit value) when given, else the molecule's own (from a SMILES: RDKit radical
+        electrons + 1). One that the electron count cannot have (2S unpaired electrons need the
+        parity of the electron count) is a one-line error naming the molecule."""
+        m = self.multiplicity if requested is None else int(requested)
+        if not self._can_have(m):
+            what = self.name + (f" ({self.smiles})" if self.smiles else "")
+            whose = "the molecule's" if requested is None else "key 'multiplicity'"
+            fix = "set key 'multiplicity' to one that fits"
+            if requested is not None and self._can_have(self.multiplicity):
+                fix = f"set key 'multiplicity' to {self.multiplicity} (the molecule's) or to null (each molecule's own)"
+            raise MdkstepError(f"{what}: {self.n_electrons} electrons (charge {self.charge:+d}) cannot have spin "
+                               f"multiplicity {m} ({whose}); {fix}")
+        return m
+
     def topology(self) -> dict[str, list[list[int]]]:
         """Bond, angle and proper-dihedral index lists (the topology.json keys)."""
         return {"bonds": self.bonds.tolist(), "angles": self.angles.tolist(), "dihedrals": self.dihedrals.tolist()}
