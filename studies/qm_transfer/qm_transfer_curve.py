@@ -20,7 +20,7 @@ Pipeline (each stage skipped when its output exists; everything under --out):
 All torch and xTB work runs with 1 thread. Units: Å and degrees in the metrics, fs, ps.
 
 Example (small, ~15 min on 2 busy CPU cores):
-  python scripts/qm_transfer_curve.py --out outputs/qm_transfer
+  python studies/qm_transfer/qm_transfer_curve.py --out outputs/qm_transfer
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 for _k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_k] = "1"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 import numpy as np  # noqa: E402  (after the thread limits above)
 

@@ -7,7 +7,7 @@ Metropolized velocity Verlet at step tau; "trained" are shear checkpoints (04 wi
 configs/model_shear.yaml) at their own tau. Optionally writes untrained shear checkpoints
 (--save-untrained DIR), e.g. to run Metropolized Verlet through 06b.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python scripts/exact_stride_curve.py \\
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python studies/exact/exact_stride_curve.py \\
         --trajectory outputs/exact/md/ethanol/replica_0.npz \\
         --trained outputs/exact/train_k8/best.pt outputs/exact/train_k16/best.pt --out outputs/exact/curve.json
 

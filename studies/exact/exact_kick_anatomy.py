@@ -10,7 +10,7 @@ when delta_a = -(tau/4) F(x)/m and the inner kick b(x_mid) = (tau/2) F(x_mid)/m.
   this diagnosis only) and its delta_a from -(tau/4) F(x)/m: per-state mass-weighted relative
   error, cosine and norm ratio (medians).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python scripts/exact_kick_anatomy.py \\
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python studies/exact/exact_kick_anatomy.py \\
         --trajectory outputs/bench/qm/runs/aspirin/ref_r0.npz --checkpoint models/qm_exact_k16.pt
 
 GFN2-xTB, neutral molecule. Units: nm, ps, kJ/mol, amu, K.

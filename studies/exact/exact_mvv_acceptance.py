@@ -3,7 +3,7 @@ a QM molecule: a 300 K reference with the map at a small tau, then from each sav
 proposal per tau (|dH| quantiles, mean acceptance probability), and a short generalized-HMC
 chain per tau (measured acceptance rate).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python scripts/exact_mvv_acceptance.py --smiles CCO
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python studies/exact/exact_mvv_acceptance.py --smiles CCO
 
 Units: fs on the command line; nm, ps, kJ/mol, amu, K inside.
 """

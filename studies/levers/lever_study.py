@@ -30,13 +30,13 @@ reuses a finished model whose settings are unchanged (and its rollouts), so an i
 study continues where it stopped; --overwrite retrains everything.
 
 Example (MM bench data, k = 8):
-  .venv/bin/python scripts/lever_study.py --dataset outputs/bench/mm/models/k8/dataset.npz \\
+  .venv/bin/python studies/levers/lever_study.py --dataset outputs/bench/mm/models/k8/dataset.npz \\
       --splits-dir outputs/bench/mm/models/k8/splits --reference-root outputs/bench/mm/runs \\
       --reference-pattern 'ref_r*.npz' --raw-root outputs/bench/mm/raw --k 8 --max-steps 8000 \\
       --set-model use_forces=true --set-train lr=1e-3 --set-train batch_size=64 \\
       --set-hybrid friction_per_ps=10 --rollout-ps 50 --replicas 2 --out outputs/lever_study_mm_k8
 Smoke (a tiny ethanol dataset built on the fly, ~1 minute):
-  .venv/bin/python scripts/lever_study.py --smoke --out /tmp/lever_smoke
+  .venv/bin/python studies/levers/lever_study.py --smoke --out /tmp/lever_smoke
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "src") not in sys.path:  # the package is installed editable; this keeps a bare checkout working
     sys.path.insert(0, str(ROOT / "src"))
 
