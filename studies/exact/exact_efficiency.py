@@ -21,8 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mdkstep.analysis.metrics import (effective_samples_per_force_call, iat_reliable, integrated_autocorr_time,
-                             slowest_dihedral_iat)
+from mdkstep.analysis.metrics import (
+    effective_samples_per_force_call,
+    iat_reliable,
+    integrated_autocorr_time,
+    slowest_dihedral_iat,
+)
 from mdkstep.molecule.system import from_trajectory
 from mdkstep.trajectory import load_trajectory
 

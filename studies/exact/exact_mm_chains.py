@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mdkstep.model.checkpoint import model_from_checkpoint
+from mdkstep.baselines.openmm_md import MDConfig
 from mdkstep.engines.factory import make_engine
 from mdkstep.exact.sampler import ExactConfig, ShearJumper, run_exact
-from mdkstep.baselines.openmm_md import MDConfig
+from mdkstep.model.checkpoint import model_from_checkpoint
 from mdkstep.model.shear import untrained_shear_kicks
 from mdkstep.molecule.system import from_molecule_dir
 from mdkstep.trajectory import load_trajectory
