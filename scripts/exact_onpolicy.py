@@ -32,8 +32,8 @@ def ship_run(a) -> None:
     import json
 
     from mdkstep.exact.onpolicy import on_policy_force_calls
-    from mdkstep.shipped import ship
     from mdkstep.model.checkpoint import read_card
+    from mdkstep.shipped import ship
 
     old = read_card(a.models_dir / f"{a.ship_as}.pt")
     if old is None:
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     a = p.parse_args(argv)
 
+    from mdkstep.baselines.ase_md import QMConfig
     from mdkstep.config import load_config
     from mdkstep.exact.onpolicy import OnPolicyStage, fine_tune
-    from mdkstep.baselines.ase_md import QMConfig
     from mdkstep.utils import MdkstepError, setup_logging
 
     setup_logging("INFO")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-KEYS = ("bond_w1_A", "mean_bond_err_A", "angle_w1_deg", "dihedral_w1_deg", "rdf_l1", "vacf_l2")
+from mdkstep.analysis.evaluation import FIDELITY_KEYS as KEYS
 
 
 def cut(traj, length_ps: float):

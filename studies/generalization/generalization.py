@@ -20,7 +20,6 @@ Units: Å, degrees, nm/ps in the table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,8 +31,8 @@ KEYS = (("bond_rmse_A", "bond RMSE Å"), ("bond_rmse_heavy_A", "heavy-atom bond 
 
 def per_molecule_metrics(model, dataset: Path, max_windows: int) -> dict[str, dict]:
     """{molecule: one_jump_metrics} over every window of each molecule in ``dataset``."""
-    from mdkstep.data.windows import KStepDataset
     from mdkstep.analysis.evaluation import one_jump_metrics
+    from mdkstep.data.windows import KStepDataset
 
     ds = KStepDataset(dataset)
     names = np.asarray(ds.spec.molecules)[ds.windows[:, 0]]
@@ -75,9 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint
     from mdkstep.data.windows import KStepDataset
-    from mdkstep.model.checkpoint import read_card
+    from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint, read_card
     from mdkstep.utils import MdkstepError, atomic_write_json, atomic_write_text
 
     torch.set_num_threads(1)
