@@ -39,7 +39,7 @@ quickstart: setup  ## run the MM pipeline on the tiny embedded default (CPU, min
 	bash scripts/quickstart.sh
 
 one-jump: setup  ## one-jump accuracy study (k = 4, 8, 12; time and molecule splits) on data/md
-	bash scripts/one_jump_study.sh
+	bash studies/one_jump/one_jump_study.sh
 
 bench: setup  ## hybrid vs every plain-MD alternative, MM + QM, equal simulated time (~20 min on 2 CPU cores)
 	$(PY) benchmarks/bench.py --update-readme

@@ -14,7 +14,7 @@ Writes <out>/best.pt (a shear checkpoint like stage 04's), metrics.csv, final_me
 stages before this one: steps, wall s, on-policy xTB calls), so that ``--ship-as qm_exact_k16``
 can ship it into --models-dir with a card (data of the card already there; the on-policy xTB
 calls are added to its training force calls). A run may start from another run's best.pt: the
-stages chain (`make models` runs them too: key qm_exact_on_policy). Measure it with scripts/exact_stride_curve.py (held-out states). Molecules are
+stages chain (`make models` runs them too: key qm_exact_on_policy). Measure it with studies/exact/exact_stride_curve.py (held-out states). Molecules are
 taken as neutral singlets (--charge); the xTB settings come from --qm-config. Units: nm, ps, kJ/mol.
 """
 from __future__ import annotations
@@ -32,8 +32,8 @@ def ship_run(a) -> None:
     import json
 
     from mdkstep.exact.onpolicy import on_policy_force_calls
-    from mdkstep.shipped import ship
     from mdkstep.model.checkpoint import read_card
+    from mdkstep.shipped import ship
 
     old = read_card(a.models_dir / f"{a.ship_as}.pt")
     if old is None:
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     a = p.parse_args(argv)
 
+    from mdkstep.baselines.ase_md import QMConfig
     from mdkstep.config import load_config
     from mdkstep.exact.onpolicy import OnPolicyStage, fine_tune
-    from mdkstep.baselines.ase_md import QMConfig
     from mdkstep.utils import MdkstepError, setup_logging
 
     setup_logging("INFO")

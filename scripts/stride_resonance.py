@@ -15,6 +15,7 @@ power above --min-cm (low frequencies are ballistic at any stride) whose phase p
 within --width pi of m pi is printed, overall and for the 100 cm^-1 bands that carry the most
 resonant power. Measured (MM, 2 fs, --weight none): aspirin k = 8 24.9 %, k = 9 8.8 %,
 k = 12 15.9 %; the k = 12 model is 2-3x closer to the reference than the k = 8 one (README).
+The analysis is mdkstep.analysis.resonance; this is its command line.
 
 Example:
   python scripts/stride_resonance.py outputs/bench/mm/runs/aspirin/ref_r0.npz --dt-fs 2
@@ -24,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -31,64 +33,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mdkstep.analysis.metrics import remove_com  # noqa: E402
+from mdkstep.analysis.resonance import heavy_bond_phases, resonant_bands, resonant_fraction, vdos  # noqa: E402
 from mdkstep.trajectory import load_trajectory  # noqa: E402
 from mdkstep.utils import MdkstepError  # noqa: E402
-
-CM_PER_INV_PS = 1.0 / 0.0299792458  #: 1 /ps = 33.356 cm^-1
-
-
-def vdos(velocities: np.ndarray, masses: np.ndarray, frame_ps: float,
-         weight: str = "none") -> tuple[np.ndarray, np.ndarray]:
-    """(frequencies cm^-1, velocity power) of frames (F,N,3) nm/ps spaced frame_ps, COM motion
-    removed; each atom weighted by 1 (``weight`` "none") or its mass ("mass")."""
-    v = remove_com(velocities, masses)
-    w = masses if weight == "mass" else np.ones_like(masses)
-    spec = (np.abs(np.fft.rfft(v - v.mean(0), axis=0)) ** 2 * w[None, :, None]).sum(axis=(1, 2))
-    return np.fft.rfftfreq(len(v), frame_ps) * CM_PER_INV_PS, spec
-
-
-def resonant_fraction(freq_cm: np.ndarray, power: np.ndarray, tau_ps: float, width: float,
-                      min_cm: float) -> tuple[float, np.ndarray]:
-    """Fraction of the power above min_cm whose phase 2 nu tau (units of pi) is within width of
-    an integer m >= 1, and the boolean mask of those frequencies."""
-    phase = 2.0 * freq_cm / CM_PER_INV_PS * tau_ps
-    m = np.rint(phase)
-    hit = (m >= 1) & (np.abs(phase - m) <= width) & (freq_cm >= min_cm)
-    above = freq_cm >= min_cm
-    return float(power[hit].sum() / power[above].sum()), hit
-
-
-def bond_peaks(positions: np.ndarray, bonds: np.ndarray, frame_ps: float, min_cm: float) -> np.ndarray:
-    """Dominant frequency (cm^-1, above min_cm) of each bond's length in frames (F,N,3) spaced frame_ps."""
-    length = np.linalg.norm(positions[:, bonds[:, 0]] - positions[:, bonds[:, 1]], axis=-1)
-    power = np.abs(np.fft.rfft((length - length.mean(0)) * np.hanning(len(length))[:, None], axis=0)) ** 2
-    freq = np.fft.rfftfreq(len(length), frame_ps) * CM_PER_INV_PS
-    above = freq >= min_cm
-    return freq[above][np.argmax(power[above], axis=0)]
 
 
 def print_bond_phases(t, topology: str, ks: list[int], dt_fs: float, frame_ps: float, width: float,
                       min_cm: float) -> None:
     """Per heavy-atom bond of ``topology`` (a stage-00 topology.json): its length's dominant
     frequency and the phase per jump (units of pi) at each k, * where resonant."""
-    import json
-    topo = json.loads(Path(topology).read_text())
-    bonds = np.asarray(topo["bonds"], dtype=int).reshape(-1, 2)
-    z = np.asarray(topo["atomic_numbers"], dtype=int)
-    heavy = bonds[(z[bonds[:, 0]] > 1) & (z[bonds[:, 1]] > 1)]
-    peaks = bond_peaks(t.positions, heavy, frame_ps, min_cm)
-    sym = {6: "C", 7: "N", 8: "O", 9: "F", 15: "P", 16: "S", 17: "Cl"}
+    rows = heavy_bond_phases(t.positions, json.loads(Path(topology).read_text()), ks, dt_fs, frame_ps, width, min_cm)
     print(f"heavy-atom bonds of {topology}: dominant frequency of the length, phase per jump / pi (* resonant)")
     print("  bond          cm^-1  " + "  ".join(f"k={k:<3d}" for k in ks))
-    for (i, j), nu in zip(heavy, peaks):
-        cells = []
-        for k in ks:
-            ph = 2.0 * nu / CM_PER_INV_PS * k * dt_fs / 1000.0
-            m = np.rint(ph)
-            cells.append(f"{ph:4.2f}{'*' if m >= 1 and abs(ph - m) <= width else ' '}")
-        name = f"{sym.get(int(z[i]), z[i])}{i}-{sym.get(int(z[j]), z[j])}{j}"
-        print(f"  {name:12s} {nu:6.0f}  " + "  ".join(cells))
+    for r in rows:
+        cells = [f"{ph:4.2f}{'*' if hit else ' '}" for ph, hit in zip(r["phases"], r["resonant"])]
+        print(f"  {r['bond']:12s} {r['freq_cm']:6.0f}  " + "  ".join(cells))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,14 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{a.trajectory}: {t.n_frames} frames every {frame_ps * 1000:.3g} fs; resonance = phase per jump within "
           f"+-{a.width} pi of m pi (m >= 1), power above {a.min_cm:g} cm^-1, atom weights: {a.weight}")
     for k in a.ks:
-        tau_ps = k * a.dt_fs / 1000.0
-        frac, hit = resonant_fraction(freq, power, tau_ps, a.width, a.min_cm)
-        bands = {}
-        for f, w in zip(freq[hit], power[hit]):
-            bands[int(f // 100) * 100] = bands.get(int(f // 100) * 100, 0.0) + w
-        top = sorted(bands.items(), key=lambda kv: -kv[1])[:3]
-        total = power[freq >= a.min_cm].sum()
-        desc = ", ".join(f"{b}-{b + 100} cm^-1 {100 * w / total:.1f}%" for b, w in top)
+        frac, hit = resonant_fraction(freq, power, k * a.dt_fs / 1000.0, a.width, a.min_cm)
+        desc = ", ".join(f"{b}-{b + 100} cm^-1 {100 * w:.1f}%" for b, w in resonant_bands(freq, power, hit, a.min_cm))
         print(f"  k = {k:2d} ({k * a.dt_fs:g} fs): resonant power {100 * frac:5.1f}%  [{desc}]")
     if a.bonds:
         try:

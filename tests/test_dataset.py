@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import load_script
-from mdkstep.data.windows import KStepDataset, build_dataset, valid_starts
+from mdkstep.data.windows import KStepDataset, build_dataset, read_dataset_file, subset_dataset, valid_starts
 from mdkstep.molecule.topology import infer_bonds
 from mdkstep.trajectory import Trajectory, save_trajectory
 from mdkstep.utils import MdkstepError
@@ -140,6 +140,20 @@ def test_data_tree_can_move(tmp_path):
     (tmp_path / "old").rename(tmp_path / "new")
     ds = KStepDataset(tmp_path / "new" / "d.npz")
     assert len(ds.batches(np.arange(3))[0].x0) == 3
+
+
+def test_subset_dataset_keeps_the_chosen_windows_and_its_sources(tmp_path):
+    """A subset written one folder deeper still finds its trajectories (sources re-pointed)."""
+    a = _synthetic(tmp_path / "md" / "a.npz", "molA", 40, 0.0)
+    build_dataset([a], k=2, out_file=tmp_path / "data" / "d.npz", split="time")
+    windows, codes, _ = read_dataset_file(tmp_path / "data" / "d.npz")
+    keep = np.array([0, 5, 30])
+    subset_dataset(tmp_path / "data" / "d.npz", tmp_path / "sub" / "deeper" / "s.npz", keep)
+    w2, c2, spec = read_dataset_file(tmp_path / "sub" / "deeper" / "s.npz")
+    assert np.array_equal(w2, windows[keep]) and np.array_equal(c2, codes[keep])
+    assert spec.sources == ["../../md/a.npz"]
+    ds = KStepDataset(tmp_path / "sub" / "deeper" / "s.npz")
+    assert len(ds) == 3 and len(ds.batches(np.arange(3))[0].x0) == 3
 
 
 def test_output_folder_checked_before_any_work(tmp_path, monkeypatch):

@@ -298,6 +298,17 @@ def test_metropolis_makes_a_poor_model_sample_boltzmann_exactly():
     assert p_plain < 1e-6, p_plain
 
 
+def test_acceptance_probability_is_the_metropolis_rule():
+    from mdkstep.exact.sampler import acceptance_probability, metropolis_accept
+
+    dH = np.array([-5.0, 0.0, KT, 3 * KT, -1e6, np.nan, np.inf, -np.inf])
+    p = acceptance_probability(dH, KT)
+    assert np.allclose(p[:5], [1.0, 1.0, np.exp(-1.0), np.exp(-3.0), 1.0]) and np.all(p[5:] == 0.0)
+    # the rate at which metropolis_accept accepts
+    acc = metropolis_accept(np.full(20000, KT), KT, np.random.default_rng(0))
+    assert abs(acc.mean() - np.exp(-1.0)) < 0.02
+
+
 def test_nve_mode_runs_without_test_or_thermostat():
     eng, tau = MorseCluster(), 0.002
     kicks = ShearKicks(tiny_config()).double()

@@ -1,4 +1,4 @@
-"""scripts/lever_study.py --smoke: a tiny ethanol study (prep, two short references, dataset,
+"""studies/levers/lever_study.py --smoke: a tiny ethanol study (prep, two short references, dataset,
 one model per lever + a forced combination, short hybrid rollouts) writes its JSON and table."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from conftest import ROOT
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("lever_study", ROOT / "scripts" / "lever_study.py")
+    spec = importlib.util.spec_from_file_location("lever_study", ROOT / "studies" / "levers" / "lever_study.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -306,7 +306,7 @@ def test_make_metadata_enforces_the_metadata_keys():
     assert meta["seed"] == 3 and type(meta["dt_fs"]) is float and meta["k"] == 4
 
 
-# ------------------------------------------------- the robustness probe's findings (scripts/probe_robustness.py)
+# ------------------------------------------------- the robustness probe's findings (tools/probe_robustness.py)
 
 def test_seed_0_is_reproducible(ethanol, tmp_path):
     """OpenMM reads a seed of 0 as "random": replica 0 of the default --seed 0 differed between

@@ -238,7 +238,7 @@ def test_shell_scripts_refuse_unknown_molecules(tmp_path, script, env, message):
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and message in r.stderr
 
 
-# ------------------------------------------- the robustness probe's findings (scripts/probe_robustness.py)
+# ------------------------------------------- the robustness probe's findings (tools/probe_robustness.py)
 
 def test_binary_smi_is_one_line_error(tmp_path, capsys):
     smi = tmp_path / "bin.smi"

@@ -187,8 +187,7 @@ def build_dataset(traj_paths: Sequence[Path], k: int, out_file: Path, stride: in
         temperature_K=temps.pop() if len(temps) == 1 else None, split=split_desc,
         engine="+".join(sorted(engines)), has_forces=bool(has_forces), source_fingerprints=fingerprints,
     )
-    with atomic_path(out_file, suffix=".npz") as tmp:
-        np.savez(tmp, windows=windows, split=codes, spec=np.array(json.dumps(spec.__dict__)))
+    write_dataset(out_file, windows, codes, spec)
     counts = {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)}
     return {"file": str(out_file), "k": k, "n_windows": int(len(windows)), "counts": counts, "split": split_desc}
 
@@ -202,6 +201,24 @@ def write_split_files(splits_dir: Path, summary: dict[str, Any], dataset_files: 
         else:
             desc = {"mode": "time", "time_fraction": desc["time_fraction"][s]}
         atomic_write_json(splits_dir / f"{s}.json", {"split": s, **desc, "datasets": list(dataset_files)})
+
+
+def write_dataset(out_file: Path, windows: np.ndarray, codes: np.ndarray, spec: DatasetSpec) -> None:
+    """Write a dataset file (atomically): windows (W,2) (trajectory id, start frame), split
+    codes (W,) (indices into SPLITS) and the spec, whose relative sources count from
+    ``out_file``'s folder."""
+    with atomic_path(out_file, suffix=".npz") as tmp:
+        np.savez(tmp, windows=windows, split=codes, spec=np.array(json.dumps(spec.__dict__)))
+
+
+def subset_dataset(src: Path, dst: Path, keep: np.ndarray) -> None:
+    """Copy of dataset ``src`` with only its windows ``keep`` (indices, in that order) at ``dst``;
+    relative sources are re-pointed from ``dst``'s folder."""
+    windows, codes, spec = read_dataset_file(src)
+    base = Path(src).resolve().parent
+    sources = [s if Path(s).is_absolute() else os.path.relpath(base / s, Path(dst).resolve().parent)
+               for s in spec.sources]
+    write_dataset(dst, windows[keep], codes[keep], replace(spec, sources=sources))
 
 
 # ------------------------------------------------------------------------------- reading

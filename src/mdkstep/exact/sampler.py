@@ -229,6 +229,14 @@ def o_step(v: np.ndarray, masses: np.ndarray, t_ps: float, friction_per_ps: floa
     return ou_step(v, masses, friction_per_ps, t_ps, kT, rng)
 
 
+def acceptance_probability(dH: np.ndarray, kT: float) -> np.ndarray:
+    """The Metropolis acceptance probability min(1, exp(-dH/kT)) of energy errors dH (kJ/mol),
+    elementwise; 0 where dH is not finite (rejected, as in :func:`metropolis_accept`)."""
+    dH = np.asarray(dH, dtype=float)
+    ok = np.isfinite(dH)
+    return np.where(ok, np.minimum(1.0, np.exp(-np.clip(np.where(ok, dH, 0.0), -50 * kT, None) / kT)), 0.0)
+
+
 def metropolis_accept(dH: np.ndarray, kT: float, rng: np.random.Generator) -> np.ndarray:
     """Accept (R,) bool with probability min(1, exp(-dH/kT)); a non-finite dH is rejected."""
     log_u = np.log(rng.uniform(size=dH.shape))

@@ -2,8 +2,8 @@
 """Collect <root>/<split>/k<K>/final_metrics.json into a markdown table (test split)."""
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -21,4 +21,6 @@ def main(root: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "outputs/one_jump")
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("root", nargs="?", default="outputs/one_jump", help="study folder (default: %(default)s)")
+    main(p.parse_args().root)

@@ -12,7 +12,7 @@ goal at MM k = 8 is a bond RMSE at most half that of "no move" (skill <= 0.5).
         --equil-ps 5 --save-forces
     .venv/bin/python src/02_make_dataset.py --md-root outputs/gen/md --out-root outputs/gen/data \\
         --splits-dir outputs/gen/splits --ks 8 --split time --raw-root outputs/gen/raw
-    .venv/bin/python scripts/generalization.py --checkpoint models/mm_k8.pt \\
+    .venv/bin/python studies/generalization/generalization.py --checkpoint models/mm_k8.pt \\
         --dataset outputs/gen/data/dataset_k8.npz --out docs/generalization-mm_k8.md
 
 Units: Å, degrees, nm/ps in the table.
@@ -20,7 +20,6 @@ Units: Å, degrees, nm/ps in the table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,8 +31,8 @@ KEYS = (("bond_rmse_A", "bond RMSE Å"), ("bond_rmse_heavy_A", "heavy-atom bond 
 
 def per_molecule_metrics(model, dataset: Path, max_windows: int) -> dict[str, dict]:
     """{molecule: one_jump_metrics} over every window of each molecule in ``dataset``."""
-    from mdkstep.data.windows import KStepDataset
     from mdkstep.analysis.evaluation import one_jump_metrics
+    from mdkstep.data.windows import KStepDataset
 
     ds = KStepDataset(dataset)
     names = np.asarray(ds.spec.molecules)[ds.windows[:, 0]]
@@ -75,9 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint
     from mdkstep.data.windows import KStepDataset
-    from mdkstep.model.checkpoint import read_card
+    from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint, read_card
     from mdkstep.utils import MdkstepError, atomic_write_json, atomic_write_text
 
     torch.set_num_threads(1)

@@ -20,7 +20,7 @@ Pipeline (each stage skipped when its output exists; everything under --out):
 All torch and xTB work runs with 1 thread. Units: Å and degrees in the metrics, fs, ps.
 
 Example (small, ~15 min on 2 busy CPU cores):
-  python scripts/qm_transfer_curve.py --out outputs/qm_transfer
+  python studies/qm_transfer/qm_transfer_curve.py --out outputs/qm_transfer
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 for _k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_k] = "1"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 import numpy as np  # noqa: E402  (after the thread limits above)
 
@@ -70,17 +70,19 @@ def sh(args: list[str]) -> None:
 
 def subset_dataset(src: Path, dst: Path, n_train: int, seed: int) -> int:
     """Copy of a dataset file keeping ``n_train`` random train windows (all val/test windows)."""
-    with np.load(src) as z:
-        data = {k: z[k] for k in z.files}
-    codes = data["split"]
-    tr = np.flatnonzero(codes == 0)
+    from mdkstep.data.windows import SPLITS, read_dataset_file
+    from mdkstep.data.windows import subset_dataset as write_subset
+
+    _, codes, _ = read_dataset_file(src)
+    train = SPLITS.index("train")
+    tr = np.flatnonzero(codes == train)
+    keep = np.arange(len(codes))
     if 0 < n_train < len(tr):
         keep_tr = np.sort(np.random.default_rng(seed).choice(tr, n_train, replace=False))
-        keep = np.sort(np.concatenate([keep_tr, np.flatnonzero(codes != 0)]))
-        data["windows"], data["split"] = data["windows"][keep], codes[keep]
+        keep = np.sort(np.concatenate([keep_tr, np.flatnonzero(codes != train)]))
     dst.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(dst, **data)
-    return int(np.sum(data["split"] == 0))
+    write_subset(src, dst, keep)
+    return int(np.sum(codes[keep] == train))
 
 
 def train_run(dataset: Path, splits: Path, out: Path, args, steps: int, k: int, pretrained: Path | None,
@@ -114,9 +116,9 @@ def mm_zero_shot(mm_ck: Path, qm_ds: Path, test_split: Path) -> dict:
     """The MM checkpoint on the QM test windows, no fine-tuning (its MM normalization scales)."""
     import torch
 
-    from mdkstep.model.checkpoint import model_from_checkpoint
-    from mdkstep.data.windows import KStepDataset
     from mdkstep.analysis.evaluation import one_jump_metrics
+    from mdkstep.data.windows import KStepDataset
+    from mdkstep.model.checkpoint import model_from_checkpoint
 
     torch.set_num_threads(1)
     model, _ = model_from_checkpoint(mm_ck, dtype=torch.float64)

@@ -24,9 +24,9 @@ Builds a tiny pipeline in --work (00 on ethanol + water, 01, 01b with GFN2-xTB, 
 The kills are injected in-process (a wrapper patches the run loop to SIGKILL itself at an
 exact point) so every trial is deterministic; one trial per stage kills from outside.
 
-    .venv/bin/python scripts/probe_robustness.py --quick      # ~3 min on 2 busy cores
-    .venv/bin/python scripts/probe_robustness.py              # everything (~10 min)
-    .venv/bin/python scripts/probe_robustness.py --stages 01 06 --verbose
+    .venv/bin/python tools/probe_robustness.py --quick      # ~3 min on 2 busy cores
+    .venv/bin/python tools/probe_robustness.py              # everything (~10 min)
+    .venv/bin/python tools/probe_robustness.py --stages 01 06 --verbose
 
 Prints one line per trial and the counts per stage and in total; exit status 1 when any
 trial failed. It is a tool, not a test (the suite has the regression tests).

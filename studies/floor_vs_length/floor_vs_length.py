@@ -6,7 +6,7 @@ key when each replica is cut to its first L ps, for L from --lengths-ps. A floor
 falls steeply at the bench's length says the references are too short to judge "faithful";
 where it flattens is the length to use.
 
-    PYTHONPATH=src .venv/bin/python scripts/floor_vs_length.py --runs outputs/bench/qm/runs \\
+    PYTHONPATH=src .venv/bin/python studies/floor_vs_length/floor_vs_length.py --runs outputs/bench/qm/runs \\
         --lengths-ps 0.5 1 1.5 2 3 --interval-ps 0.004 --out docs/floor-vs-length-qm.md
 
 Units: Å, degrees (as in the bench); lengths in ps.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-KEYS = ("bond_w1_A", "mean_bond_err_A", "angle_w1_deg", "dihedral_w1_deg", "rdf_l1", "vacf_l2")
+from mdkstep.analysis.evaluation import FIDELITY_KEYS as KEYS
 
 
 def cut(traj, length_ps: float):

@@ -2,7 +2,7 @@
 |dH| and the heavy-atom mean bond lengths of R short generalized-HMC chains per stride, started
 from frames of a reference trajectory, against the mean of the reference replicas.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python scripts/exact_mm_chains.py \\
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python studies/exact/exact_mm_chains.py \\
         --molecule outputs/bench/mm/raw/aspirin --references outputs/bench/mm/runs/aspirin/ref_r*.npz \\
         --taus-fs 2 4 6 8 --strides 100                                   # Metropolized RATTLE Verlet
     ... --checkpoint models/mm_exact_k4.pt --strides 2500                 # a shear model (its own stride)
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mdkstep.model.checkpoint import model_from_checkpoint
+from mdkstep.baselines.openmm_md import MDConfig
 from mdkstep.engines.factory import make_engine
 from mdkstep.exact.sampler import ExactConfig, ShearJumper, run_exact
-from mdkstep.baselines.openmm_md import MDConfig
+from mdkstep.model.checkpoint import model_from_checkpoint
 from mdkstep.model.shear import untrained_shear_kicks
 from mdkstep.molecule.system import from_molecule_dir
 from mdkstep.trajectory import load_trajectory

@@ -4,7 +4,7 @@
 #   MD=data/md  OUT=outputs/one_jump  KS="4 8 12"  SPLITS="time molecule"
 #   MODEL=configs/model.yaml  TRAIN=configs/train.yaml  STEPS=600  DEVICE=auto  STRIDE=4
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 MD=${MD:-data/md}; OUT=${OUT:-outputs/one_jump}; KS=${KS:-"4 8 12"}; SPLITS=${SPLITS:-"time molecule"}
 MODEL=${MODEL:-configs/model.yaml}; TRAIN=${TRAIN:-configs/train.yaml}; STEPS=${STEPS:-600}
 DEVICE=${DEVICE:-auto}; STRIDE=${STRIDE:-4}; PY=${PY:-.venv/bin/python}
@@ -22,5 +22,5 @@ for split in $SPLITS; do
         --out "$OUT/$split/k$k" --device "$DEVICE" --set k=$k --max-steps "$STEPS" --set eval_every=200
   done
 done
-$PY scripts/collect_one_jump.py "$OUT" | tee "$OUT/one_jump.md"
+$PY studies/one_jump/collect_one_jump.py "$OUT" | tee "$OUT/one_jump.md"
 echo "[one_jump] table: $OUT/one_jump.md"

@@ -10,7 +10,7 @@ setup included), else production steps = frames * save_interval per replica (01b
 one call per step; its minimization and equilibration are not counted, as for the runs
 started from its frames).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python scripts/exact_efficiency.py \\
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python studies/exact/exact_efficiency.py \\
         --label "plain 1 fs" --trajectories outputs/exact/plain1fs/ethanol/replica_*.npz
 """
 from __future__ import annotations
@@ -21,8 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mdkstep.analysis.metrics import (effective_samples_per_force_call, iat_reliable, integrated_autocorr_time,
-                             slowest_dihedral_iat)
+from mdkstep.analysis.metrics import (
+    effective_samples_per_force_call,
+    iat_reliable,
+    integrated_autocorr_time,
+    slowest_dihedral_iat,
+)
 from mdkstep.molecule.system import from_trajectory
 from mdkstep.trajectory import load_trajectory
 

@@ -3,7 +3,7 @@ a QM molecule: a 300 K reference with the map at a small tau, then from each sav
 proposal per tau (|dH| quantiles, mean acceptance probability), and a short generalized-HMC
 chain per tau (measured acceptance rate).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python scripts/exact_mvv_acceptance.py --smiles CCO
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python studies/exact/exact_mvv_acceptance.py --smiles CCO
 
 Units: fs on the command line; nm, ps, kJ/mol, amu, K inside.
 """
@@ -16,29 +16,17 @@ import time
 import numpy as np
 import torch
 
-from mdkstep.molecule.prep import rdkit_conformer
+from mdkstep.dynamics import kinetic_energy
 from mdkstep.engines.xtb_engine import XTBEngine
-from mdkstep.exact.sampler import ExactConfig, ShearJumper, init_chain, kinetic_energy, run_exact
-from mdkstep.model import ModelConfig
-from mdkstep.model.shear import ShearKicks
+from mdkstep.exact.sampler import ExactConfig, ShearJumper, acceptance_probability, init_chain, run_exact
+from mdkstep.model.shear import untrained_shear_kicks
+from mdkstep.molecule.system import from_smiles
 from mdkstep.utils import KB_KJ_PER_MOL_K, MdkstepError
 
 
-def molecule(smiles: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(z, masses amu, positions nm, bonds) of an RDKit ETKDG conformer."""
-    mol = rdkit_conformer(smiles, seed)
-    z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
-    masses = np.array([a.GetMass() for a in mol.GetAtoms()])
-    x = mol.GetConformer().GetPositions() / 10.0
-    bonds = np.array([[b.GetBeginAtomIdx(), b.GetEndAtomIdx()] for b in mol.GetBonds()])
-    return z, masses, x, bonds
-
-
 def untrained_jumper(z, masses, bonds, tau_ps: float) -> ShearJumper:
-    """delta = 0: one velocity-Verlet step of tau per stride (tiny net: its cost is not the point)."""
-    torch.manual_seed(0)
-    kicks = ShearKicks(ModelConfig(hidden=8, n_layers=1, n_rbf=4, cutoff_nm=None)).double()
-    return ShearJumper(kicks, z, masses, bonds, tau_ps)
+    """delta = 0: one velocity-Verlet step of tau per stride."""
+    return ShearJumper(untrained_shear_kicks(), z, masses, bonds, tau_ps)
 
 
 def main() -> int:
@@ -56,7 +44,8 @@ def main() -> int:
     a = p.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(a.seed)
-    z, m, x0, bonds = molecule(a.smiles, a.seed)
+    system = from_smiles(a.smiles, "molecule", a.seed)
+    z, m, x0, bonds = system.atomic_numbers, system.masses, system.positions_nm, system.bonds
     eng = XTBEngine(z, m, method="GFN2-xTB")
     kT = KB_KJ_PER_MOL_K * a.temperature
     v0 = rng.normal(size=x0.shape) * np.sqrt(kT / m)[:, None]
@@ -80,7 +69,7 @@ def main() -> int:
         st = init_chain(j, eng, xs, vs)  # all states as replicas
         x1, v1, u1, _, _ = j.propose(eng, st.x, st.v, st.a)
         dH = u1 + kinetic_energy(v1, m) - st.u - kinetic_energy(vs, m)
-        p_acc = np.minimum(1.0, np.exp(-np.clip(dH, -50 * kT, None) / kT))
+        p_acc = acceptance_probability(dH, kT)
         try:
             chain_acc = run_exact(j, eng, None, None, a.chain_strides, ExactConfig(a.temperature, friction_per_ps=1.0),
                                   rng, state=init_chain(j, eng, xs[-1], vs[-1])).acceptance

@@ -30,13 +30,13 @@ reuses a finished model whose settings are unchanged (and its rollouts), so an i
 study continues where it stopped; --overwrite retrains everything.
 
 Example (MM bench data, k = 8):
-  .venv/bin/python scripts/lever_study.py --dataset outputs/bench/mm/models/k8/dataset.npz \\
+  .venv/bin/python studies/levers/lever_study.py --dataset outputs/bench/mm/models/k8/dataset.npz \\
       --splits-dir outputs/bench/mm/models/k8/splits --reference-root outputs/bench/mm/runs \\
       --reference-pattern 'ref_r*.npz' --raw-root outputs/bench/mm/raw --k 8 --max-steps 8000 \\
-      --set-model use_forces=true --set-train lr=1e-3 --set-train batch_size=64 \\
+      --model-set use_forces=true --set-train lr=1e-3 --set-train batch_size=64 \\
       --set-hybrid friction_per_ps=10 --rollout-ps 50 --replicas 2 --out outputs/lever_study_mm_k8
 Smoke (a tiny ethanol dataset built on the fly, ~1 minute):
-  .venv/bin/python scripts/lever_study.py --smoke --out /tmp/lever_smoke
+  .venv/bin/python studies/levers/lever_study.py --smoke --out /tmp/lever_smoke
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "src") not in sys.path:  # the package is installed editable; this keeps a bare checkout working
     sys.path.insert(0, str(ROOT / "src"))
 
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-config", type=Path, default=None,
                    help="MD YAML (openmm, default configs/md.yaml) or QM YAML (xtb, default configs/qm.yaml): "
                         "constraints, HMR, platform / method; it must match the reference")
-    p.add_argument("--set-model", action="append", default=[], metavar="KEY=VALUE", help="model config override")
+    p.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override (as 04_train.py --model-set)")
     p.add_argument("--set-train", action="append", default=[], metavar="KEY=VALUE", help="train config override")
     p.add_argument("--set-hybrid", action="append", default=[], metavar="KEY=VALUE", help="hybrid config override")
     p.add_argument("--rollout-ps", type=float, default=10.0,
@@ -151,10 +152,10 @@ def lever_table(items: list[str]) -> dict[str, tuple[str, dict[str, Any], dict[s
 def build_smoke_data(root: Path, k: int) -> dict[str, Path]:
     """A tiny MM study input: ethanol prepared from SMILES, two 3 ps reference replicas (2 fs,
     HBonds, forces saved) and a k-step dataset of replica 0 with a time split."""
-    from mdkstep.molecule.prep import PrepConfig, SmiEntry, prepare_from_smiles
+    from mdkstep.baselines.openmm_md import MDConfig, RunSpec, run_trajectory
     from mdkstep.config import load_config
     from mdkstep.data.windows import build_dataset, write_split_files
-    from mdkstep.baselines.openmm_md import MDConfig, RunSpec, run_trajectory
+    from mdkstep.molecule.prep import PrepConfig, SmiEntry, prepare_from_smiles
     from mdkstep.molecule.system import from_molecule_dir
 
     raw, md = root / "raw", root / "md"
@@ -185,7 +186,7 @@ def apply_smoke(args) -> None:
     args.reference_root, args.raw_root = paths["reference_root"], paths["raw_root"]
     args.engine_config, args.engine, args.k = paths["engine_config"], "openmm", k
     args.model_config = ROOT / "configs/model_quick.yaml"
-    args.set_model = ["hidden=16", "n_layers=2", *args.set_model]
+    args.model_set = ["hidden=16", "n_layers=2", *args.model_set]
     args.set_train = ["batch_size=32", "warmup_steps=2", "lr=1e-3", "eval_every=10", "val_max_windows=128",
                       "metrics_max_windows=256", "norm_max_windows=256", "log_every=10", *args.set_train]
     args.hybrid_config = ROOT / "configs/hybrid_quick.yaml"
@@ -208,7 +209,7 @@ def train_one(name: str, args, table, combo: list[str], ds_k: int) -> dict[str, 
     base_t = {**parse_kv(args.set_train, "--set-train"), "k": ds_k, "max_steps": args.max_steps, "seed": args.seed,
               "wandb": False}
     tcfg = load_config(TrainConfig, args.train_config, {**base_t, **t_over})
-    mcfg = load_config(ModelConfig, args.model_config, {**parse_kv(args.set_model, "--set-model"), **m_over})
+    mcfg = load_config(ModelConfig, args.model_config, {**parse_kv(args.model_set, "--model-set"), **m_over})
     settings = {"train_overrides": t_over, "model_overrides": m_over, "train_config": _asdict(tcfg),
                 "model_config": _asdict(mcfg), "dataset": str(args.dataset)}
     lever_file, final = run / "lever.json", run / "final_metrics.json"
@@ -257,8 +258,9 @@ def _clear_rollouts(run: Path) -> None:
 # ------------------------------------------------------------------------------ rollouts
 
 class Rollouts:
-    """Per molecule: the engine, the reference replicas, their floor and per-element temperature
-    (built once, shared by every model)."""
+    """Per molecule: the engine config, the reference replicas, their floors (the bench's
+    FloorCache, computed once per interval and shared by every model) and per-element
+    temperature."""
 
     def __init__(self, args, ds_spec, molecules: list[str]):
         from mdkstep.config import load_config
@@ -275,9 +277,11 @@ class Rollouts:
         self.refs: dict[str, Any] = {}
 
     def reference(self, mol: str) -> dict[str, Any]:
-        """Replicas, topology, the reference's per-element temperature (K) and its length (ps)."""
+        """Replicas, topology, their floors, the reference's per-element temperature (K) and its
+        length (ps)."""
         if mol not in self.refs:
             from mdkstep.analysis.metrics import summarize_trajectory
+            from mdkstep.bench.core import FloorCache
             from mdkstep.trajectory import load_trajectory
 
             paths = sorted((self.args.reference_root / mol).glob(self.args.reference_pattern))
@@ -288,6 +292,7 @@ class Rollouts:
             topo = self.spec.topologies[mol]
             summ = summarize_trajectory(reps[0], np.asarray(topo["bonds"]))
             self.refs[mol] = {"replicas": reps, "topo": topo, "paths": [str(p) for p in paths],
+                              "floors": FloorCache(reps, topo),
                               "T_element_K": summ["temperature_per_element_K"], "T_mean_K": summ["temperature_mean_K"],
                               "ps": float(reps[0].time_ps[-1] - reps[0].time_ps[0])}
         return self.refs[mol]
@@ -301,54 +306,44 @@ class Rollouts:
             raise MdkstepError(f"--raw-root: no stage-00 folder for {mol} (the OpenMM engine needs its system.xml)")
         return from_trajectory(self.reference(mol)["paths"][0])
 
-    def hybrid_config(self, k: int):
-        from mdkstep.config import load_config
-        from mdkstep.hybrid import HybridConfig
-
-        hc = load_config(HybridConfig, self.args.hybrid_config, parse_kv(self.args.set_hybrid, "--set-hybrid"))
-        return hc.resolved(k=k, dt_fs=self.spec.dt_fs, temperature_K=self.engine_cfg.temperature_K)
-
     def run(self, rec: dict[str, Any], mol: str) -> dict[str, Any]:
-        """Roll out ``rec``'s model on ``mol`` (or reuse the finished rollout) and evaluate it."""
-        from mdkstep.model.checkpoint import model_from_checkpoint
-        from mdkstep.engines.factory import make_engine
-        from mdkstep.hybrid import run_hybrid
+        """Roll out ``rec``'s model on ``mol`` (the bench's cached, resumable hybrid run: reused
+        when finished with the same model, hybrid config, length and seed) and evaluate it."""
+        from mdkstep.bench.core import hybrid_config, load_jumper, run_fingerprint, run_hybrid_production
         from mdkstep.cli.hybrid import start_frames
-        from mdkstep.model.jumper import ModelJumper
+        from mdkstep.engines.factory import make_engine
 
         ref = self.reference(mol)
-        folder = Path(rec["checkpoint"]).parent / "hybrid"
-        out = folder / f"{mol}.npz"
-        stats_path = folder / f"{mol}.stats.json"
-        if stats_path.is_file() and not self.args.overwrite:
-            stats = json.loads(stats_path.read_text())
-        else:
-            system = self.system(mol)
-            engine = make_engine(self.args.engine, system, self.engine_cfg)
-            model, ck = model_from_checkpoint(rec["checkpoint"])
-            hcfg = self.hybrid_config(int(ck["k"]))
-            x0, v0, _ = start_frames(ref["replicas"][0], self.args.replicas)
-            jumper = ModelJumper(model, system.atomic_numbers, engine.masses, system.bonds)
-            n_cycles = max(hcfg.save_interval_cycles, int(round(self.args.rollout_ps / hcfg.cycle_ps)))
-            folder.mkdir(parents=True, exist_ok=True)
-            from mdkstep.utils import file_sha256
-
-            fp = {"model_checkpoint_sha256": file_sha256(Path(rec["checkpoint"])), "seed": self.args.seed}
-            stats = run_hybrid(engine, jumper, hcfg, x0, v0, n_cycles, out, np.random.default_rng(self.args.seed),
-                               resume=not self.args.overwrite, metadata={"molecule": mol, "seed": self.args.seed},
-                               progress=False, fingerprint=fp)  # an interrupted rollout continues
-            atomic_write_json(stats_path, stats)
+        checkpoint = Path(rec["checkpoint"])
+        out = checkpoint.parent / "hybrid" / f"{mol}.npz"
+        system = self.system(mol)
+        engine = make_engine(self.args.engine, system, self.engine_cfg)
+        k = int(rec["settings"]["train_config"]["k"])
+        hcfg = hybrid_config(str(self.args.hybrid_config), parse_kv(self.args.set_hybrid, "--set-hybrid"), k=k,
+                             dt_fs=self.spec.dt_fs, temperature_K=self.engine_cfg.temperature_K)
+        n_cycles = max(hcfg.save_interval_cycles, int(round(self.args.rollout_ps / hcfg.cycle_ps)))
+        time_ps = n_cycles * hcfg.cycle_ps
+        jumper = load_jumper(checkpoint, engine, system.bonds, k, self.spec.dt_fs)
+        x0, v0, _ = start_frames(ref["replicas"][0], self.args.replicas)
+        fp = run_fingerprint(checkpoint, hcfg, time_ps, self.args.seed)
+        stats = run_hybrid_production(engine, jumper, hcfg, x0, v0, time_ps, out, self.args.seed,
+                                      {"molecule": mol, "seed": self.args.seed}, fp)
         return self.evaluate(stats, ref)
 
     def evaluate(self, stats: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
-        """Structure ratios to the floor (mean over replicas), per-element T, calls/ps, fallbacks."""
+        """Structure ratios to the floor (mean over replicas), per-element T, calls/ps, fallbacks.
+        Each run is compared with reference replica 0 at the coarser of the two frame intervals."""
+        from mdkstep.analysis.evaluation import evaluate_run, frame_interval_ps
         from mdkstep.bench.core import STRUCTURE_KEYS
-        from mdkstep.analysis.evaluation import evaluate_hybrid_file
+        from mdkstep.trajectory import load_trajectory
 
         ratios: dict[str, list[float]] = {}
         t_el: dict[str, list[float]] = {}
+        ref0 = ref["replicas"][0]
         for p in stats["outputs"]:
-            _, ev = evaluate_hybrid_file(Path(p), ref["replicas"], ref["topo"])
+            hyb = load_trajectory(Path(p))
+            interval = max(frame_interval_ps(hyb), frame_interval_ps(ref0))
+            ev = evaluate_run(ref0, hyb, ref["topo"], ref["floors"].at(interval), interval)
             for key, val in ev["ratio_to_floor"].items():
                 ratios.setdefault(key, []).append(val)
             for el, t in ev["summary"]["temperature_per_element_K"].items():

@@ -7,7 +7,7 @@ Metropolized velocity Verlet at step tau; "trained" are shear checkpoints (04 wi
 configs/model_shear.yaml) at their own tau. Optionally writes untrained shear checkpoints
 (--save-untrained DIR), e.g. to run Metropolized Verlet through 06b.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python scripts/exact_stride_curve.py \\
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python studies/exact/exact_stride_curve.py \\
         --trajectory outputs/exact/md/ethanol/replica_0.npz \\
         --trained outputs/exact/train_k8/best.pt outputs/exact/train_k16/best.pt --out outputs/exact/curve.json
 
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mdkstep.model.checkpoint import model_from_checkpoint, save_checkpoint, shear_payload
 from mdkstep.dynamics import kinetic_energy
 from mdkstep.engines.xtb_engine import XTBEngine
-from mdkstep.exact.sampler import ShearJumper, init_chain
+from mdkstep.exact.sampler import ShearJumper, acceptance_probability, init_chain
+from mdkstep.model.checkpoint import model_from_checkpoint, save_checkpoint, shear_payload
 from mdkstep.model.shear import untrained_shear_kicks
 from mdkstep.molecule.system import from_trajectory
 from mdkstep.trajectory import load_trajectory
@@ -41,9 +41,9 @@ def proposal_stats(jumper: ShearJumper, engine, x: np.ndarray, v: np.ndarray, kT
     m = jumper.masses
     dH = u1 + kinetic_energy(v1, m) - st.u - kinetic_energy(v, m)
     ok = np.isfinite(dH)
-    p_acc = np.where(ok, np.minimum(1.0, np.exp(-np.clip(np.where(ok, dH, 0.0), -50 * kT, None) / kT)), 0.0)
     adh = np.abs(dH[ok])
-    return {"tau_fs": jumper.tau_ps * 1000.0, "n_states": int(len(x)), "mean_acceptance_probability": float(p_acc.mean()),
+    return {"tau_fs": jumper.tau_ps * 1000.0, "n_states": int(len(x)),
+            "mean_acceptance_probability": float(acceptance_probability(dH, kT).mean()),
             "median_abs_dH_kJ_mol": float(np.median(adh)) if adh.size else None,
             "p90_abs_dH_kJ_mol": float(np.quantile(adh, 0.9)) if adh.size else None,
             "nonfinite": int((~ok).sum()), "force_calls": engine.counters.calls - calls0}
