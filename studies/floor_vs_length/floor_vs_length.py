@@ -7,7 +7,7 @@ falls steeply at the bench's length says the references are too short to judge "
 where it flattens is the length to use.
 
     PYTHONPATH=src .venv/bin/python studies/floor_vs_length/floor_vs_length.py --runs outputs/bench/qm/runs \\
-        --lengths-ps 0.5 1 1.5 2 3 --interval-ps 0.004 --out docs/floor-vs-length-qm.md
+        --lengths-ps 0.5 1 1.5 2 3 --interval-ps 0.004 --out docs/results/floor-vs-length-qm.md
 
 Units: Å, degrees (as in the bench); lengths in ps.
 """

@@ -13,7 +13,7 @@ goal at MM k = 8 is a bond RMSE at most half that of "no move" (skill <= 0.5).
     .venv/bin/python src/02_make_dataset.py --md-root outputs/gen/md --out-root outputs/gen/data \\
         --splits-dir outputs/gen/splits --ks 8 --split time --raw-root outputs/gen/raw
     .venv/bin/python studies/generalization/generalization.py --checkpoint models/mm_k8.pt \\
-        --dataset outputs/gen/data/dataset_k8.npz --out docs/generalization-mm_k8.md
+        --dataset outputs/gen/data/dataset_k8.npz --out docs/results/generalization-mm_k8.md
 
 Units: Å, degrees, nm/ps in the table.
 """
