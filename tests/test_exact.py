@@ -359,3 +359,52 @@ def test_on_policy_energy_error_is_the_samplers_and_trains():
         after = on_policy_energy_error(kicks, tmpl, to_tensors(sub, torch.float64), tau, engine_fn).numpy()
     assert "abs_dH_on_policy" in hist[-1]
     assert np.median(np.abs(after)) < 0.7 * np.median(np.abs(dh)), (np.median(np.abs(dh)), np.median(np.abs(after)))
+
+
+# ---------------------------------------------------------------- stage 04 for kind: shear
+
+def _shear_dataset(root):
+    """A tiny k = 4 dataset with forces and energies (a synthetic ethanol trajectory)."""
+    from test_training import _ethanol_trajectory
+
+    from mdkstep.data.windows import build_dataset, write_split_files
+
+    traj = root / "md" / "ethanol" / "replica_0.npz"
+    _ethanol_trajectory(traj, n_frames=200)
+    summary = build_dataset([traj], k=4, out_file=root / "d.npz", split="time")
+    write_split_files(root / "splits", summary, [str(root / "d.npz")])
+    return root / "d.npz", (root / "splits" / "train.json", root / "splits" / "val.json")
+
+
+def test_train_shear_refuses_cuda_without_a_gpu_and_writes_metrics_atomically(tmp_path, monkeypatch):
+    """--device cuda without a visible GPU is a one-line error before any work (it used to fall
+    back to the CPU silently); metrics.csv is written through a temporary file (no leftovers)."""
+    from mdkstep.exact.train import train_shear
+    from mdkstep.utils import MdkstepError
+
+    ds, splits = _shear_dataset(tmp_path)
+    mcfg = tiny_config(kind="shear")
+    cfg = ExactTrainConfig(steps=4, batch_size=8, log_every=2, val_max_windows=16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MdkstepError, match="--device cuda requested but no CUDA GPU"):
+        train_shear(ds, splits, mcfg, cfg, tmp_path / "run", device_name="cuda")
+    assert not (tmp_path / "run").exists()
+    res = train_shear(ds, splits, mcfg, cfg, tmp_path / "run", device_name="auto")
+    assert res["device"] == "cpu"
+    lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert lines[0].split(",")[:3] == ["step", "loss", "x"] and [r.split(",")[0] for r in lines[1:]] == ["2", "4"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "final_metrics.json", "last.pt",
+                                                                    "metrics.csv"]
+
+
+def test_metrics_csv_write_that_fails_leaves_the_old_file(tmp_path):
+    from mdkstep.exact.train import write_metrics_csv
+
+    path = tmp_path / "metrics.csv"
+    write_metrics_csv(path, [{"step": 1, "loss": 0.5}])
+    old = path.read_text()
+    with pytest.raises(ValueError):  # the second row has a column the header lacks: fails mid-write
+        write_metrics_csv(path, [{"step": 1, "loss": 0.4}, {"step": 2, "bogus": 1.0}])
+    assert path.read_text() == old and [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+    write_metrics_csv(path, [{"b": 1, "a": 2}], fieldnames=["a", "b"])
+    assert path.read_text().splitlines() == ["a,b", "2,1"]

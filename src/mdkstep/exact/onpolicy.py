@@ -13,7 +13,6 @@ taken with one net charge (``charge``); the xTB settings come from a QMConfig. U
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from mdkstep.exact.train import (
     dataset_windows,
     teacher_forced_abs_dH,
     train_exact,
+    write_metrics_csv,
 )
 from mdkstep.model.checkpoint import model_from_checkpoint, read_card, save_checkpoint, shear_payload
 from mdkstep.utils import MdkstepError, atomic_write_json, file_sha256
@@ -143,10 +143,7 @@ def fine_tune(checkpoint: Path, dataset: Path, split: Path, out: Path, stage: On
                             train_config=to_dict(cfg), scales=ck.get("scales"),
                             step=int(ck.get("step") or 0) + stage.steps, tau_fs=tau_ps * 1000.0)
     save_checkpoint(out / "best.pt", payload)
-    with open(out / "metrics.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=sorted({k for r in history for k in r}))
-        w.writeheader()
-        w.writerows(history)
+    write_metrics_csv(out / "metrics.csv", history, fieldnames=sorted({k for r in history for k in r}))
     wall = history[-1]["seconds"]
     final = {"kind": "shear", "on_policy": True, "tau_fs": tau_ps * 1000.0, "steps": stage.steps,
              "from": str(checkpoint), "stage": asdict(stage), "train_seconds": wall,

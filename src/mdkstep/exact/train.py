@@ -22,9 +22,11 @@ per window at the proposal x' (:func:`on_policy_energy_error`), at the cost of t
 """
 from __future__ import annotations
 
+import csv
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
@@ -37,8 +39,8 @@ from mdkstep.model import build_model
 from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint, save_checkpoint, shear_payload
 from mdkstep.model.graph import GraphBatch
 from mdkstep.model.shear import ShearKicks, graph_template, inner_path, outer_kick
-from mdkstep.training.trainer import RunPaths, prepare_run_folder
-from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_write_json
+from mdkstep.training.trainer import RunPaths, prepare_run_folder, resolve_device
+from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path, atomic_write_json
 
 # --------------------------------------------------------------------------- windows
 
@@ -360,16 +362,23 @@ def abs_dH_summary(adh: np.ndarray) -> dict[str, float]:
             "mean_abs_dH_kJ_mol": float(adh.mean()), "n": int(adh.size)}
 
 
+def write_metrics_csv(path: str | Path, rows: Sequence[dict[str, Any]], fieldnames: Sequence[str] | None = None) -> None:
+    """The logged rows as a CSV (columns ``fieldnames``, default the first row's keys), written
+    atomically: a crash never leaves a truncated metrics.csv."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(fieldnames if fieldnames is not None else rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def train_shear(dataset_file, splits, model_cfg, cfg: ExactTrainConfig, out, device_name: str = "cpu",
                 resume: bool = False, overwrite: bool = False, test_split=None) -> dict:
     """Stage 04 for ``kind: shear``: train exact mode's ShearKicks on a k-step dataset with
     :func:`train_exact` and write ``<out>/best.pt`` (= ``last.pt``: the final weights),
     ``metrics.csv`` and ``final_metrics.json`` (teacher-forced |dH| on val/test before and
-    after training, kJ/mol). tau = k * dt of the dataset. ``resume`` is not supported yet
-    (one-line error); an earlier run needs ``overwrite``. Returns a summary dict."""
-    import csv
-    from pathlib import Path
-
+    after training, kJ/mol). tau = k * dt of the dataset. ``device_name``: auto | cpu | cuda
+    (cuda without a visible GPU is a one-line error, as in the main trainer). ``resume`` is not
+    supported yet (one-line error); an earlier run needs ``overwrite``. Returns a summary dict."""
     try:
         cfg.validate()
         model_cfg.validate()
@@ -377,6 +386,7 @@ def train_shear(dataset_file, splits, model_cfg, cfg: ExactTrainConfig, out, dev
         raise MdkstepError(f"exact train config: {e}") from None
     if resume:
         raise MdkstepError("--resume is not supported for kind 'shear' yet (training is short): pass --overwrite")
+    device = resolve_device(device_name)
     paths = RunPaths(Path(out))
     prepare_run_folder(paths, resume=False, overwrite=overwrite)
     train_ds = KStepDataset(Path(dataset_file), splits[0])
@@ -386,7 +396,6 @@ def train_shear(dataset_file, splits, model_cfg, cfg: ExactTrainConfig, out, dev
         raise MdkstepError(f"{dataset_file}: exact-mode training needs a non-empty training split with forces")
     tau_ps = train_ds.k * train_ds.spec.dt_fs / 1000.0  # k counts integrator steps
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    device = torch.device("cuda" if device_name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     kicks = build_model(model_cfg).to(device=device, dtype=dtype)
     init_scales = None
@@ -421,10 +430,7 @@ def train_shear(dataset_file, splits, model_cfg, cfg: ExactTrainConfig, out, dev
                             step=cfg.steps, tau_fs=tau_ps * 1000.0)
     save_checkpoint(paths.last, payload)
     save_checkpoint(paths.best, payload)
-    with open(paths.csv, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
+    write_metrics_csv(paths.csv, history)
     final = {"kind": "shear", "tau_fs": tau_ps * 1000.0, "teacher_forced_before": before,
              "teacher_forced_after": after, "train_seconds": history[-1]["seconds"], "steps": cfg.steps}
     atomic_write_json(paths.out / "final_metrics.json", final)
