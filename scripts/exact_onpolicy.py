@@ -1,9 +1,8 @@
 """Exact mode, fine-tuned on its real proposals (one stage of mdkstep.exact.onpolicy): the
-teacher-forced loss of stage 04 plus ``lambda_on_policy`` times a penalty of dH/kT
-(--on-policy-loss square | abs) with GFN2-xTB's U, F at each proposal x' (one xTB call per
-window and step; mdkstep.exact.train.on_policy_energy_error). Why: the teacher-forced dH
-(F(x') := F_{t+k} from the data) underestimates the sampler's dH where x' leaves x_{t+k}
-(QM aspirin at 4 fs: median 1.3 vs 3.2 kJ/mol), so it stops training the acceptance.
+teacher-forced loss of stage 04 plus ``lambda_on_policy`` times (dH/kT)^2 with GFN2-xTB's U, F
+at each proposal x' (one xTB call per window and step; mdkstep.exact.train.on_policy_energy_error).
+Why: the teacher-forced dH (F(x') := F_{t+k} from the data) underestimates the sampler's dH where
+x' leaves x_{t+k} (QM aspirin at 4 fs: median 1.3 vs 3.2 kJ/mol), so it stops training the acceptance.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python scripts/exact_onpolicy.py \\
         --checkpoint models/qm_exact_k16.pt --dataset outputs/models_bench/qm/models/exact_k16/dataset.npz \\
@@ -59,19 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lambda-on-policy", type=float, default=1.0)
-    p.add_argument("--lambda-mid-force", type=float, default=0.0,
-                   help="weight of a force-matching term on the inner kick at the stride's midpoint (one more "
-                        "xTB call per window): b(x_mid) ~ (tau/2) F(x_mid)/m")
-    p.add_argument("--on-policy-loss", choices=("square", "abs"), default="square",
-                   help="penalty of dH/kT at the real proposal: square, or abs (a smooth |dH|/kT, which weighs "
-                        "states as the acceptance does)")
     p.add_argument("--molecule-weights", type=float, nargs="+", default=None, metavar="W",
                    help="relative frequency of each molecule's steps, in the dataset's order (default: round robin)")
     p.add_argument("--teacher-scale", type=float, default=1.0,
                    help="factor on the checkpoint's teacher-forced loss weights lambda_x, lambda_v, lambda_energy")
-    p.add_argument("--grow-members", type=int, default=0, metavar="M",
-                   help="first grow every kick to the sum of M networks, the new ones starting at zero output "
-                        "(more capacity; the map is unchanged until they train)")
     p.add_argument("--max-windows", type=int, default=20000, help="training windows (deterministic subsample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-split", type=Path, default=None, help="split for the teacher-forced |dH| report")
@@ -87,10 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("INFO")
     torch.set_num_threads(1)
     stage = OnPolicyStage(steps=a.steps, batch_size=a.batch_size, lr=a.lr, lambda_on_policy=a.lambda_on_policy,
-                          lambda_mid_force=a.lambda_mid_force, on_policy_loss=a.on_policy_loss,
                           molecule_weights=a.molecule_weights,
-                          teacher_scale=a.teacher_scale, max_windows=a.max_windows, seed=a.seed,
-                          grow_members=a.grow_members)
+                          teacher_scale=a.teacher_scale, max_windows=a.max_windows, seed=a.seed)
     try:
         final = fine_tune(a.checkpoint, a.dataset, a.split, a.out, stage, load_config(QMConfig, a.qm_config),
                           charge=a.charge, test_split=a.test_split)

@@ -3,8 +3,6 @@ volume preservation, reversibility, momentum, exact Boltzmann sampling with a po
 training that lowers |dH|. Units: nm, ps, kJ/mol, amu, K."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -221,36 +219,6 @@ def test_reversible_and_momentum_conserving(members):
     assert np.abs(ang(xc, dv_kick)).max() < 1e-10
 
 
-def test_grown_members_leave_the_map_unchanged_and_train(tmp_path):
-    """grow_members adds zero-output networks: the same proposal to round-off, a checkpoint that
-    round-trips, and new weights that receive gradient."""
-    from mdkstep.model.checkpoint import model_from_checkpoint, save_checkpoint, shear_payload
-    from mdkstep.model.shear import grow_members
-
-    eng, tau = MorseCluster(), 0.004
-    kicks = random_kicks(tau, f_scale=100.0, gain=0.5)
-    grown = grow_members(kicks, 3)
-    assert grown.members == 3 and len(grown.outer_nets()) == 3 and len(grown.inner_nets(0)) == 3
-    x, v = morse_states(3, np.random.default_rng(4))
-    outs = []
-    for kk in (kicks, grown):
-        j = morse_jumper(kk, tau)
-        st = init_chain(j, eng, x, v)
-        outs.append(j.propose(eng, st.x, st.v, st.a))
-    for a, b in zip(outs[0], outs[1]):
-        assert np.abs(a - b).max() < 1e-12
-    tmpl = graph_template(MorseCluster.Z, MorseCluster.MASSES, MorseCluster.BONDS)
-    xt = torch.tensor(x[0])
-    (grown.delta_inner(0, tmpl, xt) * torch.randn(xt.shape, dtype=xt.dtype)).sum().backward()  # a linear functional
-    assert float(grown.inner_more[1][0].layers[-1].coef_edge.weight.grad.abs().max()) > 0
-    with pytest.raises(ValueError, match="members"):
-        grow_members(grown, 2)
-    path = tmp_path / "g.pt"
-    save_checkpoint(path, shear_payload(grown, 16, 0.25, "analytic", [1, 8]))
-    back, _ = model_from_checkpoint(path, dtype=torch.float64)
-    assert back.members == 3 and n_forwards_per_stride(back) == 2 * 3
-
-
 def test_torch_stride_matches_numpy_jumper_and_counts_one_call():
     eng, tau = MorseCluster(), 0.004
     kicks = random_kicks(tau, f_scale=100.0, gain=0.5)
@@ -370,11 +338,9 @@ def test_short_training_lowers_the_true_energy_error():
     assert abs(float(torch.linalg.det(jacobian_of_map(kicks, tau))) - 1.0) < 1e-9  # trained: still volume-preserving
 
 
-@pytest.mark.parametrize("penalty", ["square", "abs"])
-def test_on_policy_energy_error_is_the_samplers_and_trains(penalty):
+def test_on_policy_energy_error_is_the_samplers_and_trains():
     """on_policy_energy_error (the real U, F at the proposal) gives exactly the dH the sampler's
-    Metropolis test sees; training with it alone (no teacher-forced terms), under either
-    penalty, lowers that dH."""
+    Metropolis test sees; training with it alone (no teacher-forced terms) lowers that dH."""
     from mdkstep.exact.train import on_policy_energy_error, to_tensors
 
     tau = 0.006
@@ -396,9 +362,7 @@ def test_on_policy_energy_error_is_the_samplers_and_trains(penalty):
     ref = u1 + kinetic_energy(v1, m) - st.u - kinetic_energy(sub.v0, m)
     assert np.allclose(dh, ref, rtol=1e-9, atol=1e-9)
     cfg = ExactTrainConfig(steps=100, batch_size=32, lr=3e-3, lambda_x=0.0, lambda_v=0.0, lambda_energy=0.0,
-                           lambda_on_policy=1.0, on_policy_loss=penalty, temperature_K=T_K, log_every=50)
-    with pytest.raises(ValueError, match="on_policy_loss"):
-        replace(cfg, on_policy_loss="cube").validate()
+                           lambda_on_policy=1.0, temperature_K=T_K, log_every=50)
     with pytest.raises(ValueError, match="engine function"):
         train_exact(kicks, [train], tau, cfg)
     hist = train_exact(kicks, [train], tau, cfg, engine_fns=[engine_fn])
@@ -408,24 +372,50 @@ def test_on_policy_energy_error_is_the_samplers_and_trains(penalty):
     assert np.median(np.abs(after)) < 0.7 * np.median(np.abs(dh)), (np.median(np.abs(dh)), np.median(np.abs(after)))
 
 
-def test_mid_force_term_teaches_the_inner_kick_the_midpoint_force():
-    """lambda_mid_force alone drives b(x_mid) towards (tau/2) F(x_mid)/m (the engine's force)."""
-    from mdkstep.exact.train import mid_force_error, to_tensors
+# ---------------------------------------------------------------- stage 04 for kind: shear
 
-    tau = 0.006
-    train = morse_windows(256, tau, np.random.default_rng(5))
-    torch.manual_seed(2)
-    kicks = ShearKicks(tiny_config(hidden=24), n_inner=1).double()
-    scales = fit_scales(kicks, [train], tau)
-    eng = MorseCluster()
-    engine_fn = lambda xx: engine_forces(eng, xx)  # noqa: E731
-    sub = train.subset(np.arange(32))
-    tmpl = graph_template(sub.z, sub.masses, sub.bonds, 32, kicks.config.max_hops, torch.float64)
-    with torch.no_grad():
-        before = float(mid_force_error(kicks, tmpl, to_tensors(sub, torch.float64), tau, engine_fn))
-    cfg = ExactTrainConfig(steps=200, batch_size=32, lr=3e-3, lambda_x=0.0, lambda_v=0.0, lambda_energy=0.0,
-                           lambda_mid_force=1.0, temperature_K=T_K, log_every=50)
-    hist = train_exact(kicks, [train], tau, cfg, scales=scales, engine_fns=[engine_fn])
-    with torch.no_grad():
-        after = float(mid_force_error(kicks, tmpl, to_tensors(sub, torch.float64), tau, engine_fn))
-    assert "mid_force_rms" in hist[-1] and after < 0.5 * before, (before, after)  # measured: 0.018 -> ~0.005
+def _shear_dataset(root):
+    """A tiny k = 4 dataset with forces and energies (a synthetic ethanol trajectory)."""
+    from test_training import _ethanol_trajectory
+
+    from mdkstep.data.windows import build_dataset, write_split_files
+
+    traj = root / "md" / "ethanol" / "replica_0.npz"
+    _ethanol_trajectory(traj, n_frames=200)
+    summary = build_dataset([traj], k=4, out_file=root / "d.npz", split="time")
+    write_split_files(root / "splits", summary, [str(root / "d.npz")])
+    return root / "d.npz", (root / "splits" / "train.json", root / "splits" / "val.json")
+
+
+def test_train_shear_refuses_cuda_without_a_gpu_and_writes_metrics_atomically(tmp_path, monkeypatch):
+    """--device cuda without a visible GPU is a one-line error before any work (it used to fall
+    back to the CPU silently); metrics.csv is written through a temporary file (no leftovers)."""
+    from mdkstep.exact.train import train_shear
+    from mdkstep.utils import MdkstepError
+
+    ds, splits = _shear_dataset(tmp_path)
+    mcfg = tiny_config(kind="shear")
+    cfg = ExactTrainConfig(steps=4, batch_size=8, log_every=2, val_max_windows=16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MdkstepError, match="--device cuda requested but no CUDA GPU"):
+        train_shear(ds, splits, mcfg, cfg, tmp_path / "run", device_name="cuda")
+    assert not (tmp_path / "run").exists()
+    res = train_shear(ds, splits, mcfg, cfg, tmp_path / "run", device_name="auto")
+    assert res["device"] == "cpu"
+    lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert lines[0].split(",")[:3] == ["step", "loss", "x"] and [r.split(",")[0] for r in lines[1:]] == ["2", "4"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "final_metrics.json", "last.pt",
+                                                                    "metrics.csv"]
+
+
+def test_metrics_csv_write_that_fails_leaves_the_old_file(tmp_path):
+    from mdkstep.exact.train import write_metrics_csv
+
+    path = tmp_path / "metrics.csv"
+    write_metrics_csv(path, [{"step": 1, "loss": 0.5}])
+    old = path.read_text()
+    with pytest.raises(ValueError):  # the second row has a column the header lacks: fails mid-write
+        write_metrics_csv(path, [{"step": 1, "loss": 0.4}, {"step": 2, "bogus": 1.0}])
+    assert path.read_text() == old and [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+    write_metrics_csv(path, [{"b": 1, "a": 2}], fieldnames=["a", "b"])
+    assert path.read_text().splitlines() == ["a,b", "2,1"]

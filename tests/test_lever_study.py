@@ -17,14 +17,12 @@ def _script():
 
 def test_lever_study_smoke(tmp_path, capsys):
     mod = _script()
-    assert mod.main(["--smoke", "--out", str(tmp_path), "--combo", "noise", "twojump"]) == 0
+    assert mod.main(["--smoke", "--out", str(tmp_path), "--combo", "massdv", "internal"]) == 0
     study = json.loads((tmp_path / "lever_study.json").read_text())
-    assert list(study["models"]) == ["baseline", "noise", "reverse", "ke", "twojump", "vdirect", "massdv",
-                                    "internal", "combo"]
-    assert study["combo"] == ["noise", "twojump"]
+    assert list(study["models"]) == ["baseline", "massdv", "internal", "combo"]
+    assert study["combo"] == ["massdv", "internal"]
     combo = study["models"]["combo"]["settings"]
-    assert combo["train_overrides"] == {"input_noise_x": 0.1, "input_noise_v": 0.1, "unroll_jumps": 2}
-    assert study["models"]["vdirect"]["settings"]["model_config"]["velocity_output"] == "direct"
+    assert combo["train_overrides"] == {"dv_weight": "mass", "lambda_bond": 1.0, "lambda_angle": 0.5}
     seeds = {r["settings"]["train_config"]["seed"] for r in study["models"].values()}
     steps = {r["steps"] for r in study["models"].values()}
     assert seeds == {0} and steps == {15}
@@ -34,12 +32,13 @@ def test_lever_study_smoke(tmp_path, capsys):
         assert ro["force_calls_per_ps"] > 0 and ro["nan_frames"] == 0 and set(ro["T_element_K"]) == {"C", "H", "O"}
         assert ro["ratio_to_floor"]["bond_w1_A"] > 0
     md = (tmp_path / "lever_study.md").read_text()
-    assert "| no move |" in md and "| +d two-jump loss |" in md and "| ethanol |" in md
+    assert "| no move |" in md and "| +f mass-weighted dv |" in md and "| ethanol |" in md
     # a rerun reuses every trained model and rollout
-    assert mod.main(["--smoke", "--out", str(tmp_path), "--combo", "noise", "twojump", "--levers", "baseline", "ke"]) == 0
+    assert mod.main(["--smoke", "--out", str(tmp_path), "--combo", "massdv", "internal", "--levers", "baseline",
+                     "massdv"]) == 0
     again = json.loads((tmp_path / "lever_study.json").read_text())
-    assert list(again["models"]) == ["baseline", "ke"]
-    assert again["models"]["ke"]["train_wall_s"] == study["models"]["ke"]["train_wall_s"]
+    assert list(again["models"]) == ["baseline", "massdv"]
+    assert again["models"]["massdv"]["train_wall_s"] == study["models"]["massdv"]["train_wall_s"]
 
 
 def test_lever_study_help_and_bad_lever_set(capsys):
@@ -53,5 +52,5 @@ def test_lever_study_help_and_bad_lever_set(capsys):
     assert e.value.code == 0 and "--max-steps" in capsys.readouterr().out
     with pytest.raises(MdkstepError, match="LEVER.KEY=VALUE"):
         mod.lever_table(["bogus.x=1"])
-    assert mod.lever_table(["noise.input_noise_x=0.05", "vdirect.update_geometry=false"])["noise"][1]["input_noise_x"] == 0.05
-    assert mod.lever_table(["vdirect.update_geometry=false"])["vdirect"][2]["update_geometry"] is False
+    assert mod.lever_table(["internal.lambda_bond=0.5", "massdv.update_geometry=false"])["internal"][1]["lambda_bond"] == 0.5
+    assert mod.lever_table(["massdv.update_geometry=false"])["massdv"][2]["update_geometry"] is False

@@ -49,6 +49,7 @@ def check_shipped(path) -> None:
 
     model, ck = model_from_checkpoint(path, dtype=F64)
     assert set(ck) == set(SHIPPED_KEYS), f"{path.name}: keys {sorted(ck)} (optimizer state must be stripped)"
+    check_stored_configs(path, ck)
     card = read_card(path)
     assert card is not None, f"{path.name}: no model card {path.with_suffix('.json').name}"
     for key in ("model_config", "train_config", "k", "dt_fs", "engine", "atom_types"):
@@ -75,6 +76,26 @@ def check_shipped(path) -> None:
         err = float((out_m[key] - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
         assert err < 1e-6, f"{path.name}: {key} is not E(3)-equivariant (relative error {err:.2g})"
     assert float(out["dx"].abs().max()) > 0, f"{path.name}: the jump moves nothing"
+
+
+def check_stored_configs(path, ck) -> None:
+    """The checkpoint's stored model and train configs read with today's config classes: keys of
+    removed levers are at their old defaults (mdkstep.config.drop_removed), every other stored
+    value is the one the class holds (keys the checkpoint predates take their defaults)."""
+    from dataclasses import asdict
+
+    from mdkstep.config import from_dict
+    from mdkstep.exact.train import ExactTrainConfig
+    from mdkstep.model import ModelConfig
+    from mdkstep.training.trainer import TrainConfig
+
+    mcfg = from_dict(ModelConfig, ck["model_config"], f"{path.name}: model_config")
+    cls = ExactTrainConfig if mcfg.kind == "shear" else TrainConfig
+    tcfg = from_dict(cls, ck["train_config"], f"{path.name}: train_config")
+    for cfg, stored in ((mcfg, ck["model_config"]), (tcfg, ck["train_config"])):
+        now = asdict(cfg)
+        assert {k: v for k, v in stored.items() if k not in type(cfg).REMOVED} == {k: now[k] for k in stored
+                                                                                  if k in now}, path.name
 
 
 def check_shipped_shear(path, kicks, ck, card) -> None:
@@ -174,8 +195,11 @@ def test_unknown_models_key_and_bad_entry(tmp_path):
     p.write_text("qm_exact_on_policy: [{steps: 10, lrr: 1.0e-4}]\n")
     with pytest.raises(MdkstepError, match=r"m.yaml: key .qm_exact_on_policy.0.*unknown key 'lrr'"):
         load_config(ModelsConfig, p)
-    p.write_text("qm_exact_on_policy: [{steps: 10}, {on_policy_loss: cube}]\n")
-    with pytest.raises(MdkstepError, match=r"m.yaml: key .qm_exact_on_policy.1.*on_policy_loss.*cube"):
+    p.write_text("qm_exact_on_policy: [{steps: 10}, {teacher_scale: -1.0}]\n")
+    with pytest.raises(MdkstepError, match=r"m.yaml: key .qm_exact_on_policy.1.*teacher_scale.*-1"):
+        load_config(ModelsConfig, p)
+    p.write_text("qm_exact_on_policy: [{steps: 10, on_policy_loss: square}, {on_policy_loss: abs}]\n")
+    with pytest.raises(MdkstepError, match=r"m.yaml: key .qm_exact_on_policy.1.*'on_policy_loss' was removed.*abs"):
         load_config(ModelsConfig, p)
     with pytest.raises(MdkstepError, match="ghost not in"):
         combined_smi([f"{ROOT}/data/qm_molecules.smi:water,ghost"], tmp_path / "x.smi")

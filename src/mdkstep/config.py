@@ -127,10 +127,26 @@ def _coerce_field(cls: type, key: str, value: Any, tp: Any, where: str) -> Any:
     return out
 
 
+def drop_removed(cls: type, data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``data`` without the keys that ``cls.REMOVED`` (key -> its old default) lists.
+
+    A config written before a key was removed (a YAML file, or one stored in a checkpoint)
+    still reads when that key holds its old default: it meant the same without it. Any other
+    value is refused in one line, since it asked for something the code no longer does."""
+    out = dict(data)
+    for key, default in getattr(cls, "REMOVED", {}).items():
+        if key in out and out.pop(key) != default:
+            raise MdkstepError(f"{source}: key '{key}' was removed (a lever measured as no help); only its old "
+                               f"default {default!r} still reads, this config has {data[key]!r}")
+    return out
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], source: str) -> T:
-    """Build dataclass ``cls`` from ``data``; ``source`` names the file in error messages."""
+    """Build dataclass ``cls`` from ``data``; ``source`` names the file in error messages.
+    Removed keys at their old default are dropped (:func:`drop_removed`)."""
     if not isinstance(data, Mapping):
         raise MdkstepError(f"{source}: expected a mapping of keys to values at top level")
+    data = drop_removed(cls, data, source)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)

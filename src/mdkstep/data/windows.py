@@ -423,59 +423,8 @@ def rotate_windows(wb: WindowBatch, rot: np.ndarray) -> WindowBatch:
     return replace(wb, **{k: f(getattr(wb, k)) for k in VECTOR_FIELDS})
 
 
-#: the (B,N,3) vector arrays of a WindowBatch (rotated together, swapped by time reversal)
+#: the (B,N,3) vector arrays of a WindowBatch (rotated together)
 VECTOR_FIELDS = ("x0", "v0", "x1", "v1", "f0", "f1", "x2", "v2", "f2")
-
-
-def time_reverse_windows(wb: WindowBatch, mask: np.ndarray) -> WindowBatch:
-    """Windows ``mask`` (B,) bool reversed in time, the others unchanged.
-
-    Reversible (Hamiltonian) dynamics maps (x_{t+k}, -v_{t+k}) to (x_t, -v_t) in k steps, so
-    (x_{t+k}, -v_{t+k}, F_{t+k}) -> (x_t, -v_t) is again a k-window (two-jump windows: t+2k ->
-    t+k -> t). Forces are even under reversal, velocities odd. Needs F_{t+k} when the window
-    has forces at t (it always has: the trajectories store forces at every frame). With a
-    thermostat the reversed window is exact only in distribution (Langevin at low friction
-    nearly so; every k-window of 0.1-1 /ps data loses << 1 % of its kinetic energy to friction).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return wb
-    two = wb.x2 is not None
-    ends = (("x2", "v2", "f2"), ("x1", "v1", "f1"), ("x0", "v0", "f0")) if two else \
-        (("x1", "v1", "f1"), ("x0", "v0", "f0"))
-    slots = (("x0", "v0", "f0"), ("x1", "v1", "f1"), ("x2", "v2", "f2"))
-    new: dict[str, np.ndarray | None] = {}
-    for (xs, vs, fs), (xd, vd, fd) in zip(ends, slots):
-        new[xd] = np.where(mask[:, None, None], getattr(wb, xs), getattr(wb, xd))
-        new[vd] = np.where(mask[:, None, None], -getattr(wb, vs), getattr(wb, vd))
-        f_src, f_dst = getattr(wb, fs), getattr(wb, fd)
-        if f_dst is not None and f_src is None:
-            raise MdkstepError(f"time-reversed windows of {wb.molecule} need the forces at t+k, which are missing")
-        new[fd] = None if f_dst is None else np.where(mask[:, None, None], f_src, f_dst)
-    if getattr(wb, "u0", None) is not None:  # potential energies are even: they swap with their frames
-        # two-jump windows: the frame t+k stays in the middle (u1 unchanged); U(t+2k) is not stored
-        new["u0"] = None if two or wb.u1 is None else np.where(mask, wb.u1, wb.u0)
-        if not two and wb.u1 is not None:
-            new["u1"] = np.where(mask, wb.u0, wb.u1)
-    return replace(wb, **new)
-
-
-def add_input_noise(wb: WindowBatch, sigma_x_nm: float, sigma_v_nm_ps: float, rng: np.random.Generator) -> WindowBatch:
-    """Gaussian noise on the input state only: x_t += N(0, sigma_x^2) nm, v_t += N(0, sigma_v^2)
-    nm/ps per Cartesian component, made COM-free (the inputs stay COM-centred / COM-velocity
-    free). The targets x_{t+k}, v_{t+k} (and t+2k) stay clean, so the jump targets
-    x_{t+k} - x~_t, v_{t+k} - v~_t absorb the noise: the model learns to pull a perturbed state
-    back onto the data, the error-correcting form of Sanchez-Gonzalez et al. 2020. The input
-    forces F_t stay those of the clean x_t (the hybrid always has exact forces; for noise well
-    below a bond's thermal amplitude the mismatch is small).
-    """
-    x0, v0 = wb.x0, wb.v0
-    if sigma_x_nm > 0:
-        x0 = x0 + remove_com(rng.normal(0.0, sigma_x_nm, x0.shape), wb.masses)
-    if sigma_v_nm_ps > 0:
-        v0 = v0 + remove_com(rng.normal(0.0, sigma_v_nm_ps, v0.shape), wb.masses)
-    extra = {"u0": None} if sigma_x_nm > 0 and getattr(wb, "u0", None) is not None else {}  # U(x~_t) is unknown
-    return replace(wb, x0=x0, v0=v0, **extra)
 
 
 def _topology_arrays(topo: dict[str, list[list[int]]]) -> dict[str, np.ndarray]:

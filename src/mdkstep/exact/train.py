@@ -22,10 +22,12 @@ per window at the proposal x' (:func:`on_policy_energy_error`), at the cost of t
 """
 from __future__ import annotations
 
+import csv
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -37,8 +39,8 @@ from mdkstep.model import build_model
 from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint, save_checkpoint, shear_payload
 from mdkstep.model.graph import GraphBatch
 from mdkstep.model.shear import ShearKicks, graph_template, inner_path, outer_kick
-from mdkstep.training.trainer import RunPaths, prepare_run_folder
-from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_write_json
+from mdkstep.training.trainer import RunPaths, prepare_run_folder, resolve_device
+from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path, atomic_write_json
 
 # --------------------------------------------------------------------------- windows
 
@@ -137,16 +139,15 @@ class ExactTrainConfig:
     dtype: str = "float64"  #: float64 | float32 (the sampler runs the model in the same dtype)
     lr_schedule: str = "constant"  #: constant | cosine (lr -> 0 over ``steps``)
     init_checkpoint: str | None = None  #: start from this shear checkpoint's weights (same architecture)
-    lambda_on_policy: float = 0.0  #: weight of the on-policy term with the engine's U, F at the proposal (1 call per window)
-    #: on-policy penalty of e = dH/kT: "square" e^2 | "abs" sqrt(e^2 + 0.01) - 0.1, a smooth |e| (1 - acceptance
-    #: of a reversible, volume-preserving map is E|1 - exp(-e)|/2 ~ E|e|/2, so |e| weighs states as the test does)
-    on_policy_loss: str = "square"
-    #: weight of |b(x_mid) - (tau/2) F(x_mid)/m|^2 / v_scale^2 with the engine's F at the midpoint x_mid of
-    #: a b a (one more call per window; n_inner 1, unconstrained): teaches the inner kick the midpoint force
-    #: (b = (tau/2) F(x_mid)/m and delta_a = -(tau/4) F/m is two velocity-Verlet steps of tau/2)
-    lambda_mid_force: float = 0.0
+    #: weight of the on-policy term (dH/kT)^2 with the engine's U, F at the proposal (1 call per window)
+    lambda_on_policy: float = 0.0
     #: relative frequency of each molecule's steps (order of the dataset's molecules); None: round robin
     molecule_weights: list[float] | None = None
+
+    #: removed keys -> their old default (mdkstep.config.drop_removed); both measured as no help on QM
+    #: aspirin (README "What else was tried on aspirin"): the smooth |dH|/kT on-policy penalty
+    #: (``on_policy_loss: abs``) and force matching of the inner kick at the midpoint (``lambda_mid_force``)
+    REMOVED: ClassVar[dict[str, Any]] = {"on_policy_loss": "square", "lambda_mid_force": 0.0}
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent configuration."""
@@ -157,8 +158,7 @@ class ExactTrainConfig:
             raise ValueError("keys 'max_windows' must be >= 0 and 'k' >= 1 or null")
         if not self.lr > 0 or not self.temperature_K > 0:
             raise ValueError("keys 'lr' and 'temperature_K' must be > 0")
-        for key in ("weight_decay", "grad_clip", "lambda_x", "lambda_v", "lambda_energy", "lambda_on_policy",
-                    "lambda_mid_force"):
+        for key in ("weight_decay", "grad_clip", "lambda_x", "lambda_v", "lambda_energy", "lambda_on_policy"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
                 raise ValueError(f"key '{key}': {getattr(self, key)} must be a finite number >= 0")
         if self.dtype not in ("float64", "float32"):
@@ -168,17 +168,6 @@ class ExactTrainConfig:
         w = self.molecule_weights
         if w is not None and (not w or any(not (math.isfinite(x) and x >= 0) for x in w) or sum(w) <= 0):
             raise ValueError(f"key 'molecule_weights': {w} must be finite numbers >= 0 with a positive sum")
-        if self.on_policy_loss not in ON_POLICY_LOSSES:
-            raise ValueError(f"key 'on_policy_loss': {self.on_policy_loss!r} is not one of {'|'.join(ON_POLICY_LOSSES)}")
-
-
-def _smooth_abs(e: torch.Tensor) -> torch.Tensor:
-    """sqrt(e^2 + 0.01) - 0.1: |e| with a rounded tip (zero at e = 0, smooth everywhere)."""
-    return torch.sqrt(e * e + 0.01) - 0.1
-
-
-#: on-policy penalties of e = dH/kT (ExactTrainConfig.on_policy_loss)
-ON_POLICY_LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"square": torch.square, "abs": _smooth_abs}
 
 
 @dataclass
@@ -266,20 +255,6 @@ def on_policy_energy_error(kicks: ShearKicks, tmpl: GraphBatch, b: WindowTensors
     return u1 + k1 - b.u0 - k0
 
 
-def mid_force_error(kicks: ShearKicks, tmpl: GraphBatch, b: WindowTensors, tau: float, engine_fn: EngineFn,
-                    cons: DistanceConstraints | None = None) -> torch.Tensor:
-    """Mean over atoms of |b(x_mid) - (tau/2) F(x_mid)/m|^2 ((nm/ps)^2), x_mid = x + (tau/2)(v + a(x))
-    the midpoint of a b a, F the engine's there (one call per window; F a constant)."""
-    if kicks.n_inner != 1 or cons is not None:
-        raise ValueError("mid_force_error: only for n_inner 1 without constraints")
-    g = tmpl.n_graphs
-    x_mid = (b.x0 + 0.5 * tau * (b.v0 + outer_kick(kicks, tmpl, b.x0, b.f0, tau))).detach()  # b's input only
-    _, f_np = engine_fn(x_mid.to("cpu", torch.float64).numpy().reshape(g, -1, 3))
-    f_mid = torch.as_tensor(np.asarray(f_np).reshape(-1, 3), dtype=x_mid.dtype, device=x_mid.device)
-    target = 0.5 * tau * f_mid / tmpl.masses.unsqueeze(-1)
-    return ((kicks.delta_inner(0, tmpl, x_mid) - target) ** 2).sum(-1).mean()
-
-
 def fit_scales(kicks: ShearKicks, windows: Sequence[ExactWindows], tau: float) -> dict[str, float]:
     """Set the kicks' input/output scales from the data and return the loss scales.
 
@@ -307,8 +282,8 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
     Returns the logged rows (step, loss parts, abs_dH kJ/mol, seconds)."""
     if not windows or any(len(w) == 0 for w in windows):
         raise ValueError("train_exact: need at least one window per molecule")
-    if (cfg.lambda_on_policy > 0 or cfg.lambda_mid_force > 0) and (engine_fns is None or len(engine_fns) != len(windows)):
-        raise ValueError("train_exact: lambda_on_policy or lambda_mid_force > 0 needs one engine function per molecule")
+    if cfg.lambda_on_policy > 0 and (engine_fns is None or len(engine_fns) != len(windows)):
+        raise ValueError("train_exact: lambda_on_policy > 0 needs one engine function per molecule")
     if cfg.molecule_weights is not None and len(cfg.molecule_weights) != len(windows):
         raise ValueError(f"train_exact: molecule_weights has {len(cfg.molecule_weights)} entries for "
                          f"{len(windows)} molecules")
@@ -337,12 +312,8 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
         if cfg.lambda_on_policy > 0:
             dh = on_policy_energy_error(kicks, templates[key], bt, tau_ps, engine_fns[mi], w.constraints)
             kT = KB_KJ_PER_MOL_K * cfg.temperature_K
-            loss = loss + cfg.lambda_on_policy * ON_POLICY_LOSSES[cfg.on_policy_loss](dh / kT).mean()
+            loss = loss + cfg.lambda_on_policy * torch.square(dh / kT).mean()
             info["abs_dH_on_policy"] = float(dh.detach().abs().mean())
-        if cfg.lambda_mid_force > 0:
-            mid = mid_force_error(kicks, templates[key], bt, tau_ps, engine_fns[mi], w.constraints)
-            loss = loss + cfg.lambda_mid_force * mid / scales["v_scale"] ** 2
-            info["mid_force_rms"] = float(mid.detach().sqrt())
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"train_exact: non-finite loss at step {step}")
@@ -391,16 +362,23 @@ def abs_dH_summary(adh: np.ndarray) -> dict[str, float]:
             "mean_abs_dH_kJ_mol": float(adh.mean()), "n": int(adh.size)}
 
 
+def write_metrics_csv(path: str | Path, rows: Sequence[dict[str, Any]], fieldnames: Sequence[str] | None = None) -> None:
+    """The logged rows as a CSV (columns ``fieldnames``, default the first row's keys), written
+    atomically: a crash never leaves a truncated metrics.csv."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(fieldnames if fieldnames is not None else rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def train_shear(dataset_file, splits, model_cfg, cfg: ExactTrainConfig, out, device_name: str = "cpu",
                 resume: bool = False, overwrite: bool = False, test_split=None) -> dict:
     """Stage 04 for ``kind: shear``: train exact mode's ShearKicks on a k-step dataset with
     :func:`train_exact` and write ``<out>/best.pt`` (= ``last.pt``: the final weights),
     ``metrics.csv`` and ``final_metrics.json`` (teacher-forced |dH| on val/test before and
-    after training, kJ/mol). tau = k * dt of the dataset. ``resume`` is not supported yet
-    (one-line error); an earlier run needs ``overwrite``. Returns a summary dict."""
-    import csv
-    from pathlib import Path
-
+    after training, kJ/mol). tau = k * dt of the dataset. ``device_name``: auto | cpu | cuda
+    (cuda without a visible GPU is a one-line error, as in the main trainer). ``resume`` is not
+    supported yet (one-line error); an earlier run needs ``overwrite``. Returns a summary dict."""
     try:
         cfg.validate()
         model_cfg.validate()
@@ -408,6 +386,7 @@ def train_shear(dataset_file, splits, model_cfg, cfg: ExactTrainConfig, out, dev
         raise MdkstepError(f"exact train config: {e}") from None
     if resume:
         raise MdkstepError("--resume is not supported for kind 'shear' yet (training is short): pass --overwrite")
+    device = resolve_device(device_name)
     paths = RunPaths(Path(out))
     prepare_run_folder(paths, resume=False, overwrite=overwrite)
     train_ds = KStepDataset(Path(dataset_file), splits[0])
@@ -417,7 +396,6 @@ def train_shear(dataset_file, splits, model_cfg, cfg: ExactTrainConfig, out, dev
         raise MdkstepError(f"{dataset_file}: exact-mode training needs a non-empty training split with forces")
     tau_ps = train_ds.k * train_ds.spec.dt_fs / 1000.0  # k counts integrator steps
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    device = torch.device("cuda" if device_name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     kicks = build_model(model_cfg).to(device=device, dtype=dtype)
     init_scales = None
@@ -452,10 +430,7 @@ def train_shear(dataset_file, splits, model_cfg, cfg: ExactTrainConfig, out, dev
                             step=cfg.steps, tau_fs=tau_ps * 1000.0)
     save_checkpoint(paths.last, payload)
     save_checkpoint(paths.best, payload)
-    with open(paths.csv, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
+    write_metrics_csv(paths.csv, history)
     final = {"kind": "shear", "tau_fs": tau_ps * 1000.0, "teacher_forced_before": before,
              "teacher_forced_after": after, "train_seconds": history[-1]["seconds"], "steps": cfg.steps}
     atomic_write_json(paths.out / "final_metrics.json", final)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mdkstep.config import from_dict
+from mdkstep.config import drop_removed, from_dict
 from mdkstep.model import ModelConfig, build_model
 from mdkstep.utils import MdkstepError, atomic_path
 
@@ -104,12 +104,13 @@ def shear_payload(kicks: torch.nn.Module, k: int, dt_fs: float, engine: str | No
 
 def check_compatible(ck: dict[str, Any], source: str, k: int | None = None,
                      model_config: ModelConfig | None = None, atom_types: set[int] | None = None) -> None:
-    """One-line errors when k, the architecture or the elements do not match a checkpoint."""
+    """One-line errors when k, the architecture or the elements do not match a checkpoint (or its
+    stored model config sets a removed key to other than its old default)."""
     if k is not None and int(ck["k"]) != int(k):
         raise MdkstepError(f"{source}: checkpoint was trained for k={ck['k']}, but k={k} was requested")
     if model_config is not None:
         mine = asdict(model_config)
-        theirs = ck["model_config"]
+        theirs = drop_removed(ModelConfig, ck["model_config"], f"{source}: model_config")
         if checkpoint_kind(ck) != mine.get("kind", "jump"):
             raise MdkstepError(f"{source}: model kind mismatch (checkpoint {checkpoint_kind(ck)!r}, "
                                f"config {mine.get('kind', 'jump')!r})")
@@ -118,10 +119,6 @@ def check_compatible(ck: dict[str, Any], source: str, k: int | None = None,
             if key in theirs and theirs[key] != mine.get(key):
                 raise MdkstepError(f"{source}: architecture mismatch on '{key}' (checkpoint {theirs[key]!r}, "
                                    f"config {mine.get(key)!r})")
-        vo = theirs.get("velocity_output", "delta")  # checkpoints before the option predicted delta v
-        if vo != mine.get("velocity_output", "delta"):
-            raise MdkstepError(f"{source}: architecture mismatch on 'velocity_output' (checkpoint {vo!r}, "
-                               f"config {mine.get('velocity_output')!r})")
     if atom_types is not None and ck.get("atom_types"):
         unseen = sorted(set(atom_types) - set(int(z) for z in ck["atom_types"]))
         if unseen:

@@ -333,8 +333,7 @@ class KStepModel(nn.Module):
         vec = vec.to(p.pos.dtype)  # exact projections in the model's dtype, also under autocast
         dx = remove_mass_weighted_mean(vec[:, 0] * self.dx_scale, p.masses, p.batch, p.n_graphs, p.total_mass)
         dx = smooth_clamp(dx, p.batch, p.n_graphs, cfg.max_disp_nm * (1.0 - CLAMP_MARGIN))
-        dv = remove_mass_weighted_mean(self.velocity_change(vec[:, 1], p), p.masses, p.batch, p.n_graphs,
-                                       p.total_mass)
+        dv = remove_mass_weighted_mean(vec[:, 1] * self.dv_scale, p.masses, p.batch, p.n_graphs, p.total_mass)
         if cfg.conserve_angular_momentum:
             dv = remove_angular_momentum(dv, p.pos, p.masses, p.batch, p.n_graphs, p.total_mass)
         dv = smooth_clamp(dv, p.batch, p.n_graphs, cfg.max_dvel_nm_per_ps * (1.0 - CLAMP_MARGIN))
@@ -345,13 +344,6 @@ class KStepModel(nn.Module):
             out["forces_norm"] = f
             out["forces"] = f * self.f_scale
         return out
-
-    def velocity_change(self, w: torch.Tensor, p: Prepared) -> torch.Tensor:
-        """dv (N,3) nm/ps from the normalized velocity channel w (N,3): w dv_scale
-        (``velocity_output: delta``) or w v_scale - v_t (``direct``: w is v(t+k) / v_scale)."""
-        if self.config.velocity_output == "direct":
-            return w * self.v_scale - p.node_vecs[:, 0] * self.v_scale
-        return w * self.dv_scale
 
     def forward(self, batch: GraphBatch) -> dict[str, torch.Tensor]:
         """Predict the k-step jump of a batch.

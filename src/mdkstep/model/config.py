@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 ARCHS = ("egnn", "transformer_egnn")
-VELOCITY_OUTPUTS = ("delta", "direct")  #: what the velocity channel predicts
 #: "jump": a direct (dx, dv) k-step model; "shear": exact mode's reversible, volume-preserving
 #: learned kicks (mdkstep.model.shear.ShearKicks: ``n_inner`` inner kicks of ``arch`` networks)
 KINDS = ("jump", "shear")
@@ -31,16 +31,15 @@ class ModelConfig:
     #: layers see the pair geometry of the running jumped positions (EGNN coordinate updates);
     #: False = input geometry only (~20% faster forward)
     update_geometry: bool = True
-    #: velocity channel: "delta" predicts dv = v(t+k) - v(t) (output 0 = velocity unchanged);
-    #: "direct" predicts v(t+k) itself in units of v_scale (output 0 = at rest), dv = v(t+k) - v(t).
-    #: Same outputs, projections, clamps and loss; direct may suit long strides where v(t+k)
-    #: has decorrelated from v(t)
-    velocity_output: str = "delta"
     kind: str = "jump"  #: "jump" (direct dx, dv) | "shear" (exact mode: ShearKicks)
     n_inner: int = 1  #: shear only: distinct inner kick functions L (L = 1: a b a)
     #: shear only: each kick is the sum of this many networks (more capacity at one forward more per
-    #: kick and member; mdkstep.model.shear.grow_members adds zero-output ones to a trained model)
+    #: kick and member)
     members: int = 1
+
+    #: removed keys -> their old default (mdkstep.config.drop_removed): ``velocity_output: direct``
+    #: (predict v(t+k) instead of dv) measured as no help; the velocity channel predicts dv
+    REMOVED: ClassVar[dict[str, Any]] = {"velocity_output": "delta"}
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent configuration."""
@@ -65,8 +64,6 @@ class ModelConfig:
             raise ValueError(f"max_disp_nm must be > 0, got {self.max_disp_nm}")
         if not self.max_dvel_nm_per_ps > 0:
             raise ValueError(f"max_dvel_nm_per_ps must be > 0, got {self.max_dvel_nm_per_ps}")
-        if self.velocity_output not in VELOCITY_OUTPUTS:
-            raise ValueError(f"velocity_output must be one of {list(VELOCITY_OUTPUTS)}, got {self.velocity_output!r}")
 
     @property
     def rbf_range_nm(self) -> float:

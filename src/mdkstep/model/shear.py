@@ -219,28 +219,6 @@ def n_forwards_per_stride(kicks: ShearKicks) -> int:
     return (len(kicks.palindrome) + 1) * kicks.members
 
 
-def grow_members(kicks: ShearKicks, members: int) -> ShearKicks:
-    """``kicks`` with ``members`` networks per kick: its own weights and scales, plus new
-    networks whose output layers are zero, so the map (and every acceptance) is unchanged
-    until they are trained. Why: more capacity without retraining from scratch."""
-    if members < kicks.members:
-        raise ValueError(f"grow_members: {members} < the model's {kicks.members} members")
-    ref = next(kicks.parameters())
-    grown = ShearKicks(kicks.model_config, n_inner=kicks.n_inner, members=members).to(dtype=ref.dtype, device=ref.device)
-    missing, unexpected = grown.load_state_dict(kicks.state_dict(), strict=False)
-    fresh = {name for name in grown.state_dict() if name.startswith(("outer_more.", "inner_more."))
-             and not name.startswith(tuple(f"{part}.{i}." for part in ("outer_more", "inner_more")
-                                           for i in range(kicks.members - 1)))}
-    if unexpected or set(missing) != fresh:
-        raise ValueError(f"grow_members: weights do not fit (unexpected {unexpected[:3]}, missing {sorted(set(missing) - fresh)[:3]})")
-    with torch.no_grad():
-        for nets in [grown.outer_nets()] + [grown.inner_nets(lv) for lv in range(grown.n_inner)]:
-            for net in nets[kicks.members:]:
-                net.set_normalization(**nets[0].normalization())
-    return grown.train(kicks.training)
-
-
-
 def untrained_shear_kicks(dtype: torch.dtype = torch.float64) -> ShearKicks:
     """delta = 0 exactly: the stride is one velocity-Verlet step of tau, so with the Metropolis
     test this is Metropolized velocity Verlet (exact mode's honest peer). A tiny network: its

@@ -1,13 +1,10 @@
 """Training of k-step jump models: losses, normalization, and the trainer (epochs, steps,
 validation, checkpoints, exact resume).
 
-Rollout levers (issue 11, each off by default so that ablations share seeds and budgets):
-input noise (``input_noise_x/v``), time-reversed windows (``time_reverse_prob``), a
-per-element kinetic-energy term (``lambda_ke_element``), a two-jump unrolled loss
-(``unroll_jumps: 2``) and a mass-weighted velocity term (``dv_weight: mass``); the
-model-side lever is ModelConfig ``velocity_output``. Validation and the one-jump metrics
-always use clean one-jump windows, so runs with and without a lever are compared on the
-same footing.
+The rollout levers that measured as no help (input noise, time reversal, the per-element
+kinetic-energy term, the two-jump loss; README "Rollout levers") are gone:
+``TrainConfig.REMOVED`` lets configs that hold them at their old defaults still read. One lever
+stays, off by default: the mass-weighted velocity term (``dv_weight: mass``).
 
 Losses are computed in normalized units (Δx / dx_scale, Δv / dv_scale) plus structural terms
 on the predicted frame x_t + Δx against the target x_{t+k}: bond lengths (scale 0.001 nm),
@@ -22,24 +19,22 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from mdkstep.analysis.evaluation import one_jump_metrics
 from mdkstep.analysis.plots import loss_curve
+from mdkstep.config import drop_removed
 from mdkstep.data.windows import (
     KStepDataset,
     Targets,
-    WindowBatch,
-    add_input_noise,
     collate,
     split_name,
     targets_to,
-    time_reverse_windows,
 )
 from mdkstep.model import GraphBatch, ModelConfig, build_model
 from mdkstep.model.checkpoint import check_compatible, read_checkpoint, save_checkpoint
@@ -85,21 +80,15 @@ class TrainConfig:
     wandb_project: str = "md-kstep"
     freeze_layers: int = 0  #: freeze the first N layers (transfer learning)
     pretrained_lr_scale: float = 1.0  #: multiply lr by this when starting from --pretrained
-    # -- rollout levers (issue 11; all off by default) --
-    #: Gaussian noise on the input x_t: a fraction of dx_scale (the RMS per-component k-step
-    #: displacement of the training data; input_noise_units: relative) or nm (absolute)
-    input_noise_x: float = 0.0
-    #: Gaussian noise on the input v_t: a fraction of dv_scale (RMS k-step velocity change) or nm/ps
-    input_noise_v: float = 0.0
-    input_noise_units: str = "relative"  #: relative | absolute
-    time_reverse_prob: float = 0.0  #: probability that a training window is replaced by its time reverse
-    #: per-element kinetic energy: mean over the batch of ((<K_Z>_pred - <K_Z>_target) / <K_Z>_target)^2
-    lambda_ke_element: float = 0.0
-    unroll_jumps: int = 1  #: 1 | 2: two-jump unrolled loss t -> t+k -> t+2k (F_{t+k} teacher-forced)
-    lambda_jump2: float = 1.0  #: weight of the second jump's loss (unroll_jumps: 2)
     #: per-atom weight of the dv term: "uniform" (every atom alike, nm/ps) or "mass" (m_i / mean m:
     #: the kinetic energy 0.5 m |dv_err|^2 of the velocity error, the energy each jump injects)
     dv_weight: str = "uniform"
+
+    #: keys of removed levers -> their old (off) default; a stored or old config that has one at
+    #: that value still reads (mdkstep.config.drop_removed), any other value is a one-line error
+    REMOVED: ClassVar[dict[str, Any]] = {
+        "input_noise_x": 0.0, "input_noise_v": 0.0, "input_noise_units": "relative", "time_reverse_prob": 0.0,
+        "lambda_ke_element": 0.0, "unroll_jumps": 1, "lambda_jump2": 1.0}
 
     def validate(self) -> None:
         if self.rotation_aug not in ("none", "batch", "per_graph"):
@@ -117,21 +106,14 @@ class TrainConfig:
             if getattr(self, key) < 0:
                 raise ValueError(f"key '{key}': {getattr(self, key)} must be >= 0")
         for key in ("weight_decay", "min_lr_ratio", "lambda_dx", "lambda_dv", "lambda_bond", "lambda_angle",
-                    "lambda_dihedral", "lambda_force", "input_noise_x", "input_noise_v", "lambda_ke_element",
-                    "lambda_jump2"):
+                    "lambda_dihedral", "lambda_force"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
                 raise ValueError(f"key '{key}': {getattr(self, key)} must be a finite number >= 0")
         for key in ("lr", "grad_clip", "pretrained_lr_scale"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
                 raise ValueError(f"key '{key}': {getattr(self, key)} must be a finite number > 0")
-        if self.input_noise_units not in ("relative", "absolute"):
-            raise ValueError(f"key 'input_noise_units': {self.input_noise_units!r} is not one of relative|absolute")
-        if not 0.0 <= self.time_reverse_prob <= 1.0:
-            raise ValueError(f"key 'time_reverse_prob': {self.time_reverse_prob} must be in [0, 1]")
         if self.dv_weight not in ("uniform", "mass"):
             raise ValueError(f"key 'dv_weight': {self.dv_weight!r} is not one of uniform|mass")
-        if self.unroll_jumps not in (1, 2):
-            raise ValueError(f"key 'unroll_jumps': {self.unroll_jumps} must be 1 or 2")
 
 
 # ----------------------------------------------------------------------------- losses
@@ -155,92 +137,19 @@ def compute_loss(out: dict[str, torch.Tensor], gb: GraphBatch, tg: Targets, cfg:
         parts["dihedral"] = (2.0 * (1.0 - torch.cos(d)) / DIHEDRAL_SCALE_RAD**2).mean()
     if "forces_norm" in out and tg.f1 is not None and cfg.lambda_force:
         parts["force"] = ((out["forces_norm"] - tg.f1 / scales["f_scale"]) ** 2).sum(-1).mean()
-    if cfg.lambda_ke_element:
-        parts["ke_element"] = per_element_ke_loss(gb.z, gb.masses, gb.vel + out["dv"], gb.vel + tg.dv)
     lam = {"dx": cfg.lambda_dx, "dv": cfg.lambda_dv, "bond": cfg.lambda_bond, "angle": cfg.lambda_angle,
-           "dihedral": cfg.lambda_dihedral, "force": cfg.lambda_force, "ke_element": cfg.lambda_ke_element}
+           "dihedral": cfg.lambda_dihedral, "force": cfg.lambda_force}
     total = sum(lam[k] * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def per_element_ke_loss(z: torch.Tensor, masses: torch.Tensor, v_pred: torch.Tensor,
-                        v_target: torch.Tensor) -> torch.Tensor:
-    """Mean over the elements in the batch of ((<K>_pred - <K>_target) / <K>_target)^2, with <K>
-    the mean kinetic energy 0.5 m |v|^2 (amu nm^2/ps^2 = kJ/mol) per atom of that element.
-
-    Dimensionless (the squared relative error of each element's kinetic temperature): zero
-    for a perfect prediction, positive when the model heats one element and cools another
-    even if the total kinetic energy is right. z (N,), masses (N,) amu, v (N,3) nm/ps.
-    """
-    ke_p = 0.5 * masses * (v_pred**2).sum(-1)
-    ke_t = 0.5 * masses * (v_target**2).sum(-1)
-    elements = torch.unique(z)
-    onehot = (z.unsqueeze(-1) == elements).to(ke_p.dtype)  # (N, n_elements)
-    counts = onehot.sum(0)
-    k_pred = (onehot * ke_p.unsqueeze(-1)).sum(0) / counts
-    k_true = (onehot * ke_t.unsqueeze(-1)).sum(0) / counts
-    return (((k_pred - k_true) / k_true.clamp_min(torch.finfo(ke_t.dtype).tiny)) ** 2).mean()
-
-
-def second_jump_batch(gb: GraphBatch, out: dict[str, torch.Tensor], tg: Targets,
-                      use_forces: bool) -> tuple[GraphBatch, Targets]:
-    """Input and targets of the second jump t+k -> t+2k of a two-jump window.
-
-    Input: the model's own first jump (x_t + dx, v_t + dv; gradients flow through it) with the
-    data's forces F_{t+k} teacher-forced (the hybrid computes the real forces at the jumped
-    point; the data's are at the true x_{t+k}). Targets: x_{t+2k}, v_{t+2k} (no force target).
-    """
-    if tg.x2 is None or tg.v2 is None:
-        raise MdkstepError("unroll_jumps: 2 needs two-jump windows (KStepDataset.with_jumps(2))")
-    if use_forces and tg.f1 is None:
-        raise MdkstepError("unroll_jumps: 2 with a force-input model needs the forces at t+k in the data")
-    pos, vel = gb.pos + out["dx"], gb.vel + out["dv"]
-    gb2 = replace(gb, pos=pos, vel=vel, forces=tg.f1 if use_forces else None)
-    tg2 = replace(tg, dx=tg.x2 - pos, dv=tg.v2 - vel, x1=tg.x2, f1=None, x2=None, v2=None)
-    return gb2, tg2
-
-
 def training_loss(net: torch.nn.Module, gb: GraphBatch, tg: Targets, cfg: TrainConfig, scales: dict[str, float],
-                  use_forces: bool, amp: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one training micro-batch: :func:`compute_loss` of the jump t -> t+k, plus with
-    ``unroll_jumps: 2`` ``lambda_jump2`` times the loss of the second jump t+k -> t+2k (parts
-    prefixed ``j2_``). The second forward runs on the unwrapped module (one DDP forward per
-    backward); bf16 autocast on CUDA when ``amp``."""
-    dev = gb.pos.device.type
-    with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
+                  amp: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one training micro-batch: :func:`compute_loss` of the jump t -> t+k, the forward
+    under bf16 autocast on CUDA when ``amp``."""
+    with torch.autocast(gb.pos.device.type, dtype=torch.bfloat16, enabled=amp):
         outp = net(gb)
-    out1 = {k: v.float() for k, v in outp.items()}
-    loss, parts = compute_loss(out1, gb, tg, cfg, scales)
-    if cfg.unroll_jumps == 2:
-        core = net.module if hasattr(net, "module") else net
-        gb2, tg2 = second_jump_batch(gb, out1, tg, use_forces)
-        with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
-            out2 = core(gb2)
-        loss2, parts2 = compute_loss({k: v.float() for k, v in out2.items()}, gb2, tg2, cfg, scales)
-        loss = loss + cfg.lambda_jump2 * loss2
-        parts.update({f"j2_{k}": v for k, v in parts2.items()})
-    return loss, parts
-
-
-def noise_sigmas(cfg: TrainConfig, scales: dict[str, float]) -> tuple[float, float]:
-    """(sigma_x nm, sigma_v nm/ps) of the input noise: cfg.input_noise_x/v times dx_scale/dv_scale
-    (relative) or as given (absolute)."""
-    if cfg.input_noise_units == "absolute":
-        return cfg.input_noise_x, cfg.input_noise_v
-    return cfg.input_noise_x * scales["dx_scale"], cfg.input_noise_v * scales["dv_scale"]
-
-
-def augment_windows(wbs: list[WindowBatch], cfg: TrainConfig, scales: dict[str, float],
-                    rng: np.random.Generator) -> list[WindowBatch]:
-    """Training-only window levers: time reversal with probability ``time_reverse_prob``, then
-    input noise (:func:`mdkstep.data.windows.add_input_noise`). A no-op (no random number drawn)
-    when both are off."""
-    sx, sv = noise_sigmas(cfg, scales)
-    if cfg.time_reverse_prob > 0:
-        wbs = [time_reverse_windows(w, rng.random(w.x0.shape[0]) < cfg.time_reverse_prob) for w in wbs]
-    if sx > 0 or sv > 0:
-        wbs = [add_input_noise(w, sx, sv, rng) for w in wbs]
-    return wbs
+    return compute_loss({k: v.float() for k, v in outp.items()}, gb, tg, cfg, scales)
 
 
 # -------------------------------------------------------------------- normalization
@@ -382,7 +291,8 @@ def check_resume_settings(ck: dict[str, Any], cfg: TrainConfig, path: Path) -> N
     """A --resume with another seed, lr, batch size, loss weight, ... would splice two runs into
     one model: refused in one line that names what changed."""
 
-    old = {k: v for k, v in (ck.get("train_config") or {}).items() if k not in RESUME_MAY_CHANGE}
+    stored = drop_removed(TrainConfig, ck.get("train_config") or {}, f"{path}: train_config")
+    old = {k: v for k, v in stored.items() if k not in RESUME_MAY_CHANGE}
     new = {k: v for k, v in asdict(cfg).items() if k not in RESUME_MAY_CHANGE and k in old}
     changes = fingerprint_changes(old, new)
     if changes:
@@ -416,15 +326,6 @@ def init_model(model_cfg: ModelConfig, cfg: TrainConfig, train_ds: KStepDataset,
     scales = estimate_scales(train_ds, cfg.norm_max_windows, cfg.seed)
     model.set_normalization(**scales)
     return model, scales, state, None, lr
-
-
-def two_jump_dataset(train_ds: KStepDataset) -> KStepDataset:
-    """The training split as two-jump windows (t, t+k, t+2k); an error when none is left."""
-    two = train_ds.with_jumps(2)
-    if len(two) == 0:
-        raise MdkstepError(f"{train_ds.path}: unroll_jumps: 2 but no training window has a frame 2k later")
-    LOG.info("unroll_jumps: 2: %d of %d training windows have a frame t+2k", len(two), len(train_ds))
-    return two
 
 
 def freeze(model: torch.nn.Module, n_layers: int) -> int:
@@ -514,12 +415,11 @@ class Trainer:
         self.net.train()
         self.opt.zero_grad(set_to_none=True)
         parts_acc: dict[str, float] = {}
-        lever_rng = aug_rng.spawn(1)[0]  # the levers' own stream: rotations stay those of the baseline
         for mb in group:
-            wbs = augment_windows(self.train_ds.batches(mb), cfg, scales, lever_rng)
-            gb, tg = collate(wbs, self.model_cfg.use_forces, self.dtype, cfg.rotation_aug, aug_rng)
+            gb, tg = collate(self.train_ds.batches(mb), self.model_cfg.use_forces, self.dtype, cfg.rotation_aug,
+                             aug_rng)
             gb, tg = gb.to(self.device), targets_to(tg, self.device)
-            loss, parts = training_loss(self.net, gb, tg, cfg, scales, self.model_cfg.use_forces, self.amp)
+            loss, parts = training_loss(self.net, gb, tg, cfg, scales, self.amp)
             (loss / cfg.grad_accum).backward()
             for k, v in parts.items():
                 parts_acc[k] = parts_acc.get(k, 0.0) + v / cfg.grad_accum
@@ -618,8 +518,6 @@ def build_trainer(dataset_file: Path, splits: tuple[Path, Path], model_cfg: Mode
     torch.manual_seed(cfg.seed + rank)
     train_ds, val_ds = load_datasets(dataset_file, splits, cfg, model_cfg)
     model, scales, state, ck, lr = init_model(model_cfg, cfg, train_ds, paths, resume, pretrained, allow_k_change)
-    if cfg.unroll_jumps == 2:  # after the scales: they come from the same windows as without the lever
-        train_ds = two_jump_dataset(train_ds)
     n_frozen = freeze(model, cfg.freeze_layers)
     model.to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.weight_decay)
