@@ -1,98 +1,15 @@
 #!/usr/bin/env python
-"""Stage 00: prepare molecules for MD.
+"""Stage 00: prepare molecules for MD (RDKit conformer, OpenFF parameters, OpenMM minimisation).
 
-From a .smi file (one "SMILES name" per line; blank lines and # comments allowed), each
-molecule gets an RDKit ETKDG conformer (seeded), OpenFF parameters (offxml and charge model
-from --config), an OpenMM minimisation, and a folder <out-dir>/<name>/ with molecule.pdb,
-system.xml (serialized OpenMM System, no constraints), molecule.sdf and topology.json
-(atomic numbers, masses, net charge, bonds/angles/proper dihedrals).
+The command line lives in mdkstep.cli.prep (console script ``mdkstep-prep``); --help
+shows every option, the units and more examples.
 
-Bring your own system instead with --pdb + --xml or --prmtop + --inpcrd (and --name).
-
-A molecule that fails (bad SMILES, an element the force field lacks, a duplicate name) gets
-a one-line error naming its line; the others are still written; the exit status is 1 if any
-failed.
+Example:
+  python src/00_prep_mols.py --smiles data/quick.smi --out-dir outputs/raw --config configs/prep.yaml
 """
-from __future__ import annotations
+from mdkstep.cli.prep import main, run
 
-import argparse
-import sys
-import time
-from pathlib import Path
-
-from mdkstep.molecule.prep import PrepConfig, prepare_from_files, prepare_from_smiles, read_smi
-from mdkstep.config import load_config, run_cli
-from mdkstep.utils import MdkstepError, check_writable, setup_logging
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smiles", type=Path, help="input .smi file (SMILES and name per line)")
-    p.add_argument("--out-dir", type=Path, required=True, help="output root; one folder per molecule")
-    p.add_argument("--config", type=Path, default=None, help="prep YAML (default: configs/prep.yaml values)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--seed", type=int, default=None, help="RDKit conformer seed (overrides config)")
-    p.add_argument("--only", nargs="*", default=None, help="prepare only these molecule names")
-    p.add_argument("--skip-existing", action="store_true", help="skip molecules whose folder already has topology.json")
-    p.add_argument("--name", help="molecule name for --pdb/--xml or --prmtop/--inpcrd input")
-    p.add_argument("--pdb", type=Path, help="your own structure (PDB with CONECT records)")
-    p.add_argument("--xml", type=Path, help="your own serialized OpenMM System XML")
-    p.add_argument("--prmtop", type=Path, help="your own Amber prmtop")
-    p.add_argument("--inpcrd", type=Path, help="coordinates for --prmtop")
-    p.add_argument("--log-level", default="INFO")
-    return p
-
-
-def select_only(entries: list, only: list[str], smi: Path) -> list:
-    """The entries named by --only; a name not in the file is an error."""
-    names = {e.name for e in entries}
-    missing = [n for n in only if n not in names]
-    if missing:
-        raise MdkstepError(f"--only {missing[0]!r}: no molecule of that name in {smi} "
-                           f"(names: {', '.join(sorted(names)) or 'none'})")
-    return [e for e in entries if e.name in set(only)]
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    cfg = load_config(PrepConfig, args.config, {"seed": args.seed}, args.set)
-    check_writable(args.out_dir, "--out-dir")
-    if args.pdb or args.xml or args.prmtop or args.inpcrd:
-        if not args.name:
-            raise MdkstepError("--name is required with --pdb/--xml or --prmtop/--inpcrd")
-        out = prepare_from_files(args.name, args.out_dir, args.pdb, args.xml, args.prmtop, args.inpcrd, cfg)
-        print(f"wrote {out}")
-        return 0
-    if not args.smiles:
-        raise MdkstepError("give --smiles FILE, or your own system with --pdb/--xml or --prmtop/--inpcrd")
-    entries, errors = read_smi(args.smiles)
-    if not entries and not errors:
-        raise MdkstepError(f"{args.smiles}: no molecules (expected 'SMILES name' lines)")
-    if args.only:
-        entries = select_only(entries, args.only, args.smiles)
-    ok: list[str] = []
-    times: list[float] = []
-    from tqdm import tqdm
-
-    for entry in tqdm(entries, desc="prep", unit="mol", disable=None):
-        if args.skip_existing and (args.out_dir / entry.name / "topology.json").is_file():
-            ok.append(entry.name)
-            continue
-        t0 = time.perf_counter()
-        try:
-            prepare_from_smiles(entry, args.out_dir, cfg)
-        except MdkstepError as e:
-            errors.append(f"{args.smiles}:{entry.line_no}: {entry.name}: {e}")
-            continue
-        times.append(time.perf_counter() - t0)
-        ok.append(entry.name)
-    for msg in errors:
-        print(f"error: {msg}", file=sys.stderr)
-    mean_t = f", {sum(times) / len(times):.2f} s per molecule" if times else ""
-    print(f"prepared {len(ok)} molecule(s) into {args.out_dir}{mean_t}; {len(errors)} failed")
-    return 1 if errors else 0
-
+__all__ = ["main", "run"]  # tests load this file and call main(argv)
 
 if __name__ == "__main__":
-    run_cli(main)
+    run()

@@ -1,40 +1,16 @@
 #!/usr/bin/env python
-"""Stage 01b: plain QM MD baselines with GFN2-xTB (tblite) at 0.25 fs (QM mode).
+"""Stage 01b: plain QM MD baselines with GFN2-xTB at 0.25 fs (QM mode).
 
-Molecules come from prepared stage-00 folders (--molecule / --all; topology.json +
-molecule.pdb) or straight from a SMILES file (--smiles-file; RDKit ETKDG conformer, formal
-charge from RDKit). Each replica: BFGS relaxation with the QM engine (minimize: true), Maxwell-
-Boltzmann velocities, ASE Langevin equilibration (fixcm=False + FixCom constraint), then
-production (Langevin, or velocity Verlet with thermostat: nve) saved every save_interval steps
-with positions, velocities (synchronous), forces and energies, streamed in chunks and
-checkpointed after each chunk: a killed run resumes with no lost or duplicated frame (run the
-same command again). The mean temperature of every trajectory is printed, with a loud warning
-when it is more than 10% off the target.
-
-Writes <out>/<molecule>/replica_<r>.npz (trajectory NPZ schema) and run_stats.json.
-Units: nm, ps, kJ/mol, amu, K (config: dt_fs in fs, friction_per_ps in 1/ps).
+The command line lives in mdkstep.cli.qm (console script ``mdkstep-qm``); --help
+shows every option, the units and more examples.
 
 Example:
   python src/01b_run_qm_baselines.py --smiles-file data/qm_molecules.smi --config configs/qm.yaml \\
-      --out data/qm_md --num-workers 2 --omp-num-threads 1 --replicas 2
+      --out data/qm_md --num-workers 2 --omp-num-threads 1 --replicas 2 --time-ps 10
 """
-from __future__ import annotations
+from mdkstep.cli.qm import main, run
 
-import argparse
-
-from mdkstep.config import run_cli
-from mdkstep.cli.qm_baselines import add_cli_arguments, main_from_args
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_cli_arguments(p, default_config="configs/qm.yaml")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    return main_from_args(build_parser().parse_args(argv))
-
+__all__ = ["main", "run"]  # tests load this file and call main(argv)
 
 if __name__ == "__main__":
-    run_cli(main)
+    run()

@@ -1,36 +1,16 @@
 #!/usr/bin/env python
-"""Stage 01c: plain QM MD baselines with PySCF (default RHF/STO-3G) for tiny molecules.
+"""Stage 01c: plain QM MD baselines with PySCF (RHF/STO-3G) for tiny molecules.
 
-The same runner as 01b (src/mdkstep/baselines/ase_md.py) with the PySCF engine: same trajectory schema,
-thermostat, chunking and checkpoint/resume. Meant for 3-5 atom molecules (water, ammonia,
-methane, ...): an RHF/STO-3G gradient of water costs ~25 ms on one CPU core. GPU4PySCF is
-used when installed and a CUDA GPU is present (--device auto), else CPU PySCF; the log says
-which and why. The config must say engine: pyscf.
-
-Writes <out>/<molecule>/replica_<r>.npz (trajectory NPZ schema) and run_stats.json.
-Units: nm, ps, kJ/mol, amu, K (config: dt_fs in fs, friction_per_ps in 1/ps).
+The command line lives in mdkstep.cli.pyscf (console script ``mdkstep-pyscf``); --help
+shows every option, the units and more examples.
 
 Example:
   python src/01c_run_pyscf_baselines.py --smiles-file data/qm_small_molecules.smi \\
-      --config configs/qm_pyscf.yaml --out data/qm_pyscf_md --num-workers 2 --omp-num-threads 1
+      --config configs/qm_pyscf.yaml --out data/qm_pyscf_md --num-workers 2 --omp-num-threads 1 --time-ps 2
 """
-from __future__ import annotations
+from mdkstep.cli.pyscf import main, run
 
-import argparse
-
-from mdkstep.config import run_cli
-from mdkstep.cli.qm_baselines import add_cli_arguments, main_from_args
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_cli_arguments(p, default_config="configs/qm_pyscf.yaml", default_smiles="data/qm_small_molecules.smi")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    return main_from_args(build_parser().parse_args(argv), required_engine="pyscf")
-
+__all__ = ["main", "run"]  # tests load this file and call main(argv)
 
 if __name__ == "__main__":
-    run_cli(main)
+    run()

@@ -1,109 +1,16 @@
 #!/usr/bin/env python
-"""Stage 06b: hybrid MD (QM mode) -- learned k-step jumps corrected with real QM forces.
+"""Stage 06b: hybrid MD (QM mode), learned k-step jumps corrected with real QM forces.
 
-The same integrator as stage 06 (mdkstep.hybrid.run_hybrid with a ModelJumper; see that
-module for the cycle, the guard, the retries and the physics fallback), with the QM engine
-of the baselines instead of OpenMM: --qm-config (configs/qm.yaml: engine xtb | pyscf, method,
-multiplicity, accuracy, ...; dt_fs and temperature_K are the baselines'). No constraints: all
-atoms move, as in the 01b baselines. Force calls are counted by the engine itself.
-
-Start: the last frame(s) of a QM baseline trajectory (--start-from, required; replica 0 its
-last frame, others earlier frames). The molecule comes from --molecule (a stage-00 folder:
-atoms, charge, bonds) or from the baseline NPZ itself (atom types and masses; charge from its
-metadata; bonds from the topology.json beside it, else inferred from covalent radii).
-
-Writes <out> (one replica) or <stem>_r<i>.npz (several), in the trajectory NPZ schema, and
-<stem>.stats.json. Interrupted runs resume from <stem>.hybrid_ckpt.npz: rerun the command.
+The command line lives in mdkstep.cli.hybrid_qm (console script ``mdkstep-hybrid-qm``); --help
+shows every option, the units and more examples.
 
 Example:
   python src/06b_hybrid_integrate_qm.py --checkpoint outputs/qm/train/best.pt \\
       --start-from outputs/qm/md/ethanol/replica_0.npz --out outputs/qm/hybrid/ethanol/k4.npz --time-ps 1
 """
-from __future__ import annotations
+from mdkstep.cli.hybrid_qm import main, run
 
-import argparse
-from pathlib import Path
-
-import numpy as np
-
-from mdkstep.config import load_config, run_cli, to_dict
-from mdkstep.cli.hybrid import (add_hybrid_arguments, check_run_args, is_resuming, load_model,
-                                prepare_outputs, read_checkpoints, resolve_hybrid_config, run_model,
-                                start_frames)
-from mdkstep.utils import LOG, MdkstepError, setup_logging
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, nargs="+", required=True,
-                   help="trained model checkpoint (.pt from stage 04); several with --schedule")
-    p.add_argument("--start-from", type=Path, required=True, metavar="NPZ",
-                   help="QM baseline trajectory (01b/01c): replica 0 starts at its last frame, others earlier")
-    p.add_argument("--molecule", type=Path, default=None,
-                   help="prepared molecule folder (stage 00); default: atoms from the --start-from NPZ")
-    p.add_argument("--out", type=Path, required=True, help="output trajectory NPZ (replicas: <stem>_r<i>.npz)")
-    p.add_argument("--qm-config", type=Path, default=Path("configs/qm.yaml"),
-                   help="QM YAML of the baselines: engine, method, dt_fs, temperature (default: configs/qm.yaml)")
-    p.add_argument("--qm-set", action="append", default=[], metavar="KEY=VALUE", help="override a QM config key (repeatable)")
-    add_hybrid_arguments(p, default_config="configs/hybrid_qm.yaml")
-    return p
-
-
-def qm_system(args, traj):
-    """The system to run (:class:`mdkstep.molecule.system.System`): the --molecule folder (its atoms must
-    match the trajectory's; masses are the trajectory's), else the atoms of the --start-from NPZ."""
-    from dataclasses import replace
-
-    from mdkstep.molecule.system import from_molecule_dir, from_trajectory
-
-    if args.molecule is None:
-        return from_trajectory(args.start_from, traj)
-    mol = from_molecule_dir(args.molecule)
-    if list(map(int, mol.atomic_numbers)) != list(map(int, traj.atom_types)):
-        raise MdkstepError(f"{args.start_from}: atoms do not match molecule {mol.name}")
-    return replace(mol, masses=np.asarray(traj.masses, dtype=float))
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    from mdkstep.engines.factory import make_engine
-    from mdkstep.baselines.ase_md import QMConfig
-    from mdkstep.baselines.pool import limit_threads
-    from mdkstep.trajectory import load_trajectory
-
-    check_run_args(args)
-    qcfg = load_config(QMConfig, args.qm_config, set_items=args.qm_set)
-    traj = load_trajectory(args.start_from)
-    base_dt = traj.metadata.get("dt_fs")
-    if base_dt is not None and abs(float(base_dt) - qcfg.dt_fs) > 1e-9:
-        raise MdkstepError(f"{args.start_from}: baseline dt_fs={base_dt}, but {args.qm_config} has dt_fs={qcfg.dt_fs}")
-    base_engine = traj.metadata.get("engine")
-    if base_engine not in (None, qcfg.engine):
-        LOG.warning("%s was run with engine %s; the hybrid uses %s", args.start_from, base_engine, qcfg.engine)
-    mol = qm_system(args, traj)
-    cks = read_checkpoints(args, set(map(int, mol.atomic_numbers)), qcfg.engine)
-    hcfg = resolve_hybrid_config(args, cks, qcfg.dt_fs, qcfg.temperature_K, args.qm_config)
-    ck = cks[0]
-    prepare_outputs(args)
-    limit_threads(qcfg.omp_num_threads or 1)  # oversubscribed OpenMP costs up to 100x (qm_md)
-    model, device = load_model(args, args.checkpoint)
-    engine = make_engine(qcfg.engine, mol, qcfg)
-    if is_resuming(args):  # the state comes from the hybrid checkpoint
-        x0 = v0 = np.zeros((args.replicas, mol.n_atoms, 3))
-        start = "resumed (start state: see the trajectory metadata)"
-    else:
-        x0, v0, idx = start_frames(traj, args.replicas)
-        start = f"{args.start_from} frames {idx}"
-    meta = {"molecule": mol.name, "smiles": mol.smiles, "constraints": "none", "charge": mol.charge,
-            "multiplicity": mol.resolve_multiplicity(qcfg.multiplicity), "seed": args.seed,
-            "checkpoint": str(args.checkpoint),
-            "start": start, "bonds_from": mol.bonds_from, "qm_method": qcfg.method}
-    if args.orders:
-        meta.update(checkpoints=[str(c) for c in args.checkpoints], schedule=args.schedule)
-    run_model(args, engine, model, ck, mol, hcfg, x0, v0, meta, {"qm_config": to_dict(qcfg), "start": start}, device)
-    return 0
-
+__all__ = ["main", "run"]  # tests load this file and call main(argv)
 
 if __name__ == "__main__":
-    run_cli(main)
+    run()

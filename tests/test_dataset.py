@@ -159,8 +159,10 @@ def test_subset_dataset_keeps_the_chosen_windows_and_its_sources(tmp_path):
 def test_output_folder_checked_before_any_work(tmp_path, monkeypatch):
     _synthetic(tmp_path / "m0.npz", "mol0", 20, 0.0)
     (tmp_path / "blocker").write_text("a file, not a folder")
+    import mdkstep.cli.dataset as cli
+
     mod = load_script("02_make_dataset")
-    monkeypatch.setattr(mod, "build_dataset", lambda *a, **k: pytest.fail("built before the output check"))
+    monkeypatch.setattr(cli, "build_dataset", lambda *a, **k: pytest.fail("built before the output check"))
     with pytest.raises(MdkstepError, match=r"blocker/ds: --out-root is not writable \(Not a directory\)"):
         mod.main(["--md-root", str(tmp_path), "--pattern", "m*.npz", "--out-root", str(tmp_path / "blocker" / "ds"),
                   "--splits-dir", str(tmp_path / "sp"), "--ks", "2", "--split", "time"])

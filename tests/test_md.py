@@ -87,3 +87,30 @@ def test_cli_replicas_and_unknown_key(prepared, tmp_path, capsys):
     cfg.write_text("production_ps: 0.5\ntimestep: 2\n")
     with pytest.raises(Exception, match="unknown key 'timestep'"):
         mod.main(["--molecule", str(prepared / "ethanol"), "--config", str(cfg), "--out", str(tmp_path / "md")])
+
+
+def test_rerun_over_finished_output_with_other_settings_is_refused(prepared, tmp_path, capsys):
+    """Issue 23 defect: a rerun with another --seed used to print "exists, skipping" and keep the
+    other seed's trajectory; now a finished output is skipped only with the same settings."""
+    from mdkstep.config import run_cli
+
+    cfg = tmp_path / "md.yaml"
+    cfg.write_text("production_ps: 0.02\nequilibration_ps: 0.0\nchunk_frames: 5\n")
+    mod = load_script("01_run_md_baselines")
+    argv = ["--molecule", str(prepared / "ethanol"), "--config", str(cfg), "--out", str(tmp_path / "md"),
+            "--log-level", "WARNING"]
+    out = tmp_path / "md" / "ethanol" / "replica_0.npz"
+    assert mod.main(argv) == 0
+    before = out.read_bytes()
+    assert mod.main(argv + ["--set", "chunk_frames=7"]) == 0  # same run: skipped (chunking changes nothing)
+    with pytest.raises(SystemExit) as e:
+        run_cli(mod.main, argv + ["--seed", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {out}: finished with other settings (seed: 0 -> 1)") and "--overwrite" in err[0]
+    with pytest.raises(SystemExit):
+        run_cli(mod.main, argv + ["--time-ps", "0.04"])
+    assert "config.production_ps: 0.02 -> 0.04" in capsys.readouterr().err
+    assert out.read_bytes() == before  # nothing was rewritten
+    assert mod.main(argv + ["--seed", "1", "--overwrite"]) == 0
+    assert load_trajectory(out).metadata["seed"] == 1

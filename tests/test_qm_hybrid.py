@@ -131,3 +131,22 @@ def test_batch_scripts_syntax_help_and_dry_run(script):
     assert h.returncode == 0 and h.stdout.strip()
     d = subprocess.run(["bash", str(path)], capture_output=True, text=True, env={**os.environ, "DRY_RUN": "1"})
     assert d.returncode == 0 and "DRY_RUN=1" in d.stdout, d.stderr
+
+
+def test_01b_rerun_over_finished_output_with_other_settings_is_refused(tmp_path):
+    """A finished QM baseline is skipped only when it was made with the same settings (issue 23)."""
+    from mdkstep.utils import MdkstepError
+
+    smi = tmp_path / "w.smi"
+    smi.write_text("O water\n")
+    cfg = tmp_path / "qm.yaml"
+    cfg.write_text("engine: xtb\nproduction_ps: 0.005\nequilibration_ps: 0.0\nchunk_frames: 10\nminimize: false\n")
+    mod = load_script("01b_run_qm_baselines")
+    argv = ["--smiles-file", str(smi), "--config", str(cfg), "--out", str(tmp_path / "md"), "--no-progress",
+            "--log-level", "WARNING"]
+    assert mod.main(argv) == 0
+    assert mod.main(argv + ["--omp-num-threads", "1"]) == 0  # threads change nothing: skipped
+    out = tmp_path / "md" / "water" / "replica_0.npz"
+    with pytest.raises(MdkstepError, match=rf"^{out}: finished with other settings \(config.temperature_K: "
+                                           r"300.0 -> 310.0\); pass --overwrite"):
+        mod.main(argv + ["--set", "temperature_K=310"])

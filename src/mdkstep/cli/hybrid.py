@@ -1,10 +1,25 @@
-"""Command-line plumbing shared by the hybrid scripts 06 (MM, OpenMM) and 06b (QM, xTB/PySCF).
+"""Stage 06: hybrid MD (MM mode) -- learned k-step jumps corrected with real OpenMM forces.
 
-The integrator itself is :func:`mdkstep.hybrid.run_hybrid`; this module only holds what both
-scripts need around it: the common options, the model device, the hybrid config checked
-against the checkpoint and the engine's time step, start frames from a baseline trajectory,
-and the run + stats JSON + summary line. Units: nm, ps, kJ/mol, amu, K (dt in fs).
+Each cycle: one model forward jumps all replicas k integrator steps, the state is projected
+onto the constraints (and COM/angular momentum), and the real forces correct it: corrector
+"kick" = 1 force call per k*dt, "verlet" = 2 calls per (k+1)*dt (see mdkstep/hybrid/integrator.py). A
+guard rejects bad jumps (non-finite, huge forces, energy jumps), retries with a shrunk jump,
+and falls back to plain physics steps. Force calls are counted by the engine itself.
+
+The OpenMM system is built exactly like the baselines (stage 01, --md-config: constraints,
+HMR, platform). Start: the last frame(s) of a baseline trajectory (--start-from), else the
+minimized structure with Maxwell-Boltzmann velocities and a short plain equilibration
+(its steps are not part of the hybrid's force-call count).
+
+Writes <out> (one replica) or <stem>_r<i>.npz (several), in the trajectory NPZ schema, and
+<stem>.stats.json. Interrupted runs resume from <stem>.hybrid_ckpt.npz: rerun the command.
+A finished run is refused unless --overwrite.
 """
+# This module is also what 06 and 06b (mdkstep.cli.hybrid_qm) share: the common options, the
+# model device, the hybrid config checked against the checkpoint and the engine's time step,
+# start frames from a baseline trajectory, and the run + stats JSON + summary line
+# (finish_run). They stay here, beside the MM stage that is their base case, because callers
+# outside the CLI (scripts/lever_study.py, tests) import them from mdkstep.cli.hybrid.
 from __future__ import annotations
 
 import argparse
@@ -13,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from mdkstep.config import load_config, to_dict
+from mdkstep.baselines.openmm_md import MDConfig, equilibrate
+from mdkstep.cli.common import add_log_level, make_parser, repo_path
+from mdkstep.config import load_config, run_cli, to_dict
+from mdkstep.engines import factory
 from mdkstep.exact.run import run_exact_chunked
 from mdkstep.exact.sampler import ShearJumper
 from mdkstep.hybrid.config import FALLBACK_WARN_FRACTION, HybridConfig
@@ -21,15 +39,34 @@ from mdkstep.hybrid.integrator import StrideSchedule, permutation_orders
 from mdkstep.hybrid.run import checkpoint_path, replica_paths, run_hybrid
 from mdkstep.model.checkpoint import check_compatible, checkpoint_kind, model_from_checkpoint, read_checkpoint
 from mdkstep.model.jumper import ModelJumper
-from mdkstep.utils import LOG, MdkstepError, atomic_write_json, check_writable_file, file_sha256, seed_everything
+from mdkstep.molecule.system import from_molecule_dir
+from mdkstep.trajectory import load_trajectory
+from mdkstep.utils import (
+    LOG,
+    MdkstepError,
+    atomic_write_json,
+    check_writable_file,
+    file_sha256,
+    seed_everything,
+    setup_logging,
+)
+
+EXAMPLE = """Example (20 ps of NVT hybrid MD with a k = 8 model: 16 fs per jump at the 2 fs baselines):
+  mdkstep-hybrid --checkpoint outputs/train/best.pt --molecule outputs/raw/ethanol --md-config configs/md_quick.yaml \\
+      --hybrid-config configs/hybrid_quick.yaml --start-from outputs/md/ethanol/replica_0.npz \\
+      --out outputs/hybrid/ethanol/hybrid_k8.npz --time-ps 20 --set friction_per_ps=30
+  python src/06_hybrid_integrate.py --checkpoint models/mm_k8.pt models/mm_k10.pt --schedule 8+10,10+8 \\
+      --molecule outputs/raw/ethanol --out outputs/hybrid/ethanol/sched.npz --time-ps 5 --replicas 4
+Units: --time-ps and --equil-ps in ps; config dt_fs in fs, friction_per_ps in 1/ps, temperature_K in K.
+"""
 
 
 def add_hybrid_arguments(p: argparse.ArgumentParser, default_config: str = "configs/hybrid.yaml") -> None:
     """Options of the hybrid run common to 06 and 06b (not the engine / molecule ones); the
-    default hybrid YAML differs by mode (MM configs/hybrid.yaml, QM configs/hybrid_qm.yaml:
-    the best-measured bath friction differs)."""
-    p.add_argument("--hybrid-config", "--config", type=Path, default=Path(default_config),
-                   help=f"hybrid integrator YAML (default: {default_config})")
+    default hybrid YAML (in the repository) differs by mode (MM configs/hybrid.yaml, QM
+    configs/hybrid_qm.yaml: the best-measured bath friction differs)."""
+    p.add_argument("--hybrid-config", "--config", type=Path, default=repo_path(default_config),
+                   help=f"hybrid integrator YAML (default: {default_config} of the repository)")
     p.add_argument("--time-ps", type=float, default=10.0, help="simulated time per replica, ps (default 10)")
     p.add_argument("--k", type=int, default=None,
                    help="jump length in steps; must equal the checkpoint's k (with --schedule: the orders' total)")
@@ -52,7 +89,7 @@ def add_hybrid_arguments(p: argparse.ArgumentParser, default_config: str = "conf
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hybrid config key (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace finished outputs and any partial run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--log-level", default="INFO")
+    add_log_level(p)
 
 
 def pick_device(name: str) -> str:
@@ -288,6 +325,7 @@ def run_exact_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndar
 
 
 def is_resuming(args) -> bool:
+    """True when a partial run of ``args.out`` will be resumed (its checkpoint exists, no --overwrite)."""
 
     return checkpoint_path(args.out).is_file() and not args.overwrite
 
@@ -348,3 +386,78 @@ def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, n
           f"T {stats['temperature_mean_K']:.1f} +- {stats['temperature_std_K']:.1f} K, "
           f"model {stats['model_ms_per_jump']:.2f} ms/jump -> {stats_path}" + (f"; {warning}" if warning else ""))
     return stats
+
+
+def finish_run(args, engine, model, device: str, ck: dict, system, hcfg, start_states, meta: dict[str, Any],
+               extra_stats: dict[str, Any]) -> dict[str, Any]:
+    """The common tail of 06 and 06b: the start state (``start_states()`` -> (x0, v0, description),
+    not called when resuming: the state then comes from the hybrid checkpoint), the metadata
+    (``meta`` with "checkpoint" and "start" filled in where the caller placed them, plus a
+    --schedule's checkpoints), then :func:`run_model`. Returns the run's stats."""
+    if is_resuming(args):
+        x0 = v0 = np.zeros((args.replicas, len(engine.masses), 3))
+        start = "resumed (start state: see the trajectory metadata)"
+    else:
+        x0, v0, start = start_states()
+    meta = {**meta, "checkpoint": str(args.checkpoint), "start": start}
+    if args.orders:
+        meta.update(checkpoints=[str(c) for c in args.checkpoints], schedule=args.schedule)
+    return run_model(args, engine, model, ck, system, hcfg, x0, v0, meta, {**extra_stats, "start": start}, device)
+
+
+# ------------------------------------------------------------------------------------ stage 06
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__, EXAMPLE)
+    p.add_argument("--checkpoint", type=Path, nargs="+", required=True,
+                   help="trained model checkpoint (.pt from stage 04); several with --schedule")
+    p.add_argument("--molecule", type=Path, required=True, help="prepared molecule folder (from stage 00)")
+    p.add_argument("--out", type=Path, required=True, help="output trajectory NPZ (replicas: <stem>_r<i>.npz)")
+    p.add_argument("--md-config", type=Path, default=repo_path("configs/md.yaml"),
+                   help="MD YAML of the baselines: constraints, HMR, platform, dt (default: configs/md.yaml of the "
+                        "repository)")
+    p.add_argument("--start-from", type=Path, default=None, metavar="NPZ",
+                   help="baseline trajectory to start from: replica 0 its last frame, others earlier frames")
+    p.add_argument("--equil-ps", type=float, default=None,
+                   help="plain BAOAB equilibration (friction max(MD config's, 1/ps)) before the hybrid run "
+                        "when not --start-from, ps (default: the MD config's equilibration_ps)")
+    add_hybrid_arguments(p)
+    return p
+
+
+def mm_start_states(args, mol, md_cfg, n_rep: int, masses: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """(x0, v0) of shape (R,N,3) and a description of where they came from."""
+    if args.start_from is not None:
+        t = load_trajectory(args.start_from)
+        if list(map(int, t.atom_types)) != list(map(int, mol.atomic_numbers)):
+            raise MdkstepError(f"{args.start_from}: atoms do not match molecule {mol.name}")
+        if not np.allclose(t.masses, masses):
+            LOG.warning("%s: masses differ from the MD config's system (HMR?)", args.start_from)
+        x, v, idx = start_frames(t, n_rep)
+        return x, v, f"{args.start_from} frames {idx}"
+    return *equilibrate(mol, md_cfg, n_rep, args.seed, args.equil_ps), "minimized + Maxwell-Boltzmann + equilibration"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    check_run_args(args)
+    md_cfg = load_config(MDConfig, args.md_config)
+    mol = from_molecule_dir(args.molecule)
+    cks = read_checkpoints(args, set(map(int, mol.atomic_numbers)), "openmm")
+    hcfg = resolve_hybrid_config(args, cks, md_cfg.dt_fs, md_cfg.temperature_K, args.md_config)
+    prepare_outputs(args)
+    model, device = load_model(args, args.checkpoint)
+    engine = factory.make_engine("openmm", mol, md_cfg)
+    meta = {"molecule": mol.name, "smiles": mol.smiles, "constraints": md_cfg.constraints,
+            "hydrogen_mass_amu": md_cfg.hydrogen_mass_amu, "forcefield": mol.forcefield, "seed": args.seed,
+            "checkpoint": None, "start": None}
+    finish_run(args, engine, model, device, cks[0], mol, hcfg,
+               lambda: mm_start_states(args, mol, md_cfg, args.replicas, engine.masses),
+               meta, {"md_config": to_dict(md_cfg)})
+    return 0
+
+
+def run() -> None:
+    """Console script ``mdkstep-hybrid``: :func:`main` with one-line errors (exit 2)."""
+    run_cli(main)

@@ -1,5 +1,6 @@
-"""Stages 01b (GFN2-xTB) and 01c (PySCF): QM baseline trajectories from SMILES or prepared
-molecule folders, through ASE, in a worker pool. Units: nm, ps, K (files); fs for steps."""
+"""What stages 01b (GFN2-xTB, :mod:`mdkstep.cli.qm`) and 01c (PySCF, :mod:`mdkstep.cli.pyscf`) share:
+their options and their body (QM baseline trajectories from SMILES or prepared molecule
+folders, through ASE, in a worker pool). Units: nm, ps, K (files); fs for steps."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from typing import Any
 
 from mdkstep.baselines.ase_md import TEMPERATURE_TOLERANCE, QMConfig, QMRunSpec
 from mdkstep.baselines.pool import QMJob, run_jobs, summary_line
+from mdkstep.cli.common import add_log_level, check_finished, repo_path
 from mdkstep.config import load_config, to_dict
 from mdkstep.molecule.prep import find_molecules
 from mdkstep.molecule.system import System, from_molecule_dir, from_smi_file
@@ -16,14 +18,16 @@ from mdkstep.utils import LOG, MdkstepError, atomic_write_json, check_writable, 
 
 
 def add_cli_arguments(p, default_config: str, default_smiles: str | None = None) -> None:
-    """The options shared by 01b (xtb) and 01c (pyscf)."""
+    """The options shared by 01b (xtb) and 01c (pyscf); ``default_config`` and ``default_smiles``
+    are paths in the repository."""
     src = p.add_mutually_exclusive_group(required=default_smiles is None)
     src.add_argument("--molecule", type=Path, help="one prepared molecule folder (topology.json + molecule.pdb, stage 00)")
     src.add_argument("--all", type=Path, metavar="RAW_DIR", help="every prepared molecule folder under RAW_DIR")
-    src.add_argument("--smiles-file", type=Path, default=default_smiles,
+    src.add_argument("--smiles-file", type=Path, default=repo_path(default_smiles) if default_smiles else None,
                      help="'SMILES name' per line; RDKit ETKDG conformer, formal charge from RDKit"
-                          + (f" (default: {default_smiles})" if default_smiles else ""))
-    p.add_argument("--config", type=Path, default=Path(default_config), help=f"QM YAML (default: {default_config})")
+                          + (f" (default: {default_smiles} of the repository)" if default_smiles else ""))
+    p.add_argument("--config", type=Path, default=repo_path(default_config),
+                   help=f"QM YAML (default: {default_config} of the repository)")
     p.add_argument("--out", type=Path, required=True, help="output root; writes <out>/<molecule>/replica_<r>.npz")
     p.add_argument("--time-ps", type=float, default=None, help="production length per replica, ps (overrides production_ps)")
     p.add_argument("--equil-ps", type=float, default=None, help="Langevin equilibration, ps (overrides equilibration_ps)")
@@ -39,7 +43,7 @@ def add_cli_arguments(p, default_config: str, default_smiles: str | None = None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="recompute trajectories that already exist")
     p.add_argument("--no-progress", action="store_true", help="no per-trajectory progress bars")
-    p.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING")
+    add_log_level(p)
 
 
 def load_systems(args) -> list[System]:
@@ -55,6 +59,13 @@ def load_systems(args) -> list[System]:
     if args.smiles_file:
         return from_smi_file(args.smiles_file, args.seed)
     raise MdkstepError("give --molecule, --all or --smiles-file")
+
+
+def expected_metadata(system: System, cfg: QMConfig, spec: QMRunSpec) -> dict[str, Any]:
+    """The settings a finished output of ``spec`` must record to be skipped (the settings part
+    of the fingerprint :func:`mdkstep.baselines.ase_md.run_qm_trajectory` resumes against)."""
+    return {"config": to_dict(cfg), "seed": spec.seed, "label": spec.label, "replica": spec.replica,
+            "molecule": system.name, "smiles": system.smiles, "charge": system.charge}
 
 
 def main_from_args(args, required_engine: str | None = None) -> int:
@@ -83,6 +94,7 @@ def main_from_args(args, required_engine: str | None = None) -> int:
         for r in range(args.replicas):
             spec = QMRunSpec(args.out / s.name / f"replica_{r}.npz", args.seed + 1000 * r, f"replica{r}", r)
             if spec.out_path.exists() and not args.overwrite:
+                check_finished(spec.out_path, expected_metadata(s, cfg, spec))
                 LOG.info("%s exists, skipping (use --overwrite to redo)", spec.out_path)
                 tidy_finished(spec.out_path)
                 continue
