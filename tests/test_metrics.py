@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import random_orthogonal
 
 from mdkstep.analysis.evaluation import replica_floor
 from mdkstep.analysis.metrics import compare
@@ -65,12 +66,6 @@ def methanol(oh_shift_nm: float = 0.0, psi_offset_deg: float = 0.0, velocities: 
     return make_traj(methanol_frames(oh_shift_nm, psi_offset_deg), v, Z_MEOH, MASSES_MEOH, temperature_K)
 
 
-def rotation(seed: int) -> np.ndarray:
-    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
-
-
 def test_identical_trajectories_are_at_distance_zero():
     d = compare(methanol(), methanol(), TOPO_MEOH, DT_PS)
     for k in DISTANCE_KEYS:
@@ -80,14 +75,14 @@ def test_identical_trajectories_are_at_distance_zero():
 
 def test_rigid_rotation_and_translation_change_nothing():
     ref = methanol()
-    rot = rotation(1)
+    rot = random_orthogonal(1, det=1.0)
     moved = make_traj(ref.positions @ rot.T + np.array([0.7, -1.3, 2.1]), ref.velocities @ rot.T,
                       Z_MEOH, MASSES_MEOH)
     d = compare(ref, moved, TOPO_MEOH, DT_PS)
     for k in DISTANCE_KEYS:
         assert d[k] == pytest.approx(0.0, abs=1e-9), k
     # a different rotation and translation per frame leaves every structure distance unchanged too
-    per_frame = np.stack([x @ rotation(10 + i).T + 0.1 * i for i, x in enumerate(ref.positions)])
+    per_frame = np.stack([x @ random_orthogonal(10 + i, det=1.0).T + 0.1 * i for i, x in enumerate(ref.positions)])
     d = compare(ref, make_traj(per_frame, ref.velocities, Z_MEOH, MASSES_MEOH), TOPO_MEOH, DT_PS)
     for k in ("bond_w1_A", "mean_bond_err_A", "angle_w1_deg", "dihedral_w1_deg", "rdf_l1"):
         assert d[k] == pytest.approx(0.0, abs=1e-9), k

