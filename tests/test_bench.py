@@ -62,6 +62,7 @@ def bench_run(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow
 def test_bench_end_to_end_every_key(bench_run):
     from mdkstep.bench.run import RECORD_KEYS
 
@@ -127,6 +128,7 @@ def test_bench_end_to_end_every_key(bench_run):
     assert "old" not in readme and "| qm | water | hybrid_k4 |" in readme and readme.endswith("rest\n")
 
 
+@pytest.mark.slow
 def test_bench_rerun_reuses_runs_and_models(bench_run):
     """A second run finds every trajectory and model on disk (resume after an interruption)."""
     from mdkstep.pipeline.models import ensure_model
@@ -137,6 +139,7 @@ def test_bench_rerun_reuses_runs_and_models(bench_run):
     assert ck == k4 / "best.pt" and ck.stat().st_mtime == mtime and "test" in metrics
 
 
+@pytest.mark.slow
 def test_cached_learned_runs_are_reused_only_with_the_same_model(bench_run, tmp_path):
     """A finished hybrid / exact run is reused when its model file and settings are the ones it
     was made with; after a new model is shipped it is removed and run again, never reused."""

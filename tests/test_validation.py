@@ -159,6 +159,7 @@ def test_only_with_an_unknown_name_is_an_error(tmp_path, capsys):
     assert "--only 'etanol': no molecule of that name in" in line and "(names: ethanol)" in line
 
 
+@pytest.mark.slow
 def test_undefined_stereo_is_warned_and_recorded(tmp_path, caplog):
     from mdkstep.molecule.prep import PrepConfig, SmiEntry, prepare_from_smiles, undefined_stereo
     from mdkstep.utils import LOG
