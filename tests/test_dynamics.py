@@ -95,7 +95,7 @@ def test_ou_step_samples_maxwell_boltzmann_per_atom():
 
 
 def test_velocity_verlet_step_conserves_energy_and_one_call():
-    from test_hybrid import HarmonicLattice, MASSES, X_EQ  # analytic engine
+    from helpers import MASSES, X_EQ, HarmonicLattice  # analytic engine
 
     eng = HarmonicLattice()
     rng = np.random.default_rng(2)

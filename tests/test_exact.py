@@ -239,6 +239,7 @@ def test_torch_stride_matches_numpy_jumper_and_counts_one_call():
 
 # ---------------------------------------------------------------------- exactness
 
+@pytest.mark.slow
 def test_metropolis_makes_a_poor_model_sample_boltzmann_exactly():
     """Start 1000 independent chains from the exact Boltzmann distribution of the double-well
     dimer; after 80 strides of a poor model (a large tau and random corrections) the final
@@ -308,6 +309,7 @@ def morse_windows(n: int, tau: float, rng: np.random.Generator, n_sub: int = 40)
     return ExactWindows(MorseCluster.Z, MorseCluster.MASSES, MorseCluster.BONDS, x, v, f0, u0, xs, vs, f, u1)
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_true_energy_error():
     tau = 0.006
     rng = np.random.default_rng(7)
@@ -338,6 +340,7 @@ def test_short_training_lowers_the_true_energy_error():
     assert abs(float(torch.linalg.det(jacobian_of_map(kicks, tau))) - 1.0) < 1e-9  # trained: still volume-preserving
 
 
+@pytest.mark.slow
 def test_on_policy_energy_error_is_the_samplers_and_trains():
     """on_policy_energy_error (the real U, F at the proposal) gives exactly the dH the sampler's
     Metropolis test sees; training with it alone (no teacher-forced terms) lowers that dH."""

@@ -133,6 +133,7 @@ def test_untrained_constrained_map_is_rattle_verlet_with_bounded_energy_error():
     assert res < 1e-12 and tan < 1e-10
 
 
+@pytest.mark.slow
 def test_metropolis_makes_a_poor_constrained_model_sample_boltzmann_exactly():
     """1000 chains from the exact distribution of the rigid-arm double well; after 60 strides
     of a poor model the O-C distance follows its exact marginal and the arm direction is
@@ -183,6 +184,7 @@ def test_mm_ethanol_hbonds_metropolized_rattle(prepared):
     assert res < 1e-12 and tan < 1e-9
 
 
+@pytest.mark.slow
 def test_training_through_the_rattle_stride_reads_the_constraints_off_the_data():
     """Windows of the rigid Morse cluster from RATTLE Verlet at tau/20: rigid_bonds finds the two
     constraints (and no other bond); 120 steps through the projected stride lower the
@@ -213,6 +215,7 @@ def test_training_through_the_rattle_stride_reads_the_constraints_off_the_data()
     assert j.propose_checked(eng, st.x, st.v, st.a)[-1].all()
 
 
+@pytest.mark.slow
 def test_06_runs_exact_mode_on_an_hbonds_molecule(prepared, tmp_path):
     """Stage 06 with a shear checkpoint on MM ethanol (OpenMM + OpenFF, HBonds): the
     RATTLE-projected sampler runs end to end and its trajectory records the constraints."""

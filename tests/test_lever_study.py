@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -15,6 +17,7 @@ def _script():
     return mod
 
 
+@pytest.mark.slow
 def test_lever_study_smoke(tmp_path, capsys):
     mod = _script()
     assert mod.main(["--smoke", "--out", str(tmp_path), "--combo", "massdv", "internal"]) == 0

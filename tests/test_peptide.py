@@ -108,6 +108,7 @@ def _md(mol_dir, path, seed):
     run_trajectory(from_molecule_dir(mol_dir), cfg, RunSpec(path, seed, cfg.friction_per_ps, 0.6, 0.2), progress=False)
 
 
+@pytest.mark.slow
 def test_05_end_to_end_ramachandran(ala2, tmp_path, monkeypatch):
     base, hyb = tmp_path / "md" / "ala2", tmp_path / "hybrid" / "ala2"
     base.mkdir(parents=True)

@@ -31,6 +31,7 @@ def test_topology_counts_match_rdkit(prepared):
     assert sorted(mol.atomic_numbers.tolist()) == [1] * 6 + [6, 6, 8]
 
 
+@pytest.mark.slow
 def test_energy_matches_openmmforcefields(prepared):
     """OpenMM energy of the written system == SMIRNOFFTemplateGenerator energy (same charges)."""
     import openmm
@@ -55,6 +56,7 @@ def test_energy_matches_openmmforcefields(prepared):
     assert energy(mol.openmm_system()) == pytest.approx(energy(ref_system), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_charged_molecule_records_charge(tmp_path):
     out = prepare_from_smiles(SmiEntry(1, "C[NH3+]", "methylammonium"), tmp_path, PrepConfig())
     info = json.loads((out / "topology.json").read_text())
@@ -70,6 +72,7 @@ def test_read_smi_errors(tmp_path):
     assert any(":5: name" in e for e in errors)
 
 
+@pytest.mark.slow
 def test_bad_molecules_cli(tmp_path, capsys):
     smi = tmp_path / "in.smi"
     smi.write_text("CCO ethanol\nC1CC( broken\n[Xe] xenon\nCCO ethanol\n")

@@ -75,10 +75,11 @@ def test_shipped_qm_configs_and_smiles_files_load():
 
     cfgs = {p.name: load_config(QMConfig, p) for p in sorted((ROOT / "configs").glob("qm*.yaml"))}
     assert {"qm.yaml", "qm_quick.yaml", "qm_pyscf.yaml", "qm_pyscf_quick.yaml"} <= set(cfgs)
-    assert cfgs["qm.yaml"].engine == "xtb" and cfgs["qm.yaml"].dt_fs == 0.25
-    assert cfgs["qm_pyscf.yaml"].engine == "pyscf" and cfgs["qm_pyscf.yaml"].basis == "sto-3g"
+    for name, c in cfgs.items():
+        c.validate()
+        assert c.engine == ("pyscf" if "pyscf" in name else "xtb"), name  # the file name says the engine
     mols = systems_from_smiles_file(ROOT / "data" / "qm_molecules.smi")
-    assert len(mols) == 22 and all(3 <= m.n_atoms <= 15 and m.charge == 0 for m in mols)
+    assert mols and all(3 <= m.n_atoms <= 15 and m.charge == 0 for m in mols)
     small = systems_from_smiles_file(ROOT / "data" / "qm_small_molecules.smi")
     assert all(3 <= m.n_atoms <= 5 for m in small) and "hydrogen_cyanide" in {m.name for m in small}
 
@@ -285,6 +286,7 @@ def test_short_xtb_md_is_schema_valid_with_engine_forces(tmp_path):
     assert np.abs(dx - t.velocities[1:-1]).max() < 0.05 * np.abs(t.velocities).max()
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_same_frames(tmp_path, crash_after_flushes):
     cfg = _tiny_cfg(chunk_frames=40)
     s = system_from_smiles("O", "water", seed=0)
@@ -323,6 +325,7 @@ def _try_dataset_windows(traj_paths, tmp_path) -> str:
     return "built"
 
 
+@pytest.mark.slow
 def test_01b_and_01c_outputs_load_through_the_same_loader(tmp_path, prepared):
     smi = tmp_path / "m.smi"
     smi.write_text("# tiny\nO water\nC#N hydrogen_cyanide\n")
@@ -358,6 +361,7 @@ def test_01b_and_01c_outputs_load_through_the_same_loader(tmp_path, prepared):
         b.main(["--smiles-file", str(smi), "--config", str(xtb_cfg), "--out", str(tmp_path / "x2")])
 
 
+@pytest.mark.slow
 def test_worker_pool_runs_jobs_in_parallel_processes(tmp_path):
     cfg = tmp_path / "qm.yaml"
     cfg.write_text("engine: xtb\nproduction_ps: 0.01\nequilibration_ps: 0.0\nchunk_frames: 40\nminimize: false\n")
@@ -380,6 +384,7 @@ def test_ethanol_langevin_mean_temperature_near_target(tmp_path):
 
 # ------------------------------------------------------------------------------ QM/MM
 
+@pytest.mark.slow
 def test_qmmm_example_runs_and_conserves_energy(capsys):
     mod = load_script("qmmm_example")
     out = mod.run_qmmm(n_steps=6, n_side=2, relax_steps=5, verbose=False)

@@ -62,6 +62,7 @@ def _run06b(argv, monkeypatch):
     return built[0]
 
 
+@pytest.mark.slow
 def test_06b_and_05b_on_water(qm_water, tmp_path, monkeypatch):
     from mdkstep.trajectory import load_trajectory
 
@@ -107,6 +108,7 @@ def test_06b_and_05b_on_water(qm_water, tmp_path, monkeypatch):
     assert (ev_dir / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_06b_rejects_wrong_time_step(qm_water, tmp_path, capsys):
     from mdkstep.config import run_cli
 

@@ -62,7 +62,7 @@ def test_md_resume_with_other_seed_or_temperature_is_refused(ethanol, tmp_path, 
 
 
 def test_hybrid_resume_with_other_model_or_seed_is_refused(tmp_path):
-    from test_hybrid import HarmonicLattice, Oracle, cfg, run, start
+    from helpers import HarmonicLattice, Oracle, cfg, run, start
 
     from mdkstep.hybrid import checkpoint_path
 
@@ -263,7 +263,7 @@ def test_checkpoint_refusal_says_what_was_refused(tmp_path):
 
 
 def test_corrupt_hybrid_checkpoint_is_a_one_line_error(tmp_path):
-    from test_hybrid import HarmonicLattice, Oracle, cfg, run, start
+    from helpers import HarmonicLattice, Oracle, cfg, run, start
 
     from mdkstep.hybrid import checkpoint_path
 
@@ -339,7 +339,7 @@ def test_kill_after_publishing_is_tidied_by_the_skipping_rerun(ethanol, tmp_path
 def test_hybrid_killed_after_publishing_finishes_on_rerun(tmp_path, monkeypatch):
     """Killed after the output was renamed into place but before the resume file was removed:
     the rerun must finish the run (stats) without recomputing or refusing."""
-    from test_hybrid import HarmonicLattice, Oracle, cfg, run, start
+    from helpers import HarmonicLattice, Oracle, cfg, run, start
 
     from mdkstep.hybrid import checkpoint_path
     from mdkstep.trajectory import ChunkedTrajectoryWriter

@@ -157,6 +157,7 @@ def smoke_models(tmp_path_factory):
     return tmp, mod, argv
 
 
+@pytest.mark.slow
 def test_smoke_models_pass_the_shipped_checks(smoke_models):
     tmp, _, _ = smoke_models
     paths = sorted((tmp / "models").glob("*.pt"))

@@ -2,6 +2,8 @@
 the counted force-call span, the threadpoolctl thread limit and the networkx ring bonds."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -164,15 +166,26 @@ def test_integrator_steps_are_recorded_as_such(prepared):
 
 # ------------------------------------------------------------------------------ library swaps
 
-def test_limit_threads_uses_threadpoolctl():
-    from threadpoolctl import threadpool_info
+def test_limit_threads_uses_threadpoolctl(monkeypatch):
+    """limit_threads(1) sets every loaded OpenMP/BLAS pool to one thread and restores it on exit.
+    The pools are first set to 2 threads, so that the limit is seen whatever OMP_NUM_THREADS the
+    tests run with."""
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from mdkstep.baselines.pool import limit_threads
 
-    before = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
-    with limit_threads(1):
-        assert all(i["num_threads"] == 1 for i in threadpool_info())
-    assert {i["filepath"]: i["num_threads"] for i in threadpool_info()} == before
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # limit_threads sets them
+        monkeypatch.setenv(key, os.environ.get(key, "1"))
+    torch.ones(2) @ torch.ones(2)  # numpy's BLAS and torch's OpenMP are loaded
+    assert threadpool_info(), "no OpenMP/BLAS pool loaded: nothing to limit"
+    with threadpool_limits(limits=2):
+        before = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+        assert 2 in before.values(), before  # a pool the limit can visibly change
+        with limit_threads(1):
+            assert all(i["num_threads"] == 1 for i in threadpool_info())
+            assert os.environ["OMP_NUM_THREADS"] == "1"
+        assert {i["filepath"]: i["num_threads"] for i in threadpool_info()} == before
 
 
 @pytest.mark.parametrize("smiles", ["CCO", "c1ccccc1", "c1ccc2ccccc2c1", "C1CC12CC2", "CC(=O)Oc1ccccc1C(=O)O"])

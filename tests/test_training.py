@@ -66,6 +66,7 @@ def _splits(root):
     return root / "splits" / "train.json", root / "splits" / "val.json"
 
 
+@pytest.mark.slow
 def test_checkpoint_roundtrip_weights_only(data, tmp_path):
     s = train(data / "dataset_k4.npz", _splits(data), MODEL, _tcfg(max_steps=5), tmp_path / "run", "cpu", progress=False)
     assert s["steps"] == 5
@@ -128,6 +129,7 @@ def test_transfer_with_frozen_layers(data, tmp_path):
     assert any(not torch.equal(ft[n], pre[n]) for n in trainable)  # the rest did train
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(data, tmp_path):
     cfg = tmp_path / "t.yaml"
     cfg.write_text("k: 4\nmax_steps: 3\nbatch_size: 16\nwarmup_steps: 1\nval_max_windows: 32\nmetrics_max_windows: 32\n")

@@ -42,7 +42,7 @@ def test_smooth_clamp_does_not_overflow_to_zero_in_float32():
 
 
 def test_model_with_weights_times_100_still_moves():
-    from test_model import batch_of, random_molecule
+    from helpers import batch_of, random_molecule
 
     from mdkstep.model import ModelConfig, build_model
 
@@ -65,7 +65,7 @@ class ZeroJumper:
 
 
 def test_zero_jump_is_rejected_as_frozen_without_force_calls(tmp_path):
-    from test_hybrid import HarmonicLattice, cfg, run, start
+    from helpers import HarmonicLattice, cfg, run, start
 
     eng = HarmonicLattice()
     c = cfg(corrector="kick", max_attempts=2)
@@ -159,6 +159,7 @@ def test_only_with_an_unknown_name_is_an_error(tmp_path, capsys):
     assert "--only 'etanol': no molecule of that name in" in line and "(names: ethanol)" in line
 
 
+@pytest.mark.slow
 def test_undefined_stereo_is_warned_and_recorded(tmp_path, caplog):
     from mdkstep.molecule.prep import PrepConfig, SmiEntry, prepare_from_smiles, undefined_stereo
     from mdkstep.utils import LOG
