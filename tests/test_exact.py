@@ -8,144 +8,20 @@ import pytest
 import torch
 from scipy import stats
 
-from mdkstep.engines.base import ForceEngine
+from helpers import KT, T_K, DoubleWellDimer, MorseCluster, morse_states, random_kicks, tiny_config
+
 from mdkstep.exact.sampler import ExactConfig, ShearJumper, engine_forces, init_chain, kinetic_energy, nve_config, run_exact
 from mdkstep.exact.train import ExactTrainConfig, ExactWindows, fit_scales, teacher_forced_abs_dH, train_exact
-from mdkstep.model import ModelConfig
 from mdkstep.model.shear import (ShearKicks, graph_template, n_forwards_per_stride, outer_kick,
                                  randomize_kick_heads_, shear_map, stride)
-from mdkstep.utils import KB_KJ_PER_MOL_K
 
 torch.set_num_threads(1)
-T_K = 300.0
-KT = KB_KJ_PER_MOL_K * T_K
 
 
 # ------------------------------------------------------------------ analytic engines
 
-class MorseCluster(ForceEngine):
-    """Four atoms, U = sum_{i<j} D (1 - exp(-alpha (r_ij - r0)))^2: anharmonic, pairwise
-    (forces sum to zero), rotation and translation invariant. torch inside, so the same
-    function gives differentiable forces (:meth:`torch_forces`) for Jacobians."""
-
-    name = "morse4"
-    D, ALPHA, R0 = 40.0, 18.0, 0.15  # kJ/mol, 1/nm, nm
-    MASSES = np.array([12.0, 14.0, 16.0, 12.0])
-    Z = np.array([6, 7, 8, 6])
-    BONDS = np.array([[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]])
-
-    def __init__(self):
-        super().__init__(self.MASSES, self.Z)
-
-    @classmethod
-    def x_eq(cls) -> np.ndarray:
-        """Regular tetrahedron of edge R0 (nm), centred."""
-        t = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=float)
-        return t * cls.R0 / (2 * np.sqrt(2))
-
-    @classmethod
-    def energy(cls, x: torch.Tensor) -> torch.Tensor:
-        """U (...) kJ/mol of x (..., 4, 3) nm."""
-        i, j = torch.triu_indices(4, 4, 1)
-        r = torch.linalg.vector_norm(x[..., i, :] - x[..., j, :], dim=-1)
-        return (cls.D * (1 - torch.exp(-cls.ALPHA * (r - cls.R0))) ** 2).sum(-1)
-
-    @classmethod
-    def torch_forces(cls, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(U (G,), F (G*4,3)) of flattened x (G*4,3); differentiable."""
-        with torch.enable_grad():
-            if not x.requires_grad:
-                x = x.requires_grad_(True)
-            u = cls.energy(x.view(-1, 4, 3))
-            (g,) = torch.autograd.grad(u.sum(), x, create_graph=create_graph)
-        return u, -g
-
-    def _compute(self, x):
-        with torch.enable_grad():  # the jumper calls engines under no_grad
-            xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-            u = self.energy(xt)
-            u.backward()
-        return float(u.detach()), -xt.grad.numpy()
-
-
-class DoubleWellDimer(ForceEngine):
-    """Two atoms bound by a double-well bond U(r) = h ((r - r0)^2/s^2 - 1)^2 (wells at r0 +- s).
-    The Boltzmann marginal of r is p(r) ~ r^2 exp(-U(r)/kT) (:meth:`r_cdf`)."""
-
-    name = "double_well"
-    H, R0, S = 1.5 * KT, 0.2, 0.03  # kJ/mol, nm, nm
-    MASSES = np.array([12.0, 16.0])
-    Z = np.array([6, 8])
-    BONDS = np.array([[0, 1]])
-
-    def __init__(self):
-        super().__init__(self.MASSES, self.Z)
-
-    @classmethod
-    def u_of_r(cls, r):
-        q = (r - cls.R0) ** 2 / cls.S**2 - 1.0
-        return cls.H * q * q
-
-    def _compute(self, x):
-        d = x[0] - x[1]
-        r = np.linalg.norm(d)
-        q = (r - self.R0) ** 2 / self.S**2 - 1.0
-        du = self.H * 2.0 * q * 2.0 * (r - self.R0) / self.S**2
-        f0 = -du * d / r
-        return self.H * q * q, np.stack([f0, -f0])
-
-    @classmethod
-    def r_grid(cls):
-        r = np.linspace(0.05, 0.40, 20001)
-        p = r**2 * np.exp(-cls.u_of_r(r) / KT)
-        cdf = np.concatenate([[0.0], np.cumsum(0.5 * (p[1:] + p[:-1]) * np.diff(r))])
-        return r, cdf / cdf[-1]
-
-    @classmethod
-    def r_cdf(cls, r):
-        grid, cdf = cls.r_grid()
-        return np.interp(r, grid, cdf)
-
-    @classmethod
-    def boltzmann_states(cls, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """n exact Boltzmann samples (x, v) (n,2,3): r by inverse CDF, random direction, COM at 0."""
-        grid, cdf = cls.r_grid()
-        r = np.interp(rng.uniform(size=n), cdf, grid)
-        u = rng.normal(size=(n, 3))
-        d = u / np.linalg.norm(u, axis=1, keepdims=True) * r[:, None]
-        m = cls.MASSES
-        x = np.stack([d * m[1] / m.sum(), -d * m[0] / m.sum()], axis=1)
-        v = rng.normal(size=(n, 2, 3)) * np.sqrt(KT / m)[None, :, None]
-        return x, v
-
 
 # ------------------------------------------------------------------------- helpers
-
-def tiny_config(**kw) -> ModelConfig:
-    base = dict(hidden=16, n_layers=2, n_rbf=8, cutoff_nm=None, rbf_max_nm=0.5, max_hops=3,
-                max_dvel_nm_per_ps=50.0)
-    base.update(kw)
-    return ModelConfig(**base)
-
-
-def random_kicks(tau: float, f_scale: float, gain: float, n_inner: int = 1, seed: int = 0, members: int = 1,
-                 **kw) -> ShearKicks:
-    """A float64 ShearKicks with deliberately non-zero random corrections of size ~gain x the
-    Verlet half kick."""
-    torch.manual_seed(seed)
-    kicks = ShearKicks(tiny_config(**kw), n_inner=n_inner, members=members).double()
-    kicks.set_scales(f_scale=f_scale, kick_scale=0.5 * tau * f_scale / 12.0)
-    randomize_kick_heads_(kicks, gain=gain, generator=torch.Generator().manual_seed(seed + 1))
-    return kicks
-
-
-def morse_states(n: int, rng: np.random.Generator, sigma_nm: float = 0.008) -> tuple[np.ndarray, np.ndarray]:
-    """Thermal-like states of the Morse cluster: jittered tetrahedron, Maxwell-Boltzmann v, no COM motion."""
-    m = MorseCluster.MASSES
-    x = MorseCluster.x_eq() + rng.normal(scale=sigma_nm, size=(n, 4, 3))
-    v = rng.normal(size=(n, 4, 3)) * np.sqrt(KT / m)[None, :, None]
-    v -= (np.einsum("rij,i->rj", v, m) / m.sum())[:, None]
-    return x, v
 
 
 def morse_jumper(kicks: ShearKicks, tau: float) -> ShearJumper:
@@ -379,7 +255,7 @@ def test_on_policy_energy_error_is_the_samplers_and_trains():
 
 def _shear_dataset(root):
     """A tiny k = 4 dataset with forces and energies (a synthetic ethanol trajectory)."""
-    from test_training import _ethanol_trajectory
+    from helpers import _ethanol_trajectory
 
     from mdkstep.data.windows import build_dataset, write_split_files
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from test_exact import KT, T_K, DoubleWellDimer, MorseCluster, morse_states, random_kicks
+from helpers import KT, T_K, DoubleWellDimer, MorseCluster, morse_states, random_kicks
 
 from mdkstep.constraints import DistanceConstraints
 from mdkstep.engines.base import ForceEngine

@@ -22,7 +22,7 @@ from mdkstep.model import EGNN, ModelConfig, build_model
 from mdkstep.model.shear import ShearKicks, graph_template, randomize_kick_heads_
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import MdkstepError
-from test_exact import MorseCluster, morse_states, tiny_config
+from helpers import MorseCluster, morse_states, tiny_config
 
 torch.set_num_threads(1)
 TAU_FS, K, DT_FS = 2.0, 8, 0.25

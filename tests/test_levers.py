@@ -11,7 +11,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
-from test_model import batch_of, make_model, random_molecule
+from helpers import batch_of, make_model, random_molecule
 
 from mdkstep.config import from_dict, load_config
 from mdkstep.data.windows import KStepDataset, build_dataset, collate

@@ -6,61 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from mdkstep.model import GraphBatch, ModelConfig, build_model, graph_hops, make_graph_batch
+from helpers import batch_of, make_model, random_molecule, random_orthogonal, rel_err
+
+from mdkstep.model import GraphBatch, ModelConfig, build_model, graph_hops
 from mdkstep.model.common import freeze_first_layers
 
 MASS = {1: 1.008, 6: 12.011, 7: 14.007, 8: 15.999}
 ARCHS = ["egnn", "transformer_egnn"]
 F64 = torch.float64
-
-
-def random_molecule(n: int, seed: int) -> dict[str, np.ndarray]:
-    """A chain of n atoms (random walk, 0.15 nm steps) plus one ring bond; nm, nm/ps, kJ/mol/nm."""
-    rng = np.random.default_rng(seed)
-    z = rng.choice([1, 6, 7, 8], size=n)
-    steps = rng.normal(size=(n, 3))
-    steps *= 0.15 / np.linalg.norm(steps, axis=1, keepdims=True)
-    pos = np.cumsum(steps, axis=0) + rng.normal(size=3)
-    bonds = [[i, i + 1] for i in range(n - 1)] + ([[0, n - 1]] if n > 3 else [])
-    return {
-        "z": z,
-        "masses": np.array([MASS[int(a)] for a in z]),
-        "pos": pos,
-        "vel": rng.normal(size=(n, 3)) * 0.8,
-        "forces": rng.normal(size=(n, 3)) * 400.0,
-        "bonds": np.array(bonds, dtype=np.int64).reshape(-1, 2),
-    }
-
-
-def batch_of(mols: list[dict], dtype: torch.dtype = F64) -> GraphBatch:
-    return make_graph_batch([m["z"] for m in mols], [m["masses"] for m in mols], [m["pos"] for m in mols],
-                            [m["vel"] for m in mols], [m["forces"] for m in mols], [m["bonds"] for m in mols],
-                            dtype=dtype)
-
-
-def make_model(arch: str, seed: int = 0, noise: float = 0.3, **kw) -> torch.nn.Module:
-    """Small float64 model with perturbed weights, so that outputs are far from zero."""
-    torch.manual_seed(seed)
-    opts = dict(arch=arch, hidden=16, n_layers=2, n_heads=2, n_rbf=8, use_forces=True, force_head=True)
-    opts.update(kw)
-    model = build_model(ModelConfig(**opts)).to(F64)
-    model.set_normalization(v_scale=0.7, f_scale=300.0, dx_scale=0.05, dv_scale=1.5)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(noise * torch.randn_like(p))
-    return model.eval()
-
-
-def random_orthogonal(seed: int, det: float) -> np.ndarray:
-    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.sign(np.linalg.det(q)) != det:
-        q[:, 0] *= -1.0
-    return q
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
 VEC_KEYS = ("dx", "dv", "forces")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from test_model import random_orthogonal
+from helpers import random_orthogonal
 
 SHIPPED = sorted((ROOT / "models").glob("*.pt"))
 F64 = torch.float64

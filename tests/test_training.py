@@ -5,8 +5,9 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
+
+from helpers import _ethanol_trajectory
 import torch
 
 from conftest import ROOT, load_script
@@ -15,34 +16,9 @@ from mdkstep.data.windows import build_dataset, write_split_files
 from mdkstep.model import ModelConfig, build_model
 from mdkstep.model.common import freeze_first_layers
 from mdkstep.training.trainer import TrainConfig, train
-from mdkstep.trajectory import Trajectory, save_trajectory
 from mdkstep.utils import MdkstepError
 
 MODEL = ModelConfig(arch="egnn", hidden=16, n_layers=2, cutoff_nm=None)
-
-
-def _ethanol_trajectory(path, n_frames: int = 1000, dt_fs: float = 2.0) -> None:
-    """A smooth, synthetic ethanol trajectory (RDKit conformer + per-atom harmonic motion), with
-    forces: training tests need the shapes and time stamps of stage-01 output, not its physics."""
-    from rdkit import Chem
-    from rdkit.Chem import AllChem
-
-    mol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
-    AllChem.EmbedMolecule(mol, randomSeed=3)
-    x0 = mol.GetConformer().GetPositions() / 10.0  # nm
-    z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
-    m = np.array([a.GetMass() for a in mol.GetAtoms()])
-    rng = np.random.default_rng(0)
-    amp, omega, phase = rng.uniform(0.002, 0.006, x0.shape), rng.uniform(20, 60, x0.shape), rng.uniform(0, 6.3, x0.shape)
-    t = np.arange(n_frames)[:, None, None] * dt_fs / 1000.0  # ps
-    pos = x0 + amp * np.sin(omega * t + phase)
-    vel = amp * omega * np.cos(omega * t + phase)
-    forces = -(m[:, None] * omega**2) * (pos - x0)
-    meta = {"dt_fs": dt_fs, "save_interval": 1, "engine": "openmm", "method": "synthetic", "temperature_K": 300.0,
-            "friction": 1.0, "seed": 0, "smiles": "CCO", "constraints": "none", "molecule": "ethanol"}
-    save_trajectory(path, Trajectory(positions=pos, velocities=vel, energies=np.zeros(n_frames),
-                                     temperature=np.full(n_frames, 300.0), atom_types=z, masses=m,
-                                     time_ps=t.ravel() + dt_fs / 1000.0, metadata=meta, forces=forces))
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def test_zero_jump_is_rejected_as_frozen_without_force_calls(tmp_path):
 
 
 def test_run_summary_warns_loudly_on_fallbacks(tmp_path, capsys):
-    from test_hybrid import HarmonicLattice, cfg, start
+    from helpers import HarmonicLattice, cfg, start
 
     from mdkstep.cli.hybrid import run_and_report
 
