@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-fast quickstart one-jump bench bench-full models models-gpu models-smoke clean-outputs help
+.PHONY: setup test test-fast quickstart demo one-jump bench bench-full models models-gpu models-smoke clean-outputs help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -35,8 +35,11 @@ test: setup  ## run the test suite (pytest's "no tests collected" exit 5 is not 
 test-fast: setup  ## tests without the slow ones
 	$(PY) -m pytest -q -m "not slow" tests
 
-quickstart: setup  ## run the MM pipeline on the tiny embedded default (CPU, minutes)
-	bash scripts/quickstart.sh
+quickstart: setup  ## the product working: shipped models vs plain MD, MM aspirin + QM ethanol, one table (~3-5 min, 2 cores)
+	$(PY) -m mdkstep.cli.quickstart
+
+demo: setup  ## a demo of the stages (00 -> 06 -> 05) with a tiny model trained here (not meant to be faithful)
+	bash scripts/demo_pipeline.sh
 
 one-jump: setup  ## one-jump accuracy study (k = 4, 8, 12; time and molecule splits) on data/md
 	bash studies/one_jump/one_jump_study.sh

@@ -12,6 +12,8 @@ import these from here, never from one another.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -28,6 +30,9 @@ MASSES = np.array([12.0, 1.008, 15.999, 1.008])  # amu
 Z = np.array([6, 1, 8, 1])
 X_EQ = np.array([[0.0, 0.0, 0.0], [0.11, 0.0, 0.0], [-0.06, 0.12, 0.0], [-0.14, 0.16, 0.05]])  # nm
 SPRINGS = [(0, 1, 3.0e4), (0, 2, 5.0e4), (2, 3, 3.0e4), (1, 2, 1.0e4), (0, 3, 5.0e3)]  # kJ/(mol nm^2)
+
+#: the repository (configs/ is found from here, not the working directory)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class HarmonicLattice(ForceEngine):
@@ -314,3 +319,34 @@ def _ethanol_trajectory(path, n_frames: int = 1000, dt_fs: float = 2.0) -> None:
     save_trajectory(path, Trajectory(positions=pos, velocities=vel, energies=np.zeros(n_frames),
                                      temperature=np.full(n_frames, 300.0), atom_types=z, masses=m,
                                      time_ps=t.ravel() + dt_fs / 1000.0, metadata=meta, forces=forces))
+
+
+def tiny_bench_config(tmp_path) -> dict:
+    """The benchmark on a tiny setting (ethanol MM, water QM, minutes -> seconds); writes two .smi files."""
+    (tmp_path / "mm.smi").write_text("# tiny\nCCO ethanol\n")
+    (tmp_path / "qm.smi").write_text("O water\n")
+    tiny_train = {"max_steps": 3, "batch_size": 16, "warmup_steps": 1, "val_max_windows": 64,
+                  "metrics_max_windows": 64, "norm_max_windows": 64}
+    tiny_model = {"hidden": 16, "n_layers": 1, "use_forces": True}
+    c = str(ROOT / "configs")
+    return {
+        "out_dir": str(tmp_path / "bench"), "threads": 1, "timing_repeats": 2, "ref_replicas": 3,
+        "use_shipped_models": False,  # train the tiny models here even where models/ holds shipped ones
+        "mm_smiles": str(tmp_path / "mm.smi"), "mm_prep_config": f"{c}/prep.yaml", "mm_scan_dts_fs": [2, 3],
+        "mm_scan_ps": 0.2, "mm_scan_max_drift_per_atom": 1.0e3, "mm_equil_ps": 0.1, "mm_time_ps": 0.4,
+        "mm_nve_ps": 0.1, "mm_timing_ps": 0.05, "mm_ks": [4], "mm_train_ps": 0.4,
+        "mm_model_config": f"{c}/model.yaml", "mm_model_overrides": tiny_model,
+        "mm_train_config": f"{c}/train.yaml", "mm_train_overrides": tiny_train, "mm_hybrid_config": f"{c}/hybrid.yaml",
+        "mm_hybrid_overrides_by_k": {4: {"friction_per_ps": 30.0}},
+        "mm_schedules": [[4, 4]],  # a stride schedule row (hybrid_k4+4: the k = 4 model twice per cycle)
+        "mm_schedule_hybrid_overrides": {"friction_per_ps": 25.0},  # the schedule rows' own bath
+        "mm_mvv_dts_fs": [4.0], "mm_exact_ks": [2],  # exact mode on the HBonds system (RATTLE-projected)
+        "mm_exact_train_overrides": {"steps": 3, "batch_size": 16, "val_max_windows": 64, "log_every": 1},
+        "qm_smiles": str(tmp_path / "qm.smi"), "qm_config": f"{c}/qm.yaml",
+        "qm_overrides": {"equilibration_ps": 0.01, "minimize_steps": 3}, "qm_plain_dts_fs": [0.5],
+        "qm_time_ps": 0.02, "qm_nve_ps": 0.005, "qm_timing_ps": 0.005, "qm_ks": [4], "qm_train_ps": 0.03,
+        "qm_model_config": f"{c}/model_qm.yaml", "qm_model_overrides": {**tiny_model, "arch": "egnn"},
+        "qm_train_config": f"{c}/train_qm.yaml", "qm_train_overrides": tiny_train, "qm_hybrid_config": f"{c}/hybrid_qm.yaml",
+        "qm_exact_ks": [4], "qm_mvv_dts_fs": [0.5],
+        "qm_exact_train_overrides": {"steps": 3, "batch_size": 16, "val_max_windows": 64, "log_every": 1},
+    }

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT
+from helpers import tiny_bench_config
 
 
 def load_bench_cli():
@@ -20,41 +20,11 @@ def load_bench_cli():
     return mod
 
 
-def tiny_config(tmp_path) -> dict:
-    (tmp_path / "mm.smi").write_text("# tiny\nCCO ethanol\n")
-    (tmp_path / "qm.smi").write_text("O water\n")
-    tiny_train = {"max_steps": 3, "batch_size": 16, "warmup_steps": 1, "val_max_windows": 64,
-                  "metrics_max_windows": 64, "norm_max_windows": 64}
-    tiny_model = {"hidden": 16, "n_layers": 1, "use_forces": True}
-    c = str(ROOT / "configs")
-    return {
-        "out_dir": str(tmp_path / "bench"), "threads": 1, "timing_repeats": 2, "ref_replicas": 3,
-        "use_shipped_models": False,  # train the tiny models here even where models/ holds shipped ones
-        "mm_smiles": str(tmp_path / "mm.smi"), "mm_prep_config": f"{c}/prep.yaml", "mm_scan_dts_fs": [2, 3],
-        "mm_scan_ps": 0.2, "mm_scan_max_drift_per_atom": 1.0e3, "mm_equil_ps": 0.1, "mm_time_ps": 0.4,
-        "mm_nve_ps": 0.1, "mm_timing_ps": 0.05, "mm_ks": [4], "mm_train_ps": 0.4,
-        "mm_model_config": f"{c}/model.yaml", "mm_model_overrides": tiny_model,
-        "mm_train_config": f"{c}/train.yaml", "mm_train_overrides": tiny_train, "mm_hybrid_config": f"{c}/hybrid.yaml",
-        "mm_hybrid_overrides_by_k": {4: {"friction_per_ps": 30.0}},
-        "mm_schedules": [[4, 4]],  # a stride schedule row (hybrid_k4+4: the k = 4 model twice per cycle)
-        "mm_schedule_hybrid_overrides": {"friction_per_ps": 25.0},  # the schedule rows' own bath
-        "mm_mvv_dts_fs": [4.0], "mm_exact_ks": [2],  # exact mode on the HBonds system (RATTLE-projected)
-        "mm_exact_train_overrides": {"steps": 3, "batch_size": 16, "val_max_windows": 64, "log_every": 1},
-        "qm_smiles": str(tmp_path / "qm.smi"), "qm_config": f"{c}/qm.yaml",
-        "qm_overrides": {"equilibration_ps": 0.01, "minimize_steps": 3}, "qm_plain_dts_fs": [0.5],
-        "qm_time_ps": 0.02, "qm_nve_ps": 0.005, "qm_timing_ps": 0.005, "qm_ks": [4], "qm_train_ps": 0.03,
-        "qm_model_config": f"{c}/model_qm.yaml", "qm_model_overrides": {**tiny_model, "arch": "egnn"},
-        "qm_train_config": f"{c}/train_qm.yaml", "qm_train_overrides": tiny_train, "qm_hybrid_config": f"{c}/hybrid_qm.yaml",
-        "qm_exact_ks": [4], "qm_mvv_dts_fs": [0.5],
-        "qm_exact_train_overrides": {"steps": 3, "batch_size": 16, "val_max_windows": 64, "log_every": 1},
-    }
-
-
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     cfg = tmp / "bench.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(tmp)))
+    cfg.write_text(yaml.safe_dump(tiny_bench_config(tmp)))
     readme = tmp / "README.md"
     readme.write_text("# x\n\n<!-- bench:start -->\nold\n<!-- bench:end -->\n\nrest\n")
     rc = load_bench_cli().main(["--config", str(cfg), "--update-readme", str(readme), "--log-level", "WARNING"])
@@ -226,8 +196,8 @@ def test_bad_config_key_names_the_file(tmp_path, capsys):
 def test_engine_vv_segment_conserves_energy():
     """The plain-MD timer's velocity Verlet on an analytic harmonic pair: the force calls are
     the engine's own count, and U + K is conserved to O(dt^2)."""
-    from mdkstep.engines.base import ForceEngine
     from mdkstep.baselines.plain import engine_vv_segment
+    from mdkstep.engines.base import ForceEngine
 
     class Harmonic(ForceEngine):
         def __init__(self):
@@ -332,9 +302,9 @@ def test_schedule_cost_counts_the_shared_data_once():
 def test_learned_seeds_do_not_depend_on_the_other_rows():
     """A row's seed comes from its own name and k (and learned_seed_offset), never from its position among the
     learned rows: adding hybrid_k9 must not rerun exact_k4 with another chain."""
+    from mdkstep.bench.run import learned_seed
     from mdkstep.pipeline.config import BenchConfig
     from mdkstep.pipeline.mode import Method
-    from mdkstep.bench.run import learned_seed
     cfg = BenchConfig()
     exact, mvv, hyb = Method("exact_k4", "exact", 2.0, k=4), Method("mvv_4fs", "exact", 4.0, k=1), \
         Method("hybrid_k4", "hybrid", 2.0, k=4)
@@ -344,8 +314,8 @@ def test_learned_seeds_do_not_depend_on_the_other_rows():
 
 
 def test_schedule_keys_fixed_and_drawn_orders():
-    from mdkstep.pipeline.config import check_schedule
     from mdkstep.bench.learned import schedule_name, schedule_orders
+    from mdkstep.pipeline.config import check_schedule
     ks = [8, 9, 10]
     check_schedule("mm_schedules", [8, 10], ks)
     check_schedule("mm_schedules", [[8, 10], [9, 9], [10, 8]], ks)

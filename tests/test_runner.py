@@ -226,8 +226,8 @@ def test_run_hybrid_qm_sh_resumes_unless_overwrite(tmp_path):
     assert "exists, skipping" in calls() and "06b_hybrid_integrate_qm.py" not in calls()
 
 
-def test_quickstart_passes_overwrite_only_with_overwrite_1():
-    text = (ROOT / "scripts" / "quickstart.sh").read_text()
+def test_demo_pipeline_passes_overwrite_only_with_overwrite_1():
+    text = (ROOT / "scripts" / "demo_pipeline.sh").read_text()
     lines = [ln for ln in text.splitlines() if "--overwrite" in ln and not ln.lstrip().startswith("#")]
     assert lines and all('[ "$OVERWRITE" = 1 ] && echo --overwrite' in ln for ln in lines)
 

@@ -203,7 +203,8 @@ class ExactMethod:
 
 def learned_methods(mode, mol: str, ref: Method, settings: dict[str, Any], checkpoints: dict[int, Path],
                     exact_checkpoints: dict[str, tuple[int, Path | None]], bonds: np.ndarray) -> list:
-    """Every learned method of one molecule: a hybrid per jump-model checkpoint (by k; the
+    """Every learned method of one molecule: a hybrid per jump-model checkpoint (by k, unless
+    ``fixed_k_rows`` is false; the
     hybrid config with ``hybrid_overrides`` and that k's ``hybrid_overrides_by_k``), a hybrid
     per stride schedule (``schedules``: lists of those k, with ``hybrid_overrides`` and
     ``schedule_hybrid_overrides``), then
@@ -212,7 +213,7 @@ def learned_methods(mode, mol: str, ref: Method, settings: dict[str, Any], check
     temperature, friction = mode.thermostat()
     out: list = []
     by_k = settings.get("hybrid_overrides_by_k") or {}
-    for k, ck in checkpoints.items():
+    for k, ck in checkpoints.items() if settings.get("fixed_k_rows", True) else ():
         m = Method(f"hybrid_k{k}", "hybrid", ref.dt_fs, k=k, note=f"model {ck}")
         over = {**settings["hybrid_overrides"], **(by_k.get(str(k)) or by_k.get(k) or {})}
         out.append(HybridMethod(mode, mol, m, ck, bonds, settings["hybrid_config"], over, temperature))

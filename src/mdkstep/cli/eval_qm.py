@@ -218,3 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """Console script ``mdkstep-eval-qm``: :func:`main` with one-line errors (exit 2)."""
     run_cli(main)
+
+
+if __name__ == "__main__":  # python -m mdkstep.cli.eval_qm
+    run()

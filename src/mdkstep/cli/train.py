@@ -124,3 +124,7 @@ def train_shear_main(args, mcfg: ModelConfig) -> int:
 def run() -> None:
     """Console script ``mdkstep-train``: :func:`main` with one-line errors (exit 2)."""
     run_cli(main)
+
+
+if __name__ == "__main__":  # python -m mdkstep.cli.train
+    run()
