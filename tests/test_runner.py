@@ -220,7 +220,7 @@ def test_run_hybrid_qm_sh_resumes_unless_overwrite(tmp_path):
 
     assert "06b_hybrid_integrate_qm.py" in calls() and "--overwrite" not in calls()
     assert "--overwrite" in calls(OVERWRITE="1")
-    done = out / "hybrid" / "water" / "k4_kick.npz"
+    done = out / "hybrid" / "water" / "k16_kick.npz"  # the default: the shipped models/qm_k16.pt
     done.parent.mkdir(parents=True)
     done.write_bytes(b"")
     assert "exists, skipping" in calls() and "06b_hybrid_integrate_qm.py" not in calls()

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 
 from mdkstep.trajectory import ChunkedTrajectoryWriter
-from mdkstep.utils import LOG, MdkstepError, atomic_path
+from mdkstep.utils import LOG, MdkstepError, as_plain_json, atomic_path
 
 #: version of the resume-state file layout (manifest key ``format``)
 STATE_FORMAT = 1
@@ -92,14 +92,7 @@ def content_hash(*parts: Any) -> str:
 
 def normalize(obj: Any) -> Any:
     """``obj`` as plain JSON types (tuples -> lists, NumPy scalars -> Python, Paths -> str)."""
-    def default(o: Any) -> Any:
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        return str(o)
-
-    return json.loads(json.dumps(obj, default=default))
+    return as_plain_json(obj)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

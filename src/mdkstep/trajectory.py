@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mdkstep.utils import MdkstepError, atomic_path
+from mdkstep.utils import MdkstepError, as_plain_json, atomic_path
 
 #: key -> (shape pattern, unit). "F" = n_frames, "N" = n_atoms.
 SCHEMA: dict[str, tuple[tuple[str | int, ...], str]] = {
@@ -49,15 +49,7 @@ def make_metadata(*, dt_fs: float, save_interval: int, engine: str, method: str,
         raise MdkstepError(f"trajectory metadata: key 'dt_fs' must be a positive number of fs, got {dt_fs!r}")
     if int(save_interval) < 1:
         raise MdkstepError(f"trajectory metadata: key 'save_interval' must be >= 1, got {save_interval!r}")
-    return json.loads(json.dumps(meta, default=_json_plain))
-
-
-def _json_plain(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    return as_plain_json(meta)
 
 
 FRAME_KEYS = ("positions", "velocities", "forces", "energies", "kinetic", "temperature", "time_ps")

@@ -132,13 +132,25 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
+    if isinstance(o, (np.ndarray, np.generic)):
+        return json_plain(o)
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def json_plain(o: Any) -> Any:
+    """``json.dumps`` default for metadata: NumPy scalars -> Python, arrays -> lists, the rest -> str."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def as_plain_json(obj: Any) -> Any:
+    """``obj`` as plain JSON types (tuples -> lists, NumPy -> Python, Paths and the rest -> str)."""
+    return json.loads(json.dumps(obj, default=json_plain))
 
 
 def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:

@@ -4,6 +4,7 @@ folders, through ASE, in a worker pool). Units: nm, ps, K (files); fs for steps.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,9 @@ def main_from_args(args, required_engine: str | None = None) -> int:
         for r in range(args.replicas):
             spec = QMRunSpec(args.out / s.name / f"replica_{r}.npz", args.seed + 1000 * r, f"replica{r}", r)
             if spec.out_path.exists() and not args.overwrite:
-                check_finished(spec.out_path, expected_metadata(s, cfg, spec))
+                # the metadata records the multiplicity used (the molecule's own when the config has none)
+                check_finished(spec.out_path, expected_metadata(
+                    s, replace(cfg, multiplicity=s.resolve_multiplicity(cfg.multiplicity)), spec))
                 LOG.info("%s exists, skipping (use --overwrite to redo)", spec.out_path)
                 tidy_finished(spec.out_path)
                 continue
