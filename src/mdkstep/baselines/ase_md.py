@@ -167,11 +167,69 @@ def _production_dynamics(atoms, cfg: QMConfig, rng):
     return VelocityVerlet(atoms, timestep=cfg.dt_fs * units.fs)
 
 
-def _minimize(atoms, cfg: QMConfig) -> None:
+def _minimize(atoms, cfg: QMConfig) -> int:
+    """ASE BFGS to ``cfg.minimize_fmax_kj_mol_nm`` or ``cfg.minimize_steps`` steps; returns the steps taken."""
     from ase.optimize import BFGS
 
     opt = BFGS(atoms, logfile=None)
     opt.run(fmax=cfg.minimize_fmax_kj_mol_nm / EV_PER_ANGSTROM_TO_KJ_MOL_NM, steps=cfg.minimize_steps)
+    return int(opt.nsteps)
+
+
+def relax_and_thermalize(system: System, engine, cfg: QMConfig, n_replicas: int = 1, seed: int = 0,
+                         minimize_steps: int | None = None, thermalize_ps: float = 0.2,
+                         friction_per_ps: float = 50.0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A thermal start from a bare structure (a SMILES conformer, an XYZ/PDB file), with the QM
+    ``engine`` through ASE exactly as the baselines run it (FixCom, Langevin fixcm=False):
+
+    1. BFGS minimisation of ``system.positions_nm`` (at most ``minimize_steps``, default
+       ``cfg.minimize_steps``; force threshold ``cfg.minimize_fmax_kj_mol_nm``; 0 skips it);
+    2. per replica r: Maxwell-Boltzmann momenta at ``cfg.temperature_K`` (seed ``seed + r``, no
+       COM motion), a Langevin run of ``thermalize_ps`` ps at ``cfg.dt_fs`` with the strong
+       ``friction_per_ps`` (1/ps), then fresh Maxwell-Boltzmann velocities (no COM motion).
+
+    Returns x0 (R, N, 3) nm, v0 (R, N, 3) nm/ps and an info dict (steps, ps, friction, the
+    engine's counted calls and the wall seconds of this set-up, mean T of the thermalisation's
+    second half). The calls are counted by ``engine`` like any other."""
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+
+    if thermalize_ps < 0 or (thermalize_ps > 0 and not friction_per_ps > 0):
+        raise MdkstepError(f"thermalisation: {thermalize_ps} ps at friction {friction_per_ps}/ps: need ps >= 0 and "
+                           "friction > 0")
+    t0, calls0 = time.perf_counter(), engine.counters.calls
+    steps_max = cfg.minimize_steps if minimize_steps is None else int(minimize_steps)
+    atoms = _make_atoms(system, engine)
+    n_min = _minimize(atoms, replace(cfg, minimize_steps=steps_max)) if steps_max > 0 else 0
+    fmax = float(np.linalg.norm(atoms.get_forces(), axis=1).max()) * EV_PER_ANGSTROM_TO_KJ_MOL_NM
+    relaxed = atoms.positions.copy()
+    n_steps = int(round(thermalize_ps * 1000.0 / cfg.dt_fs))
+    dof, masses = n_dof(system.n_atoms), np.asarray(system.masses, dtype=float)
+    xs, vs, temps = [], [], []
+    for r in range(n_replicas):
+        rng = np.random.default_rng(seed + r)
+        atoms.set_positions(relaxed, apply_constraint=False)
+        thermalize_momenta(atoms, cfg.temperature_K, rng=rng)
+        Stationary(atoms)
+        if n_steps:
+            dyn = _langevin(atoms, cfg, rng, friction_per_ps)
+            for i in range(n_steps):
+                dyn.step()
+                if 2 * i >= n_steps:
+                    v = atoms.get_velocities() * ASE_VELOCITY_TO_NM_PS
+                    temps.append(2.0 * kinetic_energy(remove_com(v, masses), masses) / (dof * KB_KJ_PER_MOL_K))
+        if not np.all(np.isfinite(atoms.positions)):
+            raise MdkstepError(f"{system.name}: thermalisation blew up (non-finite positions, replica {r}); "
+                               "check dt_fs and the structure")
+        thermalize_momenta(atoms, cfg.temperature_K, rng=rng)
+        Stationary(atoms)
+        xs.append(atoms.positions * ANGSTROM_TO_NM)
+        vs.append(atoms.get_velocities() * ASE_VELOCITY_TO_NM_PS)
+    info = {"minimization_steps": n_min, "minimization_max_steps": steps_max,
+            "minimization_fmax_kj_mol_nm": fmax, "thermalization_ps": n_steps * cfg.dt_fs / 1000.0,
+            "thermalization_friction_per_ps": float(friction_per_ps),
+            "thermalization_temperature_K": float(np.mean(temps)) if temps else None,
+            "setup_force_calls": engine.counters.calls - calls0, "setup_s": time.perf_counter() - t0}
+    return np.stack(xs), np.stack(vs), info
 
 
 def _current_results(atoms) -> tuple[float, np.ndarray]:
@@ -336,4 +394,4 @@ def _qm_stats(system: System, cfg: QMConfig, spec: QMRunSpec, engine, st: ASESte
 
 
 
-__all__ = ["QMConfig", "QMRunSpec", "run_qm_trajectory", "temperature_warning"]
+__all__ = ["QMConfig", "QMRunSpec", "relax_and_thermalize", "run_qm_trajectory", "temperature_warning"]

@@ -350,10 +350,18 @@ def run_fingerprint(args) -> dict[str, Any]:
     checkpoint's hash."""
 
     fp = {"model_checkpoint_sha256": file_sha256(args.checkpoint), "seed": args.seed}
+    if getattr(args, "start_source", None):  # 06b from --smiles / --xyz / --pdb: the structure defines the run
+        fp["start_source"] = args.start_source
     if getattr(args, "orders", None):
         fp.update(schedule=args.orders, schedule_checkpoints_sha256={
             str(k): file_sha256(p) for k, p in sorted(args.checkpoint_by_k.items())})
     return fp
+
+
+def per_element_line(stats: dict[str, Any]) -> str:
+    """Per-element kinetic temperatures of a run's stats, e.g. ``H 301 / C 296 / O 310 K``."""
+    per = stats.get("temperature_per_element_K") or {}
+    return " / ".join(f"{el} {t:.0f}" for el, t in sorted(per.items())) + " K" if per else "per element n/a"
 
 
 def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, name: str,
@@ -383,23 +391,28 @@ def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, n
           f"{stats['force_calls_per_ps']:.1f} force calls/ps (k={hcfg.k}, {hcfg.corrector}), "
           f"accepted {stats['jumps_accepted']}/{stats['jumps_attempted']}, retries {stats['retries']}, "
           f"fallbacks {stats['fallbacks']}, NaN frames {stats['nan_frames']}, "
-          f"T {stats['temperature_mean_K']:.1f} +- {stats['temperature_std_K']:.1f} K, "
+          f"T {stats['temperature_mean_K']:.1f} +- {stats['temperature_std_K']:.1f} K ({per_element_line(stats)}), "
+          f"wall {stats['wall_seconds_per_ps'] or float('nan'):.3g} s/ps, "
           f"model {stats['model_ms_per_jump']:.2f} ms/jump -> {stats_path}" + (f"; {warning}" if warning else ""))
     return stats
 
 
 def finish_run(args, engine, model, device: str, ck: dict, system, hcfg, start_states, meta: dict[str, Any],
                extra_stats: dict[str, Any]) -> dict[str, Any]:
-    """The common tail of 06 and 06b: the start state (``start_states()`` -> (x0, v0, description),
-    not called when resuming: the state then comes from the hybrid checkpoint), the metadata
+    """The common tail of 06 and 06b: the start state (``start_states()`` -> (x0, v0, description)
+    or (x0, v0, description, details): details, a dict, go into the metadata and the stats; not
+    called when resuming: the state then comes from the hybrid checkpoint), the metadata
     (``meta`` with "checkpoint" and "start" filled in where the caller placed them, plus a
     --schedule's checkpoints), then :func:`run_model`. Returns the run's stats."""
+    details: dict[str, Any] = {}
     if is_resuming(args):
         x0 = v0 = np.zeros((args.replicas, len(engine.masses), 3))
         start = "resumed (start state: see the trajectory metadata)"
     else:
-        x0, v0, start = start_states()
-    meta = {**meta, "checkpoint": str(args.checkpoint), "start": start}
+        x0, v0, start, *more = start_states()
+        details = dict(more[0]) if more else {}
+    meta = {**meta, **details, "checkpoint": str(args.checkpoint), "start": start}
+    extra_stats = {**extra_stats, **details}
     if args.orders:
         meta.update(checkpoints=[str(c) for c in args.checkpoints], schedule=args.schedule)
     return run_model(args, engine, model, ck, system, hcfg, x0, v0, meta, {**extra_stats, "start": start}, device)

@@ -7,8 +7,9 @@ prepared by stage 00 also carries its OpenMM System XML (no constraints; the MD 
 them), its force field and charge method.
 
 Loaders: :func:`from_molecule_dir` (a stage-00 folder), :func:`from_smiles` (RDKit ETKDG
-conformer), :func:`from_smi_file` (every line of a ``SMILES name`` file) and
-:func:`from_trajectory` (the atoms of a trajectory NPZ and the topology beside it).
+conformer), :func:`from_smi_file` (every line of a ``SMILES name`` file),
+:func:`from_trajectory` (the atoms of a trajectory NPZ and the topology beside it) and
+:func:`from_structure_file` (an XYZ or PDB file; bonds inferred from distances).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mdkstep.molecule.prep import TopologyInfo, rdkit_conformer, read_smi_strict
-from mdkstep.molecule.topology import molecule_topology, topology_lists
+from mdkstep.molecule.topology import infer_bonds, molecule_topology, topology_lists
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import MdkstepError
 
@@ -49,7 +50,7 @@ class System:
     angles: np.ndarray = field(default_factory=lambda: _index_array(None, 3))  #: (n_angles, 3) i-j-k
     dihedrals: np.ndarray = field(default_factory=lambda: _index_array(None, 4))  #: (n, 4) proper i-j-k-l
     smiles: str | None = None
-    source: str = "smiles"  #: where this system was loaded from: smiles | dir:<name> | trajectory:<file>
+    source: str = "smiles"  #: where this system was loaded from: smiles | dir:<name> | trajectory:<file> | file:<f>
     system_xml: str | None = None  #: serialized OpenMM System (stage-00 folders), no constraints
     forcefield: str | None = None
     charge_method: str | None = None
@@ -216,4 +217,64 @@ def from_trajectory(traj_path: str | Path, traj=None) -> System:
                   bonds_from=str(beside) if beside.is_file() else "inferred (covalent radii)", **topo)
 
 
-__all__ = ["System", "from_molecule_dir", "from_smiles", "from_smi_file", "from_trajectory"]
+STRUCTURE_SUFFIXES = (".xyz", ".extxyz", ".pdb")
+
+
+def _read_xyz(path: Path) -> tuple[list[int], np.ndarray, int | None]:
+    """Atomic numbers, positions (Angstrom) and the comment line's charge (extended XYZ
+    ``charge=``) if any, of the first frame of an XYZ file (ASE)."""
+    from ase.io import read
+
+    atoms = read(str(path), index=0, format="extxyz" if path.suffix.lower() in (".xyz", ".extxyz") else None)
+    q = atoms.info.get("charge")
+    return [int(z) for z in atoms.numbers], np.asarray(atoms.positions, dtype=float), None if q is None else int(q)
+
+
+def _read_pdb(path: Path) -> tuple[list[int], np.ndarray, int | None]:
+    """Atomic numbers, positions (Angstrom) and the sum of the formal charges (columns 79-80)
+    of a PDB file (RDKit, hydrogens kept, no sanitisation: the bonds are inferred later)."""
+    from rdkit import Chem
+
+    mol = Chem.MolFromPDBFile(str(path), removeHs=False, sanitize=False, proximityBonding=False)
+    if mol is None or mol.GetNumConformers() == 0:
+        raise ValueError("RDKit could not read it")
+    charges = [a.GetFormalCharge() for a in mol.GetAtoms()]
+    return ([a.GetAtomicNum() for a in mol.GetAtoms()], np.asarray(mol.GetConformer().GetPositions(), dtype=float),
+            int(sum(charges)) if any(charges) else None)
+
+
+def from_structure_file(path: str | Path, name: str | None = None, charge: int | None = None) -> System:
+    """An XYZ (ASE; extended XYZ ``charge=`` read) or PDB (RDKit; formal charges read) file:
+    atoms, positions (first frame), masses (RDKit's standard atomic weights), bonds inferred
+    from covalent radii (:func:`mdkstep.molecule.topology.infer_bonds`) with their angles and
+    dihedrals. ``charge`` (e) overrides the file's (default 0); multiplicity 1 (a config's
+    'multiplicity' key sets another). Errors are one line naming the file."""
+    from rdkit import Chem
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in STRUCTURE_SUFFIXES:
+        raise MdkstepError(f"{path}: unknown structure format {suffix or '(no suffix)'!r}; use one of "
+                           f"{', '.join(STRUCTURE_SUFFIXES)}")
+    if not path.is_file():
+        raise MdkstepError(f"{path}: file not found")
+    try:
+        z, pos_a, file_charge = (_read_pdb if suffix == ".pdb" else _read_xyz)(path)
+    except Exception as e:  # noqa: BLE001 - ASE and RDKit readers raise many kinds
+        raise MdkstepError(f"{path}: not a readable {suffix[1:].upper()} file ({_first(e)})") from None
+    if not z:
+        raise MdkstepError(f"{path}: no atoms")
+    if not np.all(np.isfinite(pos_a)):
+        raise MdkstepError(f"{path}: non-finite coordinates")
+    if min(z) < 1:
+        raise MdkstepError(f"{path}: unknown element(s) (atomic number 0)")
+    pos_nm = pos_a / 10.0  # Angstrom -> nm
+    table = Chem.GetPeriodicTable()
+    bonds = infer_bonds(np.asarray(z), pos_nm) if len(z) > 1 else np.zeros((0, 2), dtype=int)
+    return System(name=name or path.stem, atomic_numbers=z, masses=[table.GetAtomicWeight(int(i)) for i in z],
+                  positions_nm=pos_nm, charge=charge if charge is not None else (file_charge or 0),
+                  source=f"file:{path.name}", bonds_from="inferred (covalent radii)", path=None,
+                  **topology_lists(len(z), bonds))
+
+
+__all__ = ["System", "from_molecule_dir", "from_smiles", "from_smi_file", "from_structure_file", "from_trajectory"]
