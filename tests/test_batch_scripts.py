@@ -43,3 +43,14 @@ def test_fine_tuning_from_a_shipped_mm_model_takes_its_architecture():
     cfg_path = cmd[cmd.index("--model-config") + 1]
     cfg = yaml.safe_load(open(cfg_path))
     assert cfg["arch"] == "egnn" and "--pretrained" in cmd and "models/mm_k8.pt" in cmd
+
+
+def test_a_k_mismatch_names_the_shipped_model_that_fits():
+    import torch
+
+    from mdkstep.model.checkpoint import check_compatible
+    from mdkstep.utils import MdkstepError
+
+    ck = torch.load(ROOT / "models/qm_k8.pt", map_location="cpu", weights_only=False)
+    with pytest.raises(MdkstepError, match=r"k=16 was requested; the shipped model for k=16 is models/qm_k16\.pt$"):
+        check_compatible(ck, "models/qm_k8.pt", k=16)

@@ -107,7 +107,8 @@ def check_compatible(ck: dict[str, Any], source: str, k: int | None = None,
     """One-line errors when k, the architecture or the elements do not match a checkpoint (or its
     stored model config sets a removed key to other than its old default)."""
     if k is not None and int(ck["k"]) != int(k):
-        raise MdkstepError(f"{source}: checkpoint was trained for k={ck['k']}, but k={k} was requested")
+        raise MdkstepError(f"{source}: checkpoint was trained for k={ck['k']}, but k={k} was requested"
+                           + shipped_hint(ck.get("engine"), int(k)))
     if model_config is not None:
         mine = asdict(model_config)
         theirs = drop_removed(ModelConfig, ck["model_config"], f"{source}: model_config")
@@ -118,12 +119,27 @@ def check_compatible(ck: dict[str, Any], source: str, k: int | None = None,
                     "n_inner", "members"):
             if key in theirs and theirs[key] != mine.get(key):
                 raise MdkstepError(f"{source}: architecture mismatch on '{key}' (checkpoint {theirs[key]!r}, "
-                                   f"config {mine.get(key)!r})")
+                                   f"config {mine.get(key)!r}); use a model config with {key}: {theirs[key]!r}, e.g. "
+                                   f"the checkpoint's own (train_qm.sh takes it when MODEL_CONFIG is unset)")
     if atom_types is not None and ck.get("atom_types"):
         unseen = sorted(set(atom_types) - set(int(z) for z in ck["atom_types"]))
         if unseen:
             raise MdkstepError(f"{source}: molecule has elements {unseen} the model never saw in training "
                                f"(trained on {sorted(ck['atom_types'])})")
+
+
+#: the shipped models (models/<mode>_k<K>.pt of this repository)
+SHIPPED_DIR = Path(__file__).resolve().parents[3] / "models"
+
+
+def shipped_hint(engine: str | None, k: int) -> str:
+    """'; the shipped model for k = 16 is models/qm_k16.pt' (or the shipped k's of that mode)."""
+    mode = "mm" if engine == "openmm" else "qm"
+    path = SHIPPED_DIR / f"{mode}_k{k}.pt"
+    if path.is_file():
+        return f"; the shipped model for k={k} is models/{path.name}"
+    have = sorted(int(p.stem.split("_k")[1]) for p in SHIPPED_DIR.glob(f"{mode}_k*.pt"))
+    return f"; shipped {mode.upper()} models exist for k = {have} (models/{mode}_k<K>.pt)" if have else ""
 
 
 def read_card(checkpoint: str | Path) -> dict[str, Any] | None:
