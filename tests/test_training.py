@@ -6,14 +6,13 @@ import subprocess
 import sys
 
 import pytest
-
-from helpers import _ethanol_trajectory
 import torch
-
 from conftest import ROOT, load_script
-from mdkstep.model.checkpoint import model_from_checkpoint, read_checkpoint
+from helpers import _ethanol_trajectory
+
 from mdkstep.data.windows import build_dataset, write_split_files
 from mdkstep.model import ModelConfig, build_model
+from mdkstep.model.checkpoint import model_from_checkpoint, read_checkpoint
 from mdkstep.model.common import freeze_first_layers
 from mdkstep.training.trainer import TrainConfig, train
 from mdkstep.utils import MdkstepError
