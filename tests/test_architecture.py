@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: bottom to top; a module may import only from its own layer or below. The first dotted
 #: prefix that matches a module names its layer.
 LAYERS: list[tuple[str, ...]] = [
-    ("mdkstep.utils", "mdkstep.config", "mdkstep.trajectory", "mdkstep.engines.units"),
+    ("mdkstep.utils", "mdkstep.config", "mdkstep.trajectory", "mdkstep.engines.units", "mdkstep.progress"),
     ("mdkstep.molecule", "mdkstep.dynamics", "mdkstep.constraints", "mdkstep.runner", "mdkstep.engines"),
     ("mdkstep.baselines", "mdkstep.model"),
     ("mdkstep.data",),

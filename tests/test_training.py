@@ -6,14 +6,13 @@ import subprocess
 import sys
 
 import pytest
-
-from helpers import _ethanol_trajectory
 import torch
-
 from conftest import ROOT, load_script
-from mdkstep.model.checkpoint import model_from_checkpoint, read_checkpoint
+from helpers import _ethanol_trajectory
+
 from mdkstep.data.windows import build_dataset, write_split_files
 from mdkstep.model import ModelConfig, build_model
+from mdkstep.model.checkpoint import model_from_checkpoint, read_checkpoint
 from mdkstep.model.common import freeze_first_layers
 from mdkstep.training.trainer import TrainConfig, train
 from mdkstep.utils import MdkstepError
@@ -73,6 +72,9 @@ def test_resume_reproduces(data, tmp_path, monkeypatch):
     assert read_checkpoint(tmp_path / "part" / "last.pt")["step"] == 5
     res = train(data / "dataset_k4.npz", _splits(data), MODEL, _tcfg(), tmp_path / "part", "cpu", resume=True, progress=False)
     assert res["steps"] == full["steps"] == 10
+    steps = [ln.split(",")[0] for ln in (tmp_path / "part" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [ln.split(",")[0] for ln in (tmp_path / "full" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [str(i) for i in range(1, 11)]  # the rows written after last.pt (steps 6, 7) not repeated
     a = read_checkpoint(tmp_path / "full" / "last.pt")["model_state"]
     b = read_checkpoint(tmp_path / "part" / "last.pt")["model_state"]
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
@@ -156,7 +158,7 @@ def test_rerun_into_an_earlier_run_is_refused(data, tmp_path):
     assert {f: (run / f).read_bytes() for f in before} == before  # nothing of the earlier run touched
     assert _cli(data, tmp_path, "--overwrite") == 0
     rows = (run / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 2 and rows[1].startswith("2,")  # header + the new run's one row: the old rows are gone
+    assert len(rows) == 3 and rows[1].startswith("1,") and rows[2].startswith("2,")  # the new run's rows only
     assert read_checkpoint(run / "last.pt")["step"] == 2
     with pytest.raises(SystemExit):  # argparse: not allowed with argument --resume
         _cli(data, tmp_path, "--resume", "--overwrite")
@@ -210,3 +212,97 @@ def test_truncated_dataset_file_is_a_one_line_error(data, tmp_path):
     f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
     with pytest.raises(MdkstepError, match=r"dataset_k4.npz: not a readable k-step dataset \(.+\); rebuild it"):
         _cli(d, tmp_path)
+
+
+# ------------------------------------------------- feedback on long work (issue #25)
+
+def _records(caplog):
+    """Attach caplog to the mdkstep logger (it does not propagate); returns a detach function."""
+    import logging
+
+    from mdkstep.utils import LOG
+
+    old = (LOG.level, LOG.propagate)
+    LOG.addHandler(caplog.handler)
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+
+    def detach():
+        LOG.removeHandler(caplog.handler)
+        LOG.setLevel(old[0])
+        LOG.propagate = old[1]
+    return detach
+
+
+def test_tiny_run_logs_progress_and_records_a_readable_loss_curve(data, tmp_path, caplog, monkeypatch):
+    """Without a terminal the trainer logs step/total, rate and ETA; metrics.csv gets a train-loss
+    row every max(1, min(log_every, steps // 50)) steps (>= 20 rows for 40 steps, not 1-2), with
+    the validation on its own cadence; final_metrics.json says whether the model beats no move."""
+    import csv
+    import json
+
+    monkeypatch.setenv("MDKSTEP_PROGRESS_EVERY_S", "0")  # every step: the tiny run is faster than 30 s
+    detach = _records(caplog)
+    try:
+        train(data / "dataset_k4.npz", _splits(data), MODEL, _tcfg(max_steps=40, eval_every=0, log_every=50),
+              tmp_path / "run", "cpu", progress=True)  # True on a non-terminal (pytest's stderr): log lines
+    finally:
+        detach()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train run: step")]
+    assert lines[0] == "train run: step 0/40 (0 %)" and lines[-1].startswith("train run: step 40/40 (100 %), ")
+    assert any("step/s, elapsed" in ln and ", ETA " in ln for ln in lines)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert len(rows) >= 20 and [int(r["step"]) for r in rows] == list(range(1, 41))
+    assert all(r["train_loss"] for r in rows) and 1 <= sum(bool(r["val_loss"]) for r in rows) < len(rows)
+    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 0
+    assert isinstance(json.loads((tmp_path / "run" / "final_metrics.json").read_text())["worse_than_no_move"], bool)
+
+
+def test_a_model_worse_than_no_move_is_warned_and_flagged(data, tmp_path, caplog, monkeypatch):
+    """A broken model (its jumps 100x too long) scores worse than no move: one WARNING naming the
+    run folder and both numbers, and worse_than_no_move: true in final_metrics.json."""
+    import json
+
+    import mdkstep.training.trainer as tr
+
+    real = tr.one_jump_metrics
+
+    class Broken(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.config = model, model.config
+
+        def forward(self, gb):
+            out = self.model(gb)
+            return {**out, "dx": 100.0 * out["dx"] + 0.01}
+
+    monkeypatch.setattr(tr, "one_jump_metrics", lambda model, *a, **k: real(Broken(model), *a, **k))
+    detach = _records(caplog)
+    try:
+        train(data / "dataset_k4.npz", _splits(data), MODEL, _tcfg(max_steps=2), tmp_path / "bad", "cpu",
+              test_split=data / "splits" / "test.json", progress=None)
+    finally:
+        detach()
+    final = json.loads((tmp_path / "bad" / "final_metrics.json").read_text())
+    assert final["worse_than_no_move"] is True
+    warn = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    m, nm = final["test"]["model"], final["test"]["no_move"]
+    assert len(warn) == 1 and str(tmp_path / "bad") in warn[0] and "worse than no move on test" in warn[0]
+    assert f"{m['bond_rmse_A']:.4g} A vs {nm['bond_rmse_A']:.4g} A" in warn[0] and "not usable as a jumper" in warn[0]
+    assert not [r for r in caplog.records if "train bad: step" in r.getMessage()]  # progress=None: silent
+
+
+def test_worse_than_no_move_rule():
+    from mdkstep.training.trainer import worse_than_no_move
+
+    def m(bond, pos):
+        return {"bond_rmse_A": bond, "pos_rmse_A": pos}
+
+    good, nm = m(0.01, 0.05), m(0.02, 0.10)
+    assert worse_than_no_move({"val": {"model": good, "no_move": nm}}) is None
+    assert worse_than_no_move({"val": {"model": m(0.03, 0.05), "no_move": nm}})[0] == "val"  # bonds worse
+    assert worse_than_no_move({"val": {"model": m(0.01, 0.2), "no_move": nm}})  # positions worse
+    assert worse_than_no_move({"val": {"model": m(float("nan"), 0.05), "no_move": nm}})  # a NaN model
+    both = {"val": {"model": m(0.03, 0.2), "no_move": nm}, "test": {"model": good, "no_move": nm}}
+    assert worse_than_no_move(both) is None  # test decides when there is one
+    assert worse_than_no_move({}) is None

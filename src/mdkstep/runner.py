@@ -33,6 +33,7 @@ from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from mdkstep.progress import Progress
 from mdkstep.trajectory import ChunkedTrajectoryWriter
 from mdkstep.utils import LOG, MdkstepError, as_plain_json, atomic_path
 
@@ -289,14 +290,16 @@ def tidy_finished(out_path: str | Path, state_path: str | Path | None = None) ->
 def run_chunked(stepper: Stepper, writers: Sequence[ChunkedTrajectoryWriter], *, n_frames: int, chunk_frames: int,
                 state_path: str | Path, fingerprint: Mapping[str, Any], lock_path: str | Path | None = None,
                 resume: bool = True, restart_hint: str | None = None, label: str = "run",
-                progress: bool = False, progress_unit: tuple[str, int] = ("frame", 1)) -> RunResult:
+                progress: bool | None = False, progress_unit: tuple[str, int] = ("frame", 1)) -> RunResult:
     """Run (or resume) ``n_frames`` frames per writer in chunks of ``chunk_frames``.
 
     ``state_path``: the resume file (deleted when the run is finished); ``fingerprint``: a
     JSON-able dict of everything that defines the run (compared on resume); ``lock_path``:
     the lock file (default ``<state_path>.lock``); ``resume`` False discards a partial run;
-    ``restart_hint`` ends every refusal (default: delete the resume file); ``progress_unit``
-    (name, units per frame) for the progress bar. Writers are finalized at the end."""
+    ``restart_hint`` ends every refusal (default: delete the resume file); ``progress``:
+    :class:`mdkstep.progress.Progress` (True: a bar on a terminal, else INFO lines with the
+    ETA every 30 s; False: those lines only; None: silent); ``progress_unit`` (name, units per
+    frame) for it. Writers are finalized at the end."""
     state_path = Path(state_path)
     lock_path = Path(lock_path) if lock_path else state_path.with_name(state_path.name + ".lock")
     hint = restart_hint or f"delete {state_path} to start over"
@@ -347,17 +350,17 @@ def _resume_or_start(stepper: Stepper, writers: Sequence[ChunkedTrajectoryWriter
 
 
 def _run_chunks(stepper: Stepper, writers: Sequence[ChunkedTrajectoryWriter], state_path: Path,
-                fp: dict[str, Any], n_frames: int, chunk_frames: int, done: int, label: str, progress: bool,
+                fp: dict[str, Any], n_frames: int, chunk_frames: int, done: int, label: str, progress: bool | None,
                 progress_unit: tuple[str, int]) -> int:
     """Chunks ``done ..``: advance, flush every writer, commit the state. Returns frames run."""
-    from tqdm import tqdm
-
     unit, per = progress_unit
     n_chunks = -(-n_frames // chunk_frames)
-    bar = tqdm(total=n_frames * per, initial=done * chunk_frames * per, desc=label, unit=unit,
-               disable=not progress or None, leave=False)
     ran = 0
-    try:
+    out = writers[0].out_path if writers else None
+    if out is not None and Path(out).name not in label:  # log lines name what is being written
+        label = f"{label} [{Path(out).name}]"
+    with Progress(n_frames * per, label, unit, initial=min(n_frames, done * chunk_frames) * per, progress=progress,
+                  leave=False) as bar:
         for chunk in range(done, n_chunks):
             first, last = chunk * chunk_frames, min(n_frames, (chunk + 1) * chunk_frames)
             blocks = stepper.advance(first, last - first)
@@ -371,8 +374,6 @@ def _run_chunks(stepper: Stepper, writers: Sequence[ChunkedTrajectoryWriter], st
             write_state(state_path, stepper.get_state(),
                         {"format": STATE_FORMAT, "fingerprint": fp, "done_chunks": chunk + 1, "frames_done": last,
                          "n_frames": n_frames, "chunk_frames": chunk_frames})
-    finally:
-        bar.close()
     return ran
 
 

@@ -173,7 +173,7 @@ def pareto_grid(panels: dict[str, Sequence[dict[str, Any]]], path: Path, ratio_o
 
 def loss_curve(csv_path: Path, png: Path) -> Path | None:
     """Train and validation loss (normalized units) vs optimizer step, log scale, from a
-    stage-04 metrics.csv; None when it has no rows."""
+    stage-04 metrics.csv (validation only on the rows that have one); None when it has no rows."""
     import csv
 
     with open(csv_path, newline="") as fh:
@@ -181,10 +181,14 @@ def loss_curve(csv_path: Path, png: Path) -> Path | None:
     if not rows:
         return None
     plt = _plt()
-    step = [int(r["step"]) for r in rows]
+
+    def curve(key: str) -> tuple[list[int], list[float]]:  # rows without the value (train-only rows: no val) skipped
+        pts = [(int(r["step"]), float(r[key])) for r in rows if (r.get(key) or "").strip()]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(step, [float(r["train_loss"]) for r in rows], label="train")
-    ax.plot(step, [float(r["val_loss"]) for r in rows], label="val")
+    ax.plot(*curve("train_loss"), label="train", lw=1)
+    ax.plot(*curve("val_loss"), "o-", label="val", ms=3)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (normalized units)")
     ax.set_yscale("log")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 from mdkstep.baselines.ase_md import QMConfig, QMRunSpec, run_qm_trajectory
 from mdkstep.molecule.system import System
+from mdkstep.progress import Progress, default_every_s, resolve_mode, set_default_every_s
 from mdkstep.utils import MdkstepError, setup_logging
 
 
@@ -19,7 +20,7 @@ class QMJob:
     system: System
     spec: QMRunSpec
     cfg: QMConfig
-    progress: bool = False
+    progress: bool | None = False  #: the run's progress (mdkstep.progress: False = log lines only, None = silent)
 
 
 def limit_threads(n_threads: int):
@@ -38,11 +39,13 @@ def limit_threads(n_threads: int):
     return threadpool_limits(limits=n)
 
 
-def _worker_init(n_threads: int, log_level: str) -> None:
-    """Pool initializer: thread limits before any QM library loads, logging for the child."""
+def _worker_init(n_threads: int, log_level: str, n_workers: int = 1) -> None:
+    """Pool initializer: thread limits before any QM library loads, logging for the child, and
+    log lines of a worker's trajectory every n_workers x 30 s (about one line per 30 s in all)."""
     limit_threads(n_threads)
 
     setup_logging(log_level)
+    set_default_every_s(default_every_s() * max(1, n_workers))
 
 
 def run_job(job: QMJob) -> dict[str, Any]:
@@ -64,23 +67,32 @@ def default_threads(engine: str, num_workers: int) -> int:
 
 
 def run_jobs(jobs: Sequence[QMJob], num_workers: int = 1, omp_num_threads: int | None = None,
-             log_level: str = "INFO") -> Iterable[dict[str, Any]]:
+             log_level: str = "INFO", progress: bool | None = True) -> Iterable[dict[str, Any]]:
     """Yield job results as they finish; ``num_workers`` > 1 uses a spawn process pool.
     Every worker (or this process) runs with ``omp_num_threads`` OpenMP threads (default:
-    :func:`default_threads`)."""
+    :func:`default_threads`). ``progress``: trajectories done / total of the pool
+    (:class:`mdkstep.progress.Progress`: True a bar on a terminal, else INFO lines with the ETA;
+    None silent); each job's own ``progress`` is its run's (per-trajectory lines, False: log only)."""
     if not jobs:
         return
     threads = omp_num_threads or default_threads(jobs[0].cfg.engine, num_workers)
     if num_workers <= 1 or len(jobs) <= 1:
-        with limit_threads(threads):
+        # one after the other: each run has its own bar on a terminal; in logs also the batch's line
+        whole = progress if len(jobs) > 1 and resolve_mode(progress) == "log" else None
+        with limit_threads(threads), Progress(len(jobs), "QM trajectories", "traj", progress=whole) as bar:
             for job in jobs:
-                yield run_job(job)
+                res = run_job(job)
+                bar.update(1)
+                yield res
         return
-    from tqdm import tqdm
-
+    n_procs = min(num_workers, len(jobs))
+    if resolve_mode(progress) == "bar":  # on a terminal the pool's bar says it: workers print no lines
+        jobs = [replace(j, progress=None) if j.progress is False else j for j in jobs]
     ctx = mp.get_context("spawn")  # no fork after OpenMP/BLAS initialisation
-    with ctx.Pool(min(num_workers, len(jobs)), initializer=_worker_init, initargs=(threads, log_level)) as pool:
-        for res in tqdm(pool.imap_unordered(run_job, jobs), total=len(jobs), desc="trajectories", unit="traj"):
+    with ctx.Pool(n_procs, initializer=_worker_init, initargs=(threads, log_level, n_procs)) as pool, \
+            Progress(len(jobs), "QM pool", "traj", progress=progress) as bar:
+        for res in pool.imap_unordered(run_job, jobs):
+            bar.update(1)
             yield res
 
 

@@ -36,6 +36,7 @@ from mdkstep.pipeline.models import (
     training_run,
 )
 from mdkstep.pipeline.qm import QMMode
+from mdkstep.progress import Progress
 from mdkstep.shipped import shipped_path
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import LOG, MdkstepError
@@ -106,12 +107,16 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
     bonds = np.asarray(topo["bonds"], dtype=int).reshape(-1, 2)
     temperature, _friction = mode.thermostat()  # the plain methods' friction; the hybrid has its own
     methods = mode.plain_methods(mol, x0, v0)
+    learned = learned_methods(mode, mol, ref, s, checkpoints, exact_checkpoints, bonds)
+    # coarse progress in the log (each run has its own): production runs, then NVE, timing, fidelity
+    bar = Progress(sum(not m.reference for m in methods) + len(learned) + 3, f"bench {mode.name} {mol}", "task",
+                   progress=False)
     trajs: dict[str, Path] = {ref.name: runs["r1"]}
     for i, m in enumerate(methods):
         if not m.reference:
             LOG.info("%s %s: plain %s (%g ps)", mode.name, mol, m.name, s["time_ps"])
             trajs[m.name] = mode.run_plain(mol, m, cfg.seed + 10 + i, folder / f"{m.name}.npz", s["time_ps"])
-    learned = learned_methods(mode, mol, ref, s, checkpoints, exact_checkpoints, bonds)
+            bar.update(1)
     stats: dict[str, dict[str, Any]] = {}
     for lm in learned:
         m = lm.method
@@ -121,17 +126,20 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
         LOG.info("%s %s: %s (%g ps)", mode.name, mol, m.name, s["time_ps"])
         stats[m.name] = lm.production(x0, v0, s["time_ps"], out, seed, {**mode.run_meta(mol), "seed": seed})
         trajs[m.name] = out
+        bar.update(1)
     by_name = {lm.method.name: lm for lm in learned}
 
     LOG.info("%s %s: NVE segments (%g ps each)", mode.name, mol, s["nve_ps"])
     nve = {m.name: (mode.plain_nve(mol, m, x0, v0) if m.kind == "plain" else by_name[m.name].nve(x0, v0, s["nve_ps"]))
            for m in methods}
+    bar.update(1)
 
     LOG.info("%s %s: interleaved timing, %d repeats of %g ps per method", mode.name, mol, cfg.timing_repeats,
              s["timing_ps"])
     timers = {m.name: (mode.plain_timer(mol, m, x0, v0) if m.kind == "plain"
                        else by_name[m.name].timer(x0, v0, s["timing_ps"], cfg.seed)) for m in methods}
     timing = interleaved_timing(timers, cfg.timing_repeats)
+    bar.update(1)
 
     LOG.info("%s %s: fidelity vs the reference replicas", mode.name, mol)
     floors = FloorCache([load_trajectory(runs[f"r{i}"]) for i in range(cfg.ref_replicas)], topo)
@@ -165,6 +173,8 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
         rec.update({"nve_ps": seg.simulated_ps, "nve_stable": seg.stable, **seg.drift(run.n_atoms)})
         records.append(rec)
         del run
+    bar.update(1)
+    bar.close()
     add_ratios(records)
     return [{key: r.get(key) for key in RECORD_KEYS} for r in records]
 

@@ -39,6 +39,7 @@ from mdkstep.model import build_model
 from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint, save_checkpoint, shear_payload
 from mdkstep.model.graph import GraphBatch
 from mdkstep.model.shear import ShearKicks, graph_template, inner_path, outer_kick
+from mdkstep.progress import Progress
 from mdkstep.training.trainer import RunPaths, prepare_run_folder, resolve_device
 from mdkstep.utils import KB_KJ_PER_MOL_K, LOG, MdkstepError, atomic_path, atomic_write_json
 
@@ -272,12 +273,14 @@ def fit_scales(kicks: ShearKicks, windows: Sequence[ExactWindows], tau: float) -
 
 def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: float, cfg: ExactTrainConfig,
                 scales: dict[str, float] | None = None,
-                engine_fns: Sequence[EngineFn] | None = None) -> list[dict[str, float]]:
+                engine_fns: Sequence[EngineFn] | None = None, progress: bool | None = True) -> list[dict[str, float]]:
     """Adam on :func:`exact_loss` for ``cfg.steps`` steps; each step draws one molecule's
     windows (round robin, or at random by ``cfg.molecule_weights``) and ``batch_size`` of them
     at random. ``scales`` None: :func:`fit_scales`.
     With ``cfg.lambda_on_policy`` > 0, ``engine_fns`` (one per entry of ``windows``) give the
     real U, F at the proposals for :func:`on_policy_energy_error` (``abs_dH_on_policy`` logged).
+    ``progress``: :mod:`mdkstep.progress` (True: a bar on a terminal, else INFO lines with the
+    ETA every 30 s; False: those lines only; None: silent).
 
     Returns the logged rows (step, loss parts, abs_dH kJ/mol, seconds)."""
     if not windows or any(len(w) == 0 for w in windows):
@@ -300,34 +303,37 @@ def train_exact(kicks: ShearKicks, windows: Sequence[ExactWindows], tau_ps: floa
     templates: dict[tuple[int, int], GraphBatch] = {}
     kicks.train()
     history, t0 = [], time.perf_counter()
-    for step in range(1, cfg.steps + 1):
-        mi = (step - 1) % len(windows) if p_mol is None else int(rng.choice(len(windows), p=p_mol))
-        w = windows[mi]
-        idx = rng.choice(len(w), size=min(cfg.batch_size, len(w)), replace=False)
-        key = (mi, len(idx))
-        if key not in templates:
-            templates[key] = graph_template(w.z, w.masses, w.bonds, len(idx), kicks.config.max_hops, dtype, device)
-        bt = to_tensors(w.subset(idx), dtype, device)
-        loss, info = exact_loss(kicks, templates[key], bt, tau_ps, cfg, scales, w.constraints)
-        if cfg.lambda_on_policy > 0:
-            dh = on_policy_energy_error(kicks, templates[key], bt, tau_ps, engine_fns[mi], w.constraints)
-            kT = KB_KJ_PER_MOL_K * cfg.temperature_K
-            loss = loss + cfg.lambda_on_policy * torch.square(dh / kT).mean()
-            info["abs_dH_on_policy"] = float(dh.detach().abs().mean())
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"train_exact: non-finite loss at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(kicks.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            row = {"step": step, "loss": loss_value, **info, "seconds": time.perf_counter() - t0}
-            history.append(row)
-            LOG.info("exact step %d loss %.4g |dH| %.3g kJ/mol%s", step, row["loss"], row["abs_dH"],
-                     f" (on-policy {row['abs_dH_on_policy']:.3g})" if "abs_dH_on_policy" in row else "")
+    with Progress(cfg.steps, "exact train", "step", progress=progress) as bar:
+        for step in range(1, cfg.steps + 1):
+            mi = (step - 1) % len(windows) if p_mol is None else int(rng.choice(len(windows), p=p_mol))
+            w = windows[mi]
+            idx = rng.choice(len(w), size=min(cfg.batch_size, len(w)), replace=False)
+            key = (mi, len(idx))
+            if key not in templates:
+                templates[key] = graph_template(w.z, w.masses, w.bonds, len(idx), kicks.config.max_hops, dtype, device)
+            bt = to_tensors(w.subset(idx), dtype, device)
+            loss, info = exact_loss(kicks, templates[key], bt, tau_ps, cfg, scales, w.constraints)
+            if cfg.lambda_on_policy > 0:
+                dh = on_policy_energy_error(kicks, templates[key], bt, tau_ps, engine_fns[mi], w.constraints)
+                kT = KB_KJ_PER_MOL_K * cfg.temperature_K
+                loss = loss + cfg.lambda_on_policy * torch.square(dh / kT).mean()
+                info["abs_dH_on_policy"] = float(dh.detach().abs().mean())
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"train_exact: non-finite loss at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(kicks.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                row = {"step": step, "loss": loss_value, **info, "seconds": time.perf_counter() - t0}
+                history.append(row)
+                LOG.info("exact step %d loss %.4g |dH| %.3g kJ/mol%s", step, row["loss"], row["abs_dH"],
+                         f" (on-policy {row['abs_dH_on_policy']:.3g})" if "abs_dH_on_policy" in row else "")
+                bar.set_postfix(loss=row["loss"])
+            bar.update(1)
     kicks.eval()
     return history
 

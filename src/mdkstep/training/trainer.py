@@ -40,8 +40,9 @@ from mdkstep.model import GraphBatch, ModelConfig, build_model
 from mdkstep.model.checkpoint import check_compatible, read_checkpoint, save_checkpoint
 from mdkstep.model.common import freeze_first_layers
 from mdkstep.molecule.geometry import bond_angles, bond_lengths, dihedral_angles
+from mdkstep.progress import Progress
 from mdkstep.runner import fingerprint_changes
-from mdkstep.utils import LOG, MdkstepError, atomic_write_json, check_writable
+from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable
 
 BOND_SCALE_NM = 0.001
 ANGLE_SCALE_RAD = 0.02
@@ -75,6 +76,8 @@ class TrainConfig:
     metrics_max_windows: int = 8192  #: one-jump metrics subsample at the end
     norm_max_windows: int = 4096  #: windows used to estimate normalization scales
     seed: int = 0
+    #: steps between two train-loss rows of metrics.csv at most; a run records at least ~50:
+    #: every min(log_every, max(1, steps // 50)) steps (validation rows come every eval_every)
     log_every: int = 50
     wandb: bool = False  #: log to Weights & Biases (offline unless WANDB_MODE says otherwise)
     wandb_project: str = "md-kstep"
@@ -338,6 +341,18 @@ def freeze(model: torch.nn.Module, n_layers: int) -> int:
         raise MdkstepError(f"key 'freeze_layers' (--freeze-layers): {e}") from None
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Remove the metrics.csv rows after ``step`` (train-loss rows written after the last.pt that
+    a --resume continues from), so that the resumed run does not repeat them."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].strip().isdigit()
+                        and int(ln.split(",", 1)[0]) <= step]
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(keep))
+
+
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as fh:
@@ -392,10 +407,10 @@ class Trainer:
     world: int = 1
     wandb_run: Any = None
     dtype: torch.dtype = torch.float32
-    running: list[float] = field(default_factory=list)  #: micro-batch losses since the last evaluation
+    running: list[float] = field(default_factory=list)  #: micro-batch losses since the last metrics.csv row
     samples: int = 0  #: windows seen by this process
     t0: float = field(default_factory=time.perf_counter)
-    bar: Any = None
+    bar: Any = None  #: the mdkstep.progress.Progress of fit()
 
     @property
     def amp(self) -> bool:
@@ -443,34 +458,60 @@ class Trainer:
             raise MdkstepError(f"{self.paths.last}: stopped at batch {state['batch_in_epoch']} of epoch {state['epoch']}, "
                                f"but this config has {len(groups)} per epoch (batch_size changed?); pass --overwrite")
         eval_every = cfg.eval_every or self.steps_per_epoch
+        row_every = self.row_every
         for gi in range(state["batch_in_epoch"], len(groups)):
             aug_rng = np.random.default_rng([cfg.seed, state["epoch"], gi, self.rank])  # reproducible on resume
             parts = self.take_step(groups[gi], aug_rng)
             state["batch_in_epoch"] = gi + 1
-            self.bar.update(1)
-            if state["step"] % cfg.log_every == 0 and self.rank == 0:
-                self.bar.set_postfix(loss=f"{np.mean(self.running[-cfg.log_every:]):.4g}")
             last_of_epoch = gi + 1 == len(groups)
             if last_of_epoch:
                 state["epoch"] += 1
                 state["batch_in_epoch"] = 0
             if state["step"] % eval_every == 0 or last_of_epoch or state["step"] >= self.total:
                 self.evaluate(parts)
+            elif state["step"] % row_every == 0:
+                self.record(parts)
+            self.bar.update(1)
             if state["step"] >= self.total:
                 return True
         return False
 
-    def evaluate(self, parts: dict[str, float]) -> None:
-        """Validation loss, one metrics.csv row, best.pt when it improved, last.pt (rank 0)."""
-        if self.rank != 0:
-            return
-        val = validation_loss(self.net, self.val_ds, self.cfg, self.scales, self.device, self.dtype)
+    @property
+    def row_every(self) -> int:
+        """Steps between train-loss rows of metrics.csv: min(log_every, max(1, total // 50)),
+        so that any run length gives at least ~50 points of the loss curve."""
+        return max(1, min(self.cfg.log_every, self.total // 50))
+
+    def _row(self, parts: dict[str, float], val: float | str) -> dict[str, Any]:
+        """One metrics.csv row; train_loss is the mean over the micro-batches since the previous row."""
         row = {"step": self.state["step"], "epoch": self.state["epoch"], "lr": self.sched.get_last_lr()[0],
                "train_loss": float(np.mean(self.running)) if self.running else float("nan"), "val_loss": val,
                "samples_per_s": self.samples * self.world / max(1e-9, time.perf_counter() - self.t0),
                **{f"train_{k}": v for k, v in parts.items()}}
         self.running.clear()
+        return row
+
+    def record(self, parts: dict[str, float]) -> None:
+        """A train-loss row of metrics.csv (val_loss empty): the loss curve between validations.
+        Touches neither the optimization nor the checkpoints."""
+        if self.rank != 0:
+            self.running.clear()
+            return
+        row = self._row(parts, "")
         _append_csv(self.paths.csv, row)
+        self.bar.set_postfix(loss=row["train_loss"])
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if k != "val_loss"}, step=self.state["step"])
+
+    def evaluate(self, parts: dict[str, float]) -> None:
+        """Validation loss, one metrics.csv row, best.pt when it improved, last.pt (rank 0)."""
+        if self.rank != 0:
+            self.running.clear()
+            return
+        val = validation_loss(self.net, self.val_ds, self.cfg, self.scales, self.device, self.dtype)
+        row = self._row(parts, val)
+        _append_csv(self.paths.csv, row)
+        self.bar.set_postfix(loss=row["train_loss"], val=val)
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=self.state["step"])
         if math.isfinite(val) and val < self.state["best_val"]:
@@ -487,16 +528,16 @@ class Trainer:
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), **self.state,
         })
 
-    def fit(self, progress: bool = True) -> None:
-        """Epochs until the step budget or ``epochs`` is reached."""
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=self.total, initial=self.state["step"], desc="train", unit="step",
-                        disable=(not progress or self.rank != 0) or None)
-        done = self.state["step"] >= self.total
-        while not done and self.state["epoch"] < self.cfg.epochs:
-            done = self.train_one_epoch()
-        self.bar.close()
+    def fit(self, progress: bool | None = True) -> None:
+        """Epochs until the step budget or ``epochs`` is reached. ``progress``: see
+        :mod:`mdkstep.progress` (True: a bar on a terminal, else INFO lines with the ETA every
+        30 s; False: those lines only; None: silent); only rank 0 shows it."""
+        label = f"train {self.paths.out.name}" if self.paths.out.name else "train"
+        with Progress(self.total, label, "step", initial=self.state["step"],
+                      progress=progress if self.rank == 0 else None) as self.bar:
+            done = self.state["step"] >= self.total
+            while not done and self.state["epoch"] < self.cfg.epochs:
+                done = self.train_one_epoch()
 
     def final_metrics(self, dataset_file: Path, test_split: Path | None) -> dict[str, Any]:
         """One-jump metrics of the best checkpoint (else last) on val (and test)."""
@@ -527,6 +568,8 @@ def build_trainer(dataset_file: Path, splits: tuple[Path, Path], model_cfg: Mode
     if ck is not None and "optimizer" in ck:
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+    if ck is not None and rank == 0:
+        _drop_rows_after(paths.csv, int(state["step"]))
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     trainer = Trainer(cfg=cfg, model_cfg=model_cfg, model=model, net=net, opt=opt, sched=sched, train_ds=train_ds,
                       val_ds=val_ds, paths=paths, device=device, scales=scales, state=state, total=total,
@@ -583,6 +626,7 @@ def train(dataset_file: Path, splits: tuple[Path, Path], model_cfg: ModelConfig,
         if paths.csv.exists():
             loss_curve(paths.csv, paths.out / "loss_curve.png")
         final = trainer.final_metrics(dataset_file, test_split)
+        final["worse_than_no_move"] = warn_if_worse_than_no_move(final, paths.out)
         final["train_summary"] = summary
         atomic_write_json(paths.out / "final_metrics.json", final)
         summary["final_metrics"] = final
@@ -592,6 +636,35 @@ def train(dataset_file: Path, splits: tuple[Path, Path], model_cfg: ModelConfig,
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def worse_than_no_move(final: dict[str, Any]) -> tuple[str, dict[str, float], dict[str, float]] | None:
+    """(split, model, no_move) one-jump metrics when the model's bond RMSE or position RMSE on
+    the test split (else val) is worse than predicting no move at all, else None."""
+    split = next((s for s in ("test", "val") if "model" in (final.get(s) or {})), None)
+    if split is None:
+        return None
+    model, still = final[split]["model"], final[split]["no_move"]
+    worse = any(model[key] > still[key] for key in ("bond_rmse_A", "pos_rmse_A")
+                if math.isfinite(model.get(key, math.nan)) and math.isfinite(still.get(key, math.nan)))
+    bad = worse or not all(math.isfinite(model.get(key, math.nan)) for key in ("bond_rmse_A", "pos_rmse_A"))
+    return (split, model, still) if bad else None
+
+
+def warn_if_worse_than_no_move(final: dict[str, Any], out: Path) -> bool | None:
+    """One WARNING line when :func:`worse_than_no_move`; returns the flag for final_metrics.json
+    (None when there are no one-jump metrics to judge)."""
+    if not any("model" in (final.get(s) or {}) for s in ("test", "val")):
+        return None
+    bad = worse_than_no_move(final)
+    if bad is None:
+        return False
+    split, model, still = bad
+    LOG.warning("%s: the trained model is worse than no move on %s (bond RMSE %.4g A vs %.4g A for no move; "
+                "position RMSE %.4g A vs %.4g A): not usable as a jumper; train or fine-tune longer, check the data, "
+                "or use a shipped model (models/)", out, split, model["bond_rmse_A"], still["bond_rmse_A"],
+                model["pos_rmse_A"], still["pos_rmse_A"])
+    return True
 
 
 def _dataset_elements(ds: KStepDataset) -> set[int]:
