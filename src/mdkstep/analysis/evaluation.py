@@ -69,6 +69,12 @@ def element_temperature_floor(per_element: list[dict[str, float]]) -> float | No
     return max((element_temperature_deviation(p, per_element[0]) or 0.0) for p in per_element[1:])
 
 
+def element_temperature_tolerance(ratio_ok: float = FAITHFUL_RATIO, element_T_floor: float | None = None,
+                                  element_T_tol: float = ELEMENT_T_TOLERANCE) -> float:
+    """The largest per-element temperature deviation :func:`faithful` accepts (a fraction)."""
+    return max(element_T_tol, ratio_ok * (element_T_floor or 0.0))
+
+
 def faithful(distances: dict[str, Any], floor: dict[str, Any], element_T_dev: float | None,
              ratio_ok: float = FAITHFUL_RATIO, element_T_floor: float | None = None,
              element_T_tol: float = ELEMENT_T_TOLERANCE) -> Verdict:
@@ -85,7 +91,7 @@ def faithful(distances: dict[str, Any], floor: dict[str, Any], element_T_dev: fl
     reasons = [f"{k} {r:.3g}x the replica floor (> {ratio_ok:g})" for k, r in s_ratios.items() if r > ratio_ok]
     if not s_ratios:
         reasons.append("no replica floor (needs >= 2 baseline replicas)")
-    tol = max(element_T_tol, ratio_ok * (element_T_floor or 0.0))
+    tol = element_temperature_tolerance(ratio_ok, element_T_floor, element_T_tol)
     if element_T_dev is None:
         reasons.append("no per-element temperature")
     elif element_T_dev > tol:
@@ -170,7 +176,8 @@ def evaluate_run(ref: Trajectory, hybrid: Trajectory, topo: dict[str, Any], floo
     ref_el = (ref_summary or summarize_trajectory(ref, bonds))["temperature_per_element_K"]
     dev = element_temperature_deviation(out["summary"]["temperature_per_element_K"], ref_el)
     v = faithful(d, floor, dev, ratio_ok, element_T_floor)
-    out.update({"element_T_max_dev": dev, "element_T_max_dev_replica": element_T_floor, "faithful": v.faithful,
+    out.update({"element_T_max_dev": dev, "element_T_max_dev_replica": element_T_floor,
+                "element_T_tolerance": element_temperature_tolerance(ratio_ok, element_T_floor), "faithful": v.faithful,
                 "max_structure_ratio": v.worst_ratio, "faithful_reasons": v.reasons})
     return out
 

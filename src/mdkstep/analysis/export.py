@@ -16,6 +16,7 @@ Every file is written atomically.
 """
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 from typing import Any, Iterable
@@ -71,20 +72,26 @@ def frame_interval_fs(time_ps: np.ndarray) -> float:
 
 
 def set_dcd_time(path: Path, time_ps: np.ndarray) -> None:
-    """Write the time axis into a DCD header: DELTA = the frame spacing (AKMA units), NSAVC = 1,
-    ISTART = the first frame's time in spacings, NSTEP = the last's. mdtraj leaves ISTART 0,
-    NSAVC 1, DELTA 1.0; the header layout is CHARMM's (84-byte record: 'CORD' + 20 int32, DELTA
-    the 10th, a float32)."""
-    dt_ps = frame_interval_fs(time_ps) / 1000.0 or 1.0
-    istart = int(round(float(time_ps[0]) / dt_ps))
+    """Write the time axis into a DCD header as CHARMM does: DELTA a time unit (AKMA) that divides
+    both the first frame's time and the frame spacing (the largest, at 0.001 fs resolution: the
+    MD step for a baseline, the cycle for a hybrid run), ISTART = the first frame's time and
+    NSAVC = the spacing in that unit, NSTEP the last frame's. mdtraj writes ISTART 0, NSAVC 1,
+    DELTA 1.0; the header is CHARMM's (84-byte record: 'CORD' + 20 int32, DELTA the 10th, a
+    float32). Uneven spacings are written as their median."""
+    a, b = int(round(float(time_ps[0]) * 1e6)), int(round(frame_interval_fs(time_ps) * 1e3))  # 0.001 fs units
+    b = b or max(a, 1)
+    g = math.gcd(a, b)
+    if a // g + (len(time_ps) - 1) * (b // g) >= 2**31:  # too fine a unit for int32 step numbers
+        g = b
+    istart, nsavc = int(round(a / g)), b // g
     with open(path, "r+b") as fh:
         head = fh.read(92)
         if struct.unpack("<i4s", head[:8]) != (84, b"CORD"):
             raise MdkstepError(f"{path}: not a little-endian CHARMM DCD header")
         fh.seek(12)
-        fh.write(struct.pack("<3i", istart, 1, istart + len(time_ps) - 1))
+        fh.write(struct.pack("<3i", istart, nsavc, istart + (len(time_ps) - 1) * nsavc))
         fh.seek(44)
-        fh.write(struct.pack("<f", dt_ps / AKMA_TIME_PS))
+        fh.write(struct.pack("<f", g * 1e-6 / AKMA_TIME_PS))
 
 
 def dcd_time_ps(path: Path) -> np.ndarray:
