@@ -1,8 +1,10 @@
 """Evaluation of hybrid runs against baselines (shared by 05 for MM and 05b for QM).
 
 Per molecule: fidelity distances of each hybrid run vs baseline replica 0, beside the same
-distances between baseline replicas (the noise floor); temperatures; NVE drift; stability
-counts; efficiency ratios from the engine-counted force calls and wall times.
+distances between baseline replicas (the noise floor), all at one common frame interval;
+temperatures; NVE drift; stability counts; efficiency ratios from the engine-counted force
+calls and wall times. :func:`faithful` is the one verdict "faithful to the reference" that
+stages 05, 05b and the bench use.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import itertools
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,6 +24,79 @@ from mdkstep.trajectory import Trajectory, load_trajectory
 from mdkstep.utils import MdkstepError
 
 FIDELITY_KEYS = ("bond_w1_A", "mean_bond_err_A", "angle_w1_deg", "dihedral_w1_deg", "rdf_l1", "vacf_l2")
+#: Distances that decide "faithful" (structure). VACF is reported beside them but does not
+#: decide: hydrogen mass repartitioning and a thermostat's friction change the dynamics on
+#: purpose, not the ensemble.
+STRUCTURE_KEYS = ("bond_w1_A", "mean_bond_err_A", "angle_w1_deg", "dihedral_w1_deg", "rdf_l1")
+#: faithful: every structure distance within this many x the replica floor (bench: fidelity_ratio_ok)
+FAITHFUL_RATIO = 1.5
+#: faithful also needs every element's mean temperature within this fraction of reference
+#: replica 0's -- or within the ratio x the replicas' own spread, where short references are
+#: noisier than that (the same rule as every other distance)
+ELEMENT_T_TOLERANCE = 0.10
+
+
+class Verdict(NamedTuple):
+    """:func:`faithful`'s answer: the verdict, the largest structure distance / floor (None
+    without a floor) and, when not faithful, why (one short line each)."""
+
+    faithful: bool
+    worst_ratio: float | None
+    reasons: list[str]
+
+
+def ratios_to_floor(distances: dict[str, Any], floor: dict[str, Any]) -> dict[str, float]:
+    """distance / replica floor for every key of :data:`FIDELITY_KEYS` with a positive floor
+    and a finite distance."""
+    return {k: float(distances[k]) / float(floor[k]) for k in FIDELITY_KEYS
+            if float(floor.get(k) or 0.0) > 0 and np.isfinite(distances.get(k, np.nan))}
+
+
+def element_temperature_deviation(per_element: dict[str, float] | None, ref: dict[str, float] | None) -> float | None:
+    """Largest |T_element / T_element(reference replica 0) - 1| over the elements (equipartition
+    vs the reference); None when either side has no per-element temperatures."""
+    if not per_element or not ref:
+        return None
+    devs = [abs(per_element[s] / ref[s] - 1.0) for s in ref if s in per_element and ref[s] > 0]
+    return max(devs) if devs else None
+
+
+def element_temperature_floor(per_element: list[dict[str, float]]) -> float | None:
+    """The replicas' own spread of :func:`element_temperature_deviation`: its largest value of
+    replicas 1, 2, ... against replica 0 (``per_element[0]``); None with one replica."""
+    if len(per_element) < 2:
+        return None
+    return max((element_temperature_deviation(p, per_element[0]) or 0.0) for p in per_element[1:])
+
+
+def element_temperature_tolerance(ratio_ok: float = FAITHFUL_RATIO, element_T_floor: float | None = None,
+                                  element_T_tol: float = ELEMENT_T_TOLERANCE) -> float:
+    """The largest per-element temperature deviation :func:`faithful` accepts (a fraction)."""
+    return max(element_T_tol, ratio_ok * (element_T_floor or 0.0))
+
+
+def faithful(distances: dict[str, Any], floor: dict[str, Any], element_T_dev: float | None,
+             ratio_ok: float = FAITHFUL_RATIO, element_T_floor: float | None = None,
+             element_T_tol: float = ELEMENT_T_TOLERANCE) -> Verdict:
+    """THE rule "faithful to the reference" (stages 05, 05b, the bench): every structure
+    distance (:data:`STRUCTURE_KEYS`: bond W1, mean bond error, angle W1, fast-dihedral W1, RDF
+    L1) within ``ratio_ok`` x the replica floor, AND every element's mean temperature within
+    max(``element_T_tol``, ``ratio_ok`` x ``element_T_floor``) of reference replica 0's
+    (``element_T_dev`` from :func:`element_temperature_deviation`, a fraction; None fails).
+    VACF and the slow-rotamer populations are reported, not decided on. No floor (one replica)
+    is not faithful."""
+    ratios = ratios_to_floor(distances, floor)
+    s_ratios = {k: ratios[k] for k in STRUCTURE_KEYS if k in ratios}
+    worst = max(s_ratios.values()) if s_ratios else None
+    reasons = [f"{k} {r:.3g}x the replica floor (> {ratio_ok:g})" for k, r in s_ratios.items() if r > ratio_ok]
+    if not s_ratios:
+        reasons.append("no replica floor (needs >= 2 baseline replicas)")
+    tol = element_temperature_tolerance(ratio_ok, element_T_floor, element_T_tol)
+    if element_T_dev is None:
+        reasons.append("no per-element temperature")
+    elif element_T_dev > tol:
+        reasons.append(f"an element's mean T is {100 * element_T_dev:.3g} % off the reference's (> {100 * tol:.3g} %)")
+    return Verdict(not reasons, worst, reasons)
 
 
 def load_stats(npz: Path) -> dict[str, Any]:
@@ -89,16 +164,21 @@ def efficiency(stats: dict[str, Any], baseline_dt_fs: float, baseline_wall_s_per
 
 
 def evaluate_run(ref: Trajectory, hybrid: Trajectory, topo: dict[str, Any], floor: dict[str, Any],
-                 interval_ps: float) -> dict[str, Any]:
-    """Distances of one hybrid run vs the reference replica, each beside the floor and as a ratio."""
+                 interval_ps: float, ratio_ok: float = FAITHFUL_RATIO, element_T_floor: float | None = None,
+                 ref_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Distances of one hybrid run vs the reference replica at ``interval_ps``, each beside the
+    floor and as a ratio, per-element temperature deviation, and the :func:`faithful` verdict
+    ("faithful", "max_structure_ratio", "faithful_reasons")."""
+    bonds = np.asarray(topo["bonds"])
     d = compare(ref, hybrid, topo, interval_ps)
-    out: dict[str, Any] = {"distances": d, "summary": summarize_trajectory(hybrid, np.asarray(topo["bonds"]))}
-    ratios = {}
-    for k in FIDELITY_KEYS:
-        if k in floor and floor[k] > 0 and np.isfinite(d.get(k, np.nan)):
-            ratios[k] = d[k] / floor[k]
-    out["ratio_to_floor"] = ratios
-    out["within_1p5x_floor"] = bool(ratios) and all(v <= 1.5 for v in ratios.values())
+    out: dict[str, Any] = {"distances": d, "summary": summarize_trajectory(hybrid, bonds)}
+    out["ratio_to_floor"] = ratios_to_floor(d, floor)
+    ref_el = (ref_summary or summarize_trajectory(ref, bonds))["temperature_per_element_K"]
+    dev = element_temperature_deviation(out["summary"]["temperature_per_element_K"], ref_el)
+    v = faithful(d, floor, dev, ratio_ok, element_T_floor)
+    out.update({"element_T_max_dev": dev, "element_T_max_dev_replica": element_T_floor,
+                "element_T_tolerance": element_temperature_tolerance(ratio_ok, element_T_floor), "faithful": v.faithful,
+                "max_structure_ratio": v.worst_ratio, "faithful_reasons": v.reasons})
     return out
 
 
@@ -111,16 +191,33 @@ def hybrid_runs(folder: Path) -> list[Path]:
     return runs
 
 
-def evaluate_hybrid_file(run: Path, replicas: list[Trajectory], topo: dict[str, Any]) -> tuple[Trajectory, dict[str, Any]]:
-    """Load one hybrid run and compare it with replica 0 at the coarser of the two frame
-    intervals, beside the replica floor at that interval."""
+class Reference:
+    """The baseline replicas of one molecule, judged at ONE frame interval ``interval_ps``
+    (stages 05/05b: the common interval of the replicas and every run of the molecule): the
+    replica floor, replica 0's summary and the replicas' per-element temperature spread, each
+    computed once."""
+
+    def __init__(self, replicas: list[Trajectory], topo: dict[str, Any], interval_ps: float):
+        self.replicas, self.topo, self.interval_ps = replicas, topo, float(interval_ps)
+        bonds = np.asarray(topo["bonds"])
+        summaries = [summarize_trajectory(r, bonds) for r in replicas]
+        self.summary = summaries[0]
+        self.floor = replica_floor(replicas, topo, self.interval_ps)
+        self.element_T_floor = element_temperature_floor([s["temperature_per_element_K"] for s in summaries])
+
+    def evaluate(self, hyb: Trajectory, ratio_ok: float = FAITHFUL_RATIO) -> dict[str, Any]:
+        """:func:`evaluate_run` of ``hyb`` vs replica 0, with "floor" and "interval_ps"."""
+        ev = evaluate_run(self.replicas[0], hyb, self.topo, self.floor, self.interval_ps, ratio_ok,
+                          self.element_T_floor, self.summary)
+        ev["floor"] = self.floor
+        ev["interval_ps"] = self.interval_ps
+        return ev
+
+
+def evaluate_hybrid_file(run: Path, ref: Reference, ratio_ok: float = FAITHFUL_RATIO) -> tuple[Trajectory, dict[str, Any]]:
+    """Load one hybrid run and evaluate it against ``ref`` (:meth:`Reference.evaluate`)."""
     hyb = load_trajectory(run)
-    interval = max(frame_interval_ps(hyb), frame_interval_ps(replicas[0]))
-    floor = replica_floor(replicas, topo, interval)
-    ev = evaluate_run(replicas[0], hyb, topo, floor, interval)
-    ev["floor"] = floor
-    ev["interval_ps"] = interval
-    return hyb, ev
+    return hyb, ref.evaluate(hyb, ratio_ok)
 
 
 def load_replicas(baseline_dir: Path) -> list[Trajectory]:

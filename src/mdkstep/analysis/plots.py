@@ -51,9 +51,10 @@ def structure_histograms(trajs: dict[str, Trajectory], topo: dict[str, Any], pat
     for label, t in trajs.items():
         sel = np.linspace(0, t.n_frames - 1, min(max_frames, t.n_frames)).astype(int)
         ic = internal_coordinates(t.positions[sel], topo)
-        ax[0].hist(ic["bonds"].ravel(), bins=200, histtype="step", density=True, label=label)
-        ax[1].hist(ic["angles"].ravel(), bins=180, histtype="step", density=True, label=label)
-        ax[2].hist(np.degrees(ic["dihedrals"].ravel()), bins=180, histtype="step", density=True, label=label)
+        for a, vals, bins in ((ax[0], ic["bonds"], 200), (ax[1], ic["angles"], 180),
+                              (ax[2], np.degrees(ic["dihedrals"]), 180)):
+            if np.size(vals):  # water has no dihedral: an empty panel, not a NaN histogram
+                a.hist(np.ravel(vals), bins=bins, histtype="step", density=True, label=label)
     for a, xl in zip(ax, ("bond length (Å)", "angle (°)", "dihedral (°)")):
         a.set_xlabel(xl)
     ax[0].legend(fontsize=7)

@@ -114,9 +114,10 @@ def _trajectory_summary(t, bb: Backbone, interval_ps: float) -> tuple[dict[str, 
 
 
 def ramachandran_evaluation(name: str, topo: dict[str, Any], replicas: list, runs: dict[str, Any],
-                            plot_path=None) -> dict[str, Any]:
+                            plot_path=None, interval_ps: float | None = None) -> dict[str, Any]:
     """Backbone, per-residue basin populations and transitions of every baseline replica and
-    hybrid run (all at the coarsest frame interval among them), the replica floor of
+    hybrid run (all at ``interval_ps``, stages 05/05b: the molecule's one comparison interval;
+    None: the coarsest frame interval among them), the replica floor of
     ``basin_tv`` and each run's ``basin_tv`` vs replica 0 with its ratio to the floor.
 
     ``runs``: label -> Trajectory. Writes the phi/psi plot to ``plot_path`` when given; a failed
@@ -125,7 +126,7 @@ def ramachandran_evaluation(name: str, topo: dict[str, Any], replicas: list, run
     bb = backbone_from_topology(topo, name)
     if bb is None:
         return {"backbone": None, "note": "no peptide backbone C(=O)-N-CA-C(=O)-N in the bond graph"}
-    interval = max(frame_interval_ps(t) for t in [*replicas, *runs.values()])
+    interval = interval_ps or max(frame_interval_ps(t) for t in [*replicas, *runs.values()])
     out: dict[str, Any] = {"backbone": bb.as_dict(), "interval_ps": interval, "basins_deg": BASINS_DEG,
                            "replicas": {}, "runs": {}}
     angles: dict[str, tuple[np.ndarray, np.ndarray]] = {}

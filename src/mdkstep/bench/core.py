@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mdkstep.analysis.evaluation import FIDELITY_KEYS, replica_floor
+from mdkstep.analysis.evaluation import FIDELITY_KEYS, STRUCTURE_KEYS, faithful, ratios_to_floor, replica_floor
 from mdkstep.analysis.metrics import (
     compare,
     iat_reliable,
@@ -30,9 +30,7 @@ from mdkstep.pipeline.mode import Method, common_interval_ps
 from mdkstep.trajectory import Trajectory
 from mdkstep.utils import LOG, MdkstepError, atomic_write_json, file_sha256
 
-#: Distances that decide "faithful" (structure). VACF is reported beside them but does not
-#: decide: hydrogen mass repartitioning changes the dynamics on purpose, not the ensemble.
-STRUCTURE_KEYS = ("bond_w1_A", "mean_bond_err_A", "angle_w1_deg", "dihedral_w1_deg", "rdf_l1")
+__all__ = ["STRUCTURE_KEYS"]  # the distances that decide "faithful": mdkstep.analysis.evaluation
 
 
 # ------------------------------------------------------------------------------- hybrid
@@ -194,24 +192,25 @@ class FloorCache:
         return self._floors[key]
 
 
-def fidelity(run: Trajectory, method: Method, ref_method: Method, floors: FloorCache,
-             ratio_ok: float) -> dict[str, Any]:
+def fidelity(run: Trajectory, method: Method, ref_method: Method, floors: FloorCache, ratio_ok: float,
+             element_T_dev: float | None, element_T_floor: float | None) -> dict[str, Any]:
     """Distances of ``run`` vs reference replica 0 at the common frame interval, the replica
-    floor at that interval, ratios, and whether the structure is within ``ratio_ok`` x floor."""
+    floor at that interval, ratios, and the verdict of :func:`mdkstep.analysis.evaluation.faithful`
+    (structure within ``ratio_ok`` x floor and the element temperatures, ``element_T_dev``
+    against the replicas' own ``element_T_floor``)."""
     interval = common_interval_ps(method.frame_fs, ref_method.frame_fs)
     floor = floors.at(interval)
     d = compare(floors.replicas[0], run, floors.topo, interval)
-    ratios = {k: d[k] / floor[k] for k in FIDELITY_KEYS
-              if floor.get(k, 0) > 0 and np.isfinite(d.get(k, np.nan))}
-    s_ratios = [ratios[k] for k in STRUCTURE_KEYS if k in ratios]
+    ratios = ratios_to_floor(d, floor)
+    verdict = faithful(d, floor, element_T_dev, ratio_ok, element_T_floor)
     out: dict[str, Any] = {"compare_interval_ps": interval}
     for k in FIDELITY_KEYS:
         out[k] = d.get(k)
         out[f"{k}_replica"] = floor.get(f"{k}_replica")
         out[f"{k}_ratio"] = ratios.get(k)
     out["slow_rotamer_tv"] = d.get("slow_rotamer_tv")
-    out["max_structure_ratio"] = max(s_ratios) if s_ratios else None
-    out["faithful"] = bool(s_ratios) and max(s_ratios) <= ratio_ok
+    out["max_structure_ratio"] = verdict.worst_ratio
+    out["faithful"] = verdict.faithful
     return out
 
 

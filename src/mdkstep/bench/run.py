@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mdkstep.analysis.evaluation import element_temperature_deviation, element_temperature_floor
 from mdkstep.analysis.refcheck import reference_check
 from mdkstep.bench.breakeven import BREAK_EVEN_KEYS, add_break_even, model_cost, schedule_cost
 from mdkstep.bench.core import FloorCache, fidelity, interleaved_timing, sampling_efficiency, trajectory_summary
@@ -58,11 +59,6 @@ RECORD_KEYS = (
     "tau_int_U_reliable", "ess_per_force_call_U", "tau_int_dihedral_fs", "tau_int_dihedral_reliable",
     "ess_per_force_call_dihedral", "ess_gain_vs_best_plain", "ess_gain_dihedral_vs_best_plain",
 ) + BREAK_EVEN_KEYS  # model_source, model_cost_*, saving_*_per_ps, break_even_ps_* (bench/breakeven.py)
-
-#: faithful also needs every element's mean temperature within this fraction of reference
-#: replica 0's -- or within fidelity_ratio_ok x the replicas' own spread, where short
-#: references are noisier than that (the same rule as every other distance)
-ELEMENT_T_TOLERANCE = 0.10
 
 
 def mode_settings(mode: Mode, cfg: BenchConfig) -> dict[str, Any]:
@@ -144,17 +140,14 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
     LOG.info("%s %s: fidelity vs the reference replicas", mode.name, mol)
     floors = FloorCache([load_trajectory(runs[f"r{i}"]) for i in range(cfg.ref_replicas)], topo)
     records = []
-    ref_elements = trajectory_summary(floors.replicas[0], bonds)["temperature_per_element_K"]
-    element_floor = max((element_temperature_deviation(trajectory_summary(r, bonds)["temperature_per_element_K"],
-                                                       ref_elements) or 0.0) for r in floors.replicas[1:])
-    element_tol = max(ELEMENT_T_TOLERANCE, cfg.fidelity_ratio_ok * element_floor)
+    per_element = [trajectory_summary(r, bonds)["temperature_per_element_K"] for r in floors.replicas]
+    ref_elements, element_floor = per_element[0], element_temperature_floor(per_element)
     for m in methods:
         run = floors.replicas[1] if m.reference else load_trajectory(trajs[m.name])
         rec: dict[str, Any] = {"mode": mode.name, "molecule": mol, "method": m.name, "kind": m.kind, "dt_fs": m.dt_fs,
                                "k": m.k if m.kind != "plain" else None, "hmr": m.hmr, "reference": m.reference,
                                "note": m.note, "n_atoms": run.n_atoms}
         rec.update(trajectory_summary(run, bonds))
-        rec.update(fidelity(run, m, ref, floors, cfg.fidelity_ratio_ok))
         t = timing[m.name]
         rec.update({key: t[key] for key in ("wall_s_per_ps", "wall_s_per_ps_min", "wall_s_per_ps_repeats",
                                             "timing_spread", "force_ms_per_call")})
@@ -163,12 +156,12 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
             rec.update({"model_ms_per_jump": None, "jumps_attempted": None, "jumps_accepted": None, "retries": None,
                         "fallbacks": None, "fallback_fraction": None, "acceptance": None})
         else:
-            rec.update(by_name[m.name].record(stats[m.name], rec))
-        rec.update(sampling_efficiency(run, rec["force_calls_per_ps"], np.asarray(topo.get("dihedrals", []))))
+            rec.update(by_name[m.name].record(stats[m.name], rec))  # a hybrid's per-element T: every step's
         rec["element_T_max_dev"] = element_temperature_deviation(rec["temperature_per_element_K"], ref_elements)
         rec["element_T_max_dev_replica"] = element_floor
-        rec["faithful"] = bool(rec["faithful"]) and rec["element_T_max_dev"] is not None \
-            and rec["element_T_max_dev"] <= element_tol
+        # the one rule "faithful" (mdkstep.analysis.evaluation.faithful): structure and element temperatures
+        rec.update(fidelity(run, m, ref, floors, cfg.fidelity_ratio_ok, rec["element_T_max_dev"], element_floor))
+        rec.update(sampling_efficiency(run, rec["force_calls_per_ps"], np.asarray(topo.get("dihedrals", []))))
         seg = nve[m.name]
         rec.update({"nve_ps": seg.simulated_ps, "nve_stable": seg.stable, **seg.drift(run.n_atoms)})
         records.append(rec)
@@ -177,15 +170,6 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
     bar.close()
     add_ratios(records)
     return [{key: r.get(key) for key in RECORD_KEYS} for r in records]
-
-
-def element_temperature_deviation(per_element: dict[str, float] | None, ref: dict[str, float]) -> float | None:
-    """Largest |T_element / T_element(reference replica 0) - 1| over the elements (equipartition
-    vs the reference); None when either side has no per-element temperatures."""
-    if not per_element or not ref:
-        return None
-    devs = [abs(per_element[s] / ref[s] - 1.0) for s in ref if s in per_element and ref[s] > 0]
-    return max(devs) if devs else None
 
 
 def plain_calls(traj: Path, m: Method) -> dict[str, Any]:

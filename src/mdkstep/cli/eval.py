@@ -2,16 +2,22 @@
 
 For every molecule folder under --hybrid-runs (<molecule>/*.npz written by stage 06 with
 their .stats.json), against --baseline/<molecule>/replica_*.npz:
-  - rollout fidelity at one common frame interval: W1 of bond, angle and (pooled, fast)
-    dihedral distributions, mean bond-length error, slow-rotamer population difference,
-    intramolecular pair-distance RDF L1, VACF L2, temperature — each beside the same
-    distance between independent baseline replicas (the noise floor) and as a ratio to it;
+  - rollout fidelity at ONE frame interval per molecule (the least common multiple of the
+    replicas' and every run's frame intervals, or --set compare_interval_ps; stated in the
+    report): W1 of bond, angle and (pooled, fast) dihedral distributions, mean bond-length
+    error, slow-rotamer population difference, intramolecular pair-distance RDF L1, VACF L2,
+    temperature — each beside the same distance between independent baseline replicas (the
+    noise floor) and as a ratio to it; "faithful" is mdkstep.analysis.evaluation.faithful, the
+    bench's rule (structure within 1.5x the floor and every element's T within 10 %; VACF is
+    reported, it does not decide);
   - NVE energy drift (kJ/mol/ps, and per atom), per-element temperature;
   - stability (jumps accepted / retried / fallen back, NaN count) and efficiency
     (force_call_reduction, and wall_speedup against plain OpenMM MD timed in this same run);
   - one-jump accuracy on the test split when --checkpoint and --dataset are given.
-Writes <out-dir>/metrics.json, report.md and PNG plots, and exports each trajectory to DCD +
-PDB (mdtraj) for VMD/PyMOL. Settings (export, one_jump_max_windows, plain_md_steps) come from
+Writes <out-dir>/metrics.json, report.md and PNG plots, and exports each run for a viewer
+(mdkstep.analysis.export): <out-dir>/<molecule>/trajectories/<run>.dcd + <run>.pdb (VMD, PyMOL,
+mdtraj; DCD header time axis in ps) and <run>.xyz (extended XYZ, Å; ASE, OVITO). Settings
+(export, one_jump_max_windows, plain_md_steps, compare_interval_ps, fidelity_ratio_ok) come from
 --config (configs/eval.yaml lists them with their defaults), the flags, then --set KEY=VALUE.
 """
 from __future__ import annotations
@@ -26,16 +32,19 @@ import numpy as np
 
 from mdkstep.analysis import plots
 from mdkstep.analysis.evaluation import (
+    FAITHFUL_RATIO,
     FIDELITY_KEYS,
+    STRUCTURE_KEYS,
+    Reference,
     efficiency,
-    evaluate_hybrid_file,
     fmt,
+    frame_interval_ps,
     hybrid_runs,
     load_replicas,
     load_stats,
     one_jump_metrics,
 )
-from mdkstep.analysis.metrics import summarize_trajectory
+from mdkstep.analysis.export import export_trajectory
 from mdkstep.analysis.ramachandran import BASIN_NAMES, ramachandran_evaluation
 from mdkstep.baselines.openmm_md import MDConfig, raw_steps_per_s
 from mdkstep.cli.common import add_log_level, hybrid_molecules, make_parser
@@ -43,7 +52,8 @@ from mdkstep.config import from_dict, load_config, run_cli
 from mdkstep.data.windows import KStepDataset
 from mdkstep.model.checkpoint import model_from_checkpoint
 from mdkstep.molecule.system import from_molecule_dir
-from mdkstep.trajectory import load_trajectory
+from mdkstep.pipeline.mode import common_interval_ps
+from mdkstep.trajectory import Trajectory, load_trajectory
 from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, setup_logging
 
 EXAMPLE = """Example (hybrid runs of stage 06 against 2 baseline replicas; plain OpenMM timed for wall_speedup):
@@ -51,9 +61,10 @@ EXAMPLE = """Example (hybrid runs of stage 06 against 2 baseline replicas; plain
       --checkpoint outputs/train/best.pt --dataset outputs/datasets/dataset_k8.npz \\
       --test-split outputs/splits/test.json
   python src/05_eval_drift_rdfs.py --baseline outputs/md --hybrid-runs outputs/hybrid --out-dir outputs/eval \\
-      --no-export --set plain_md_steps=5000
+      --no-export --set plain_md_steps=5000 --set compare_interval_ps=0.016
+  vmd outputs/eval/aspirin/trajectories/k8.pdb outputs/eval/aspirin/trajectories/k8.dcd   # look at a run
 Units: W1 distances in Angstrom (bonds) and degrees (angles, dihedrals), drift kJ/mol/ps,
-temperature K, force calls and wall seconds per simulated ps.
+temperature K, force calls and wall seconds per simulated ps, compare_interval_ps in ps.
 """
 
 
@@ -61,13 +72,24 @@ temperature K, force calls and wall seconds per simulated ps.
 class EvalConfig:
     """Settings of stage 05 (configs/eval.yaml); the defaults are the old fixed values."""
 
-    export: bool = True  #: export every run to DCD + PDB (needs --raw-root); --no-export: false
+    export: bool = True  #: export every run to DCD + PDB and extended XYZ for a viewer; --no-export: false
     one_jump_max_windows: int = 8192  #: test windows for the one-jump accuracy (--checkpoint + --dataset)
     plain_md_steps: int = 10000  #: plain OpenMM steps timed for wall_speedup (needs --raw-root)
+    compare_interval_ps: float | None = None  #: one frame interval for every run of a molecule, ps (None: the LCM)
+    fidelity_ratio_ok: float = FAITHFUL_RATIO  #: faithful = every structure distance <= this x the replica floor
 
     def validate(self) -> None:
         if self.one_jump_max_windows < 1 or self.plain_md_steps < 1:
             raise ValueError("keys 'one_jump_max_windows' and 'plain_md_steps' must be >= 1")
+        check_judging_keys(self)
+
+
+def check_judging_keys(cfg) -> None:
+    """compare_interval_ps > 0 (or None) and fidelity_ratio_ok >= 1 (05 and 05b)."""
+    if cfg.compare_interval_ps is not None and not cfg.compare_interval_ps > 0:
+        raise ValueError(f"key 'compare_interval_ps' {cfg.compare_interval_ps}: must be > 0 ps (or null: the LCM)")
+    if not cfg.fidelity_ratio_ok >= 1.0:
+        raise ValueError(f"key 'fidelity_ratio_ok' {cfg.fidelity_ratio_ok}: must be >= 1 (x the replica floor)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,12 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", type=Path, required=True, help="baseline root (stage 01 --out): <molecule>/replica_*.npz")
     p.add_argument("--hybrid-runs", type=Path, required=True, help="hybrid root (stage 06 outputs): <molecule>/*.npz")
     p.add_argument("--out-dir", type=Path, required=True, help="where metrics.json, report.md and plots go")
-    p.add_argument("--raw-root", type=Path, default=None, help="stage-00 folder: PDB topology for DCD export "
-                   "and timing plain MD in this run (wall_speedup); the Ramachandran analysis needs only topology.json")
+    p.add_argument("--raw-root", type=Path, default=None, help="stage-00 folder: residue/atom names for the exported "
+                   "PDB (else element + index) and timing plain MD in this run (wall_speedup); the Ramachandran "
+                   "analysis needs only topology.json")
     p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint for one-jump accuracy")
     p.add_argument("--dataset", type=Path, default=None, help="dataset_k<K>.npz for one-jump accuracy")
     p.add_argument("--test-split", type=Path, default=None, help="test.json of the dataset (default: all windows)")
-    p.add_argument("--no-export", action="store_true", help="skip the DCD/PDB export (same as --set export=false)")
+    p.add_argument("--no-export", action="store_true",
+                   help="skip the DCD + PDB and XYZ export of every run (same as --set export=false)")
     p.add_argument("--config", type=Path, default=None,
                    help="evaluation YAML (default: the built-in values, as in configs/eval.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -97,18 +121,41 @@ def plain_md_wall_s_per_ps(raw_dir: Path, meta: dict[str, Any], n_steps: int = 1
     return 1.0 / (sps * cfg.dt_fs / 1000.0)
 
 
-def export_dcd(traj_path: Path, pdb: Path, out_dir: Path) -> list[str]:
-    """Trajectory -> DCD (+ the PDB topology copied beside it) with mdtraj; positions in nm."""
-    import mdtraj
+def common_interval(name: str, replicas: list[Trajectory], runs: dict[str, Trajectory],
+                    given_ps: float | None = None) -> float:
+    """The ONE frame interval (ps) at which every run of a molecule and its replica floor are
+    compared: ``given_ps`` (compare_interval_ps), which must be a whole multiple of every frame
+    interval, else the least common multiple of the replicas' and runs' frame intervals
+    (:func:`mdkstep.pipeline.mode.common_interval_ps`, as the bench)."""
+    frames = {f"replica {i}": frame_interval_ps(t) for i, t in enumerate(replicas)}
+    frames.update({run: frame_interval_ps(t) for run, t in runs.items()})
+    frames = {k: v for k, v in frames.items() if v > 0}
+    if given_ps is None:
+        return common_interval_ps(*(1000.0 * v for v in frames.values())) if frames else 0.0
+    for label, f in frames.items():
+        n = given_ps / f
+        if n < 1 - 1e-6 or abs(n - round(n)) > 1e-6 * max(1.0, n):
+            raise MdkstepError(f"compare_interval_ps={given_ps:g}: not a whole multiple of {name} {label}'s frame "
+                               f"interval {1000 * f:g} fs")
+    return float(given_ps)
 
-    top = mdtraj.load_pdb(str(pdb)).topology
-    t = load_trajectory(traj_path)
-    md = mdtraj.Trajectory(t.positions, top, time=t.time_ps)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dcd = out_dir / f"{traj_path.stem}.dcd"
-    md.save_dcd(str(dcd))
-    md[0].save_pdb(str(out_dir / f"{traj_path.stem}.pdb"))
-    return [str(dcd)]
+
+def view_outputs(trajs: dict[str, Trajectory], topo: dict[str, Any], out_dir: Path, export: bool,
+                 pdb: Path | None = None) -> dict[str, Any]:
+    """What a person looks at, for one molecule (05 and 05b): energy/temperature, structure
+    histograms and pair-distance distribution plots of every trajectory in ``trajs`` (replica 0
+    first) and, with ``export``, each run (not the replica) for a viewer
+    (:func:`mdkstep.analysis.export.export_trajectory`: DCD + PDB, extended XYZ) under
+    ``out_dir/trajectories``. Returns {"plots": [...], "exported": {run: files}}."""
+    bonds = np.asarray(topo["bonds"], dtype=int).reshape(-1, 2)
+    out: dict[str, Any] = {"plots": [str(plots.energy_temperature(trajs, out_dir / "energy_temperature.png")),
+                                     str(plots.structure_histograms(trajs, topo, out_dir / "structure_histograms.png")),
+                                     str(plots.rdf_overlay(trajs, out_dir / "rdf.png"))], "exported": {}}
+    if export:
+        for run, t in trajs.items():
+            if not run.startswith("baseline"):
+                out["exported"][run] = export_trajectory(t, out_dir / "trajectories", run, bonds, pdb)
+    return out
 
 
 def evaluate_molecule(name: str, args, cfg: EvalConfig) -> dict[str, Any]:
@@ -120,27 +167,29 @@ def evaluate_molecule(name: str, args, cfg: EvalConfig) -> dict[str, Any]:
     if not topo_file.is_file():
         raise MdkstepError(f"{args.baseline / name}: no topology.json (re-run stage 01, or give --raw-root)")
     topo = json.loads(topo_file.read_text())
-    runs = hybrid_runs(args.hybrid_runs / name)
+    runs = {run.stem: run for run in hybrid_runs(args.hybrid_runs / name)}
     raw_dir = args.raw_root / name if args.raw_root else None
     base_wall = plain_md_wall_s_per_ps(raw_dir, ref.metadata, cfg.plain_md_steps) if raw_dir else None
-    res: dict[str, Any] = {"molecule": name, "baseline": summarize_trajectory(ref, np.asarray(topo["bonds"])),
-                           "n_replicas": len(replicas), "runs": {}}
-    out_dir = args.out_dir / name
+    hybs = {stem: load_trajectory(run) for stem, run in runs.items()}
+    interval = common_interval(name, replicas, hybs, cfg.compare_interval_ps)
+    reference = Reference(replicas, topo, interval)
+    res: dict[str, Any] = {"molecule": name, "baseline": reference.summary, "n_replicas": len(replicas),
+                           "compare_interval_ps": interval, "fidelity_ratio_ok": cfg.fidelity_ratio_ok, "runs": {}}
     trajs = {"baseline r0": ref}
-    for run in runs:
-        hyb, ev = evaluate_hybrid_file(run, replicas, topo)
-        ev["efficiency"] = efficiency(load_stats(run), float(ref.metadata["dt_fs"]), base_wall)
-        res["runs"][run.stem] = ev
-        trajs[run.stem] = hyb
-        if cfg.export and raw_dir and (raw_dir / "molecule.pdb").is_file():
-            ev["exported"] = export_dcd(run, raw_dir / "molecule.pdb", out_dir / "dcd")
-    plots.energy_temperature(trajs, out_dir / "energy_temperature.png")
-    plots.structure_histograms(trajs, topo, out_dir / "structure_histograms.png")
-    plots.rdf_overlay(trajs, out_dir / "rdf.png")
+    for stem, hyb in hybs.items():
+        ev = reference.evaluate(hyb, cfg.fidelity_ratio_ok)
+        ev["efficiency"] = efficiency(load_stats(runs[stem]), float(ref.metadata["dt_fs"]), base_wall)
+        res["runs"][stem] = ev
+        trajs[stem] = hyb
+    out_dir = args.out_dir / name
+    pdb = raw_dir / "molecule.pdb" if raw_dir and (raw_dir / "molecule.pdb").is_file() else None
+    view = view_outputs(trajs, topo, out_dir, cfg.export, pdb)
+    res["plots"] = view["plots"]
+    for stem, files in view["exported"].items():
+        res["runs"][stem]["exported"] = files
     # backbone from the bond graph (a SMILES-prepared PDB is one UNK residue): every replica and run
-    res["ramachandran"] = ramachandran_evaluation(name, topo, replicas, {k: v for k, v in trajs.items()
-                                                                        if k != "baseline r0"},
-                                                  out_dir / "ramachandran.png")
+    res["ramachandran"] = ramachandran_evaluation(name, topo, replicas, hybs, out_dir / "ramachandran.png",
+                                                  interval)
     return res
 
 
@@ -174,6 +223,31 @@ def ramachandran_lines(rama: dict[str, Any]) -> list[str]:
                     f"Ramachandran plot: {plot}", ""]
 
 
+def judging_lines(m: dict[str, Any]) -> list[str]:
+    """Report lines (05, 05b): the one comparison interval and the rule "faithful"."""
+    return [f"Every run and the replica floor compared at ONE frame interval: {fmt(m['compare_interval_ps'])} ps "
+            "(the least common multiple of the replicas' and runs' frame intervals unless compare_interval_ps was "
+            f"set). Faithful (the bench's rule, mdkstep.analysis.evaluation.faithful): {', '.join(STRUCTURE_KEYS)} "
+            f"each <= {m['fidelity_ratio_ok']:g}x the replica floor AND every element's mean T within 10 % of replica "
+            f"0's (or {m['fidelity_ratio_ok']:g}x the replicas' own spread); VACF is reported, it does not decide.", ""]
+
+
+def verdict_cell(ev: dict[str, Any]) -> str:
+    """'yes (1.2x)' or 'NO (3.1x)': the verdict and the worst structure ratio."""
+    return f"{'yes' if ev['faithful'] else 'NO'} ({fmt(ev['max_structure_ratio'], 3)}x)"
+
+
+def view_lines(name: str, m: dict[str, Any]) -> list[str]:
+    """Report lines (05, 05b): the plots and each run's files for a viewer."""
+    lines = ["Plots: " + ", ".join(f"{name}/{Path(p).name}" for p in m.get("plots", [])), ""]
+    exported = {run: ev["exported"] for run, ev in m["runs"].items() if ev.get("exported")}
+    if exported:
+        lines += [f"Trajectories for a viewer in {name}/trajectories/ (DCD time axis in ps, XYZ in Å with time_ps per "
+                  "frame): " + "; ".join(f"`vmd {Path(f['pdb']).name} {Path(f['dcd']).name}`, `ase gui "
+                                         f"{Path(f['xyz']).name}`" for f in exported.values()), ""]
+    return lines
+
+
 def write_report(metrics: dict[str, Any], path: Path) -> None:
     lines = ["# md-kstep evaluation report", ""]
     if "one_jump" in metrics:
@@ -187,22 +261,29 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
     for name, m in metrics["molecules"].items():
         lines += [f"## {name}", "", f"Baseline replica 0: T = {fmt(m['baseline']['temperature_mean_K'])} ± "
                   f"{fmt(m['baseline']['temperature_std_K'])} K; {m['n_replicas']} replicas give the noise floor.", ""]
-        head = "| run | " + " | ".join(f"{k} (floor)" for k in FIDELITY_KEYS) + " | within 1.5x floor | T mean K | force calls/ps | force_call_reduction | wall_speedup | fallbacks | NaN |"
+        lines += judging_lines(m)
+        head = ("| run | " + " | ".join(f"{k} (floor){'' if k in STRUCTURE_KEYS else ', not deciding'}"
+                                        for k in FIDELITY_KEYS)
+                + " | faithful (worst ratio) | T mean K | force calls/ps | force_call_reduction | wall_speedup | "
+                "fallbacks | NaN |")
         lines += [head, "|" + "---|" * (len(FIDELITY_KEYS) + 8)]
         for run, ev in m["runs"].items():
             d, fl, eff = ev["distances"], ev["floor"], ev["efficiency"]
             cells = [f"{fmt(d.get(k))} ({fmt(fl.get(k))})" for k in FIDELITY_KEYS]
-            lines.append(f"| {run} | " + " | ".join(cells) + f" | {ev['within_1p5x_floor']} | "
+            lines.append(f"| {run} | " + " | ".join(cells) + f" | {verdict_cell(ev)} | "
                          f"{fmt(ev['summary']['temperature_mean_K'])} | {fmt(eff.get('hybrid_force_calls_per_ps'))} | "
                          f"{fmt(eff.get('force_call_reduction'))} | {fmt(eff.get('wall_speedup'))} | "
                          f"{fmt(eff.get('fallbacks'))} | {fmt(eff.get('nan_frames', ev['summary']['nan_frames']))} |")
             per_el = ev["summary"].get("temperature_per_element_K", {})
             if per_el:
                 lines.append(f"|  ↳ {run}: T per element K: " + ", ".join(f"{el} {t:.0f}" for el, t in per_el.items())
-                             + f"; fallback fraction {fmt(eff.get('fallback_fraction'))} |")
+                             + f" (largest deviation from replica 0: {fmt(ev['element_T_max_dev'], 3)}, accepted up to "
+                             f"{fmt(ev['element_T_tolerance'], 3)}); fallback fraction {fmt(eff.get('fallback_fraction'))} |")
+            if ev["faithful_reasons"]:
+                lines.append(f"|  ↳ {run} not faithful: " + "; ".join(ev["faithful_reasons"]) + " |")
             if "drift_kj_mol_ps" in ev["summary"]:
                 lines.append(f"|  ↳ NVE drift {fmt(ev['summary']['drift_kj_mol_ps'])} kJ/mol/ps |")
-        lines += ["", f"Plots: {name}/energy_temperature.png, structure_histograms.png, rdf.png", ""]
+        lines += [""] + view_lines(name, m)
         lines += ramachandran_lines(m.get("ramachandran") or {})
     lines += ["wall_speedup < 1 is expected for MM on small molecules: an OpenMM force call costs tens of µs, "
               "a model forward about a millisecond. The MM product is the force-call reduction.", ""]
@@ -231,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, m in metrics["molecules"].items():
         for run, ev in m["runs"].items():
             eff = ev["efficiency"]
-            print(f"{name}/{run}: bond W1 {fmt(ev['distances']['bond_w1_A'])} Å (floor {fmt(ev['floor'].get('bond_w1_A'))}), "
+            print(f"{name}/{run}: faithful {verdict_cell(ev)} at {fmt(m['compare_interval_ps'])} ps, "
+                  f"bond W1 {fmt(ev['distances']['bond_w1_A'])} Å (floor {fmt(ev['floor'].get('bond_w1_A'))}), "
                   f"angle W1 {fmt(ev['distances']['angle_w1_deg'])}° (floor {fmt(ev['floor'].get('angle_w1_deg'))}), "
                   f"force_call_reduction {fmt(eff.get('force_call_reduction'))}, wall_speedup {fmt(eff.get('wall_speedup'))}")
         rama = m.get("ramachandran") or {}
