@@ -290,6 +290,20 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
     atomic_write_text(path, "\n".join(lines))
 
 
+def evaluate_and_write(names: list[str], evaluate, out_dir: Path, write_report, extra: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate every molecule (``evaluate(name)``), then write metrics.json (+ ``extra``) and
+    report.md in ``out_dir`` (05 and 05b)."""
+    metrics: dict[str, Any] = {"molecules": {}}
+    for name in names:
+        LOG.info("evaluating %s", name)
+        metrics["molecules"][name] = evaluate(name)
+    metrics.update(extra)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    write_report(metrics, out_dir / "report.md")
+    print(f"report: {out_dir / 'report.md'}")
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
@@ -300,15 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     names = hybrid_molecules(args.hybrid_runs)
     # one-jump accuracy first: a bad --checkpoint / --dataset / --test-split fails before the long part
     jump = one_jump(args, cfg) if args.checkpoint and args.dataset else None
-    metrics: dict[str, Any] = {"molecules": {}}
-    for name in names:
-        LOG.info("evaluating %s", name)
-        metrics["molecules"][name] = evaluate_molecule(name, args, cfg)
-    if jump is not None:
-        metrics["one_jump"] = jump
-    atomic_write_json(args.out_dir / "metrics.json", metrics)
-    write_report(metrics, args.out_dir / "report.md")
-    print(f"report: {args.out_dir / 'report.md'}")
+    metrics = evaluate_and_write(names, lambda name: evaluate_molecule(name, args, cfg), args.out_dir, write_report,
+                                 {"one_jump": jump} if jump is not None else {})
     for name, m in metrics["molecules"].items():
         for run, ev in m["runs"].items():
             eff = ev["efficiency"]

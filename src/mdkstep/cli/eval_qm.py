@@ -50,6 +50,7 @@ from mdkstep.cli.common import add_log_level, hybrid_molecules, make_parser
 from mdkstep.cli.eval import (
     check_judging_keys,
     common_interval,
+    evaluate_and_write,
     judging_lines,
     ramachandran_lines,
     verdict_cell,
@@ -61,7 +62,7 @@ from mdkstep.engines import factory
 from mdkstep.molecule.system import System
 from mdkstep.molecule.topology import molecule_topology
 from mdkstep.trajectory import load_trajectory
-from mdkstep.utils import LOG, MdkstepError, atomic_write_json, atomic_write_text, check_writable, setup_logging
+from mdkstep.utils import LOG, MdkstepError, atomic_write_text, check_writable, setup_logging
 
 EXAMPLE = """Example (QM hybrid runs of 06b against the 0.25 fs baselines; plain MD timed at 0.25, 0.5 and 1 fs):
   mdkstep-eval-qm --baseline outputs/qm/md --hybrid-runs outputs/qm/hybrid --out-dir outputs/qm/eval \\
@@ -247,13 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.qm_config is not None:  # checked now, even with --no-timing: a broken config is never ignored
         load_config(QMConfig, args.qm_config)
     names = hybrid_molecules(args.hybrid_runs)
-    metrics: dict[str, Any] = {"molecules": {}}
-    for name in names:
-        LOG.info("evaluating %s", name)
-        metrics["molecules"][name] = evaluate_molecule(name, args, ecfg)
-    atomic_write_json(args.out_dir / "metrics.json", metrics)
-    write_report(metrics, args.out_dir / "report.md")
-    print(f"report: {args.out_dir / 'report.md'}")
+    metrics = evaluate_and_write(names, lambda name: evaluate_molecule(name, args, ecfg), args.out_dir, write_report, {})
     for name, m in metrics["molecules"].items():
         for run, ev in m["runs"].items():
             parts = [f"{key}: calls x{fmt(e.get('force_call_reduction'), 3)}, wall x{fmt(e.get('wall_speedup'), 3)}"
