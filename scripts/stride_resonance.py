@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from mdkstep.analysis.metrics import frame_interval_ps  # noqa: E402
 from mdkstep.analysis.resonance import heavy_bond_phases, resonant_bands, resonant_fraction, vdos  # noqa: E402
 from mdkstep.trajectory import load_trajectory  # noqa: E402
 from mdkstep.utils import MdkstepError  # noqa: E402
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if t.velocities is None or t.n_frames < 256:
         print(f"error: {a.trajectory}: needs velocities and >= 256 frames", file=sys.stderr)
         return 2
-    frame_ps = float(np.median(np.diff(t.time_ps)))
+    frame_ps = frame_interval_ps(t)
     freq, power = vdos(t.velocities, np.asarray(t.masses, dtype=float), frame_ps, a.weight)
     print(f"{a.trajectory}: {t.n_frames} frames every {frame_ps * 1000:.3g} fs; resonance = phase per jump within "
           f"+-{a.width} pi of m pi (m >= 1), power above {a.min_cm:g} cm^-1, atom weights: {a.weight}")

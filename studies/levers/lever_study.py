@@ -325,7 +325,8 @@ class Rollouts:
     def evaluate(self, stats: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
         """Structure ratios to the floor (mean over replicas), per-element T, calls/ps, fallbacks.
         Each run is compared with reference replica 0 at the coarser of the two frame intervals."""
-        from mdkstep.analysis.evaluation import evaluate_run, frame_interval_ps
+        from mdkstep.analysis.evaluation import evaluate_run
+        from mdkstep.analysis.metrics import frame_interval_ps
         from mdkstep.bench.core import STRUCTURE_KEYS
         from mdkstep.trajectory import load_trajectory
 

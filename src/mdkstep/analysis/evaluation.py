@@ -111,10 +111,6 @@ def load_stats(npz: Path) -> dict[str, Any]:
     return {}
 
 
-def frame_interval_ps(t: Trajectory) -> float:
-    return float(np.median(np.diff(t.time_ps))) if t.n_frames > 1 else 0.0
-
-
 def replica_floor(replicas: list[Trajectory], topo: dict[str, Any], interval_ps: float) -> dict[str, Any]:
     """Distances between every pair of baseline replicas: per key the max (the floor used for
     ratios) and the [min, max] range over pairs (reported as ``<key>_replica``)."""

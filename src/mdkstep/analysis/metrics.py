@@ -102,9 +102,14 @@ def per_element_temperature(traj: Trajectory, constraints: np.ndarray | None = N
 
 # ----------------------------------------------------------------- comparisons
 
+def frame_interval_ps(t: Trajectory) -> float:
+    """The median time between saved frames, ps (0 for a single frame)."""
+    return float(np.median(np.diff(t.time_ps))) if t.n_frames > 1 else 0.0
+
+
 def subsample_to_interval(traj: Trajectory, interval_ps: float) -> np.ndarray:
     """Frame indices of ``traj`` spaced by ``interval_ps`` (nearest multiple of its own spacing)."""
-    dt = float(np.median(np.diff(traj.time_ps))) if traj.n_frames > 1 else interval_ps
+    dt = frame_interval_ps(traj) if traj.n_frames > 1 else interval_ps
     step = max(1, int(round(interval_ps / dt)))
     return np.arange(0, traj.n_frames, step)
 

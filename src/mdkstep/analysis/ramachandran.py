@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 from mdkstep.analysis import plots
-from mdkstep.analysis.evaluation import frame_interval_ps
-from mdkstep.analysis.metrics import subsample_to_interval
+from mdkstep.analysis.metrics import frame_interval_ps, subsample_to_interval
 from mdkstep.molecule.peptide import Backbone, backbone_from_topology, phi_psi
 from mdkstep.utils import LOG
 

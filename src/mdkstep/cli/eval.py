@@ -38,13 +38,13 @@ from mdkstep.analysis.evaluation import (
     Reference,
     efficiency,
     fmt,
-    frame_interval_ps,
     hybrid_runs,
     load_replicas,
     load_stats,
     one_jump_metrics,
 )
 from mdkstep.analysis.export import export_trajectory
+from mdkstep.analysis.metrics import frame_interval_ps
 from mdkstep.analysis.ramachandran import BASIN_NAMES, ramachandran_evaluation
 from mdkstep.baselines.openmm_md import MDConfig, raw_steps_per_s
 from mdkstep.cli.common import add_log_level, hybrid_molecules, make_parser
