@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from mdkstep.engines.base import ForceEngine
 from mdkstep.hybrid import HybridConfig, run_hybrid
 from mdkstep.model import GraphBatch, ModelConfig, build_model, make_graph_batch
@@ -350,3 +349,26 @@ def tiny_bench_config(tmp_path) -> dict:
         "qm_exact_ks": [4], "qm_mvv_dts_fs": [0.5],
         "qm_exact_train_overrides": {"steps": 3, "batch_size": 16, "val_max_windows": 64, "log_every": 1},
     }
+
+
+def run_06b(argv, monkeypatch) -> tuple[int, list]:
+    """Stage 06b in-process: (exit code, the engines it built, to read their own call counters)."""
+    import mdkstep.engines.factory as factory
+    from mdkstep.config import run_cli
+
+    from conftest import load_script
+
+    built = []
+    orig = factory.make_engine
+
+    def spy(*a, **kw):
+        built.append(orig(*a, **kw))
+        return built[-1]
+
+    monkeypatch.setattr(factory, "make_engine", spy)
+    mod = load_script("06b_hybrid_integrate_qm")
+    try:
+        run_cli(mod.main, argv)
+    except SystemExit as e:
+        return int(e.code or 0), built
+    return 0, built

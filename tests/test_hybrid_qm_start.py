@@ -8,7 +8,8 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
-from conftest import ROOT, load_script
+from conftest import ROOT
+from helpers import run_06b
 
 pytest.importorskip("tblite")
 
@@ -34,21 +35,8 @@ def tiny_ck(tmp_path_factory):
 
 def _run06b(argv, monkeypatch, capsys):
     """06b in-process: (exit code, captured output, engines it built)."""
-    import mdkstep.engines.factory as factory
-    from mdkstep.config import run_cli
-
-    built = []
-    orig = factory.make_engine
-
-    def spy(*a, **kw):
-        built.append(orig(*a, **kw))
-        return built[-1]
-
-    monkeypatch.setattr(factory, "make_engine", spy)
-    mod = load_script("06b_hybrid_integrate_qm")
-    with pytest.raises(SystemExit) as e:
-        run_cli(mod.main, argv)
-    return e.value.code, capsys.readouterr(), built
+    code, built = run_06b(argv, monkeypatch)
+    return code, capsys.readouterr(), built
 
 
 def _check_run(out, engine, n_atoms):

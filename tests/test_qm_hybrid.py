@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, load_script
+from helpers import run_06b
 
 pytest.importorskip("tblite")
 
@@ -44,21 +45,8 @@ def qm_water(tmp_path_factory):
 
 def _run06b(argv, monkeypatch):
     """Run 06b in-process; returns the engine it built (to read its own call counter)."""
-    import mdkstep.engines.factory as factory
-    from mdkstep.config import run_cli
-
-    built = []
-    orig = factory.make_engine
-
-    def spy(*a, **kw):
-        built.append(orig(*a, **kw))
-        return built[-1]
-
-    monkeypatch.setattr(factory, "make_engine", spy)
-    mod = load_script("06b_hybrid_integrate_qm")
-    with pytest.raises(SystemExit) as e:
-        run_cli(mod.main, argv)
-    assert e.value.code == 0
+    code, built = run_06b(argv, monkeypatch)
+    assert code == 0
     return built[0]
 
 
