@@ -35,7 +35,7 @@ test: setup  ## run the test suite (pytest's "no tests collected" exit 5 is not 
 test-fast: setup  ## tests without the slow ones
 	$(PY) -m pytest -q -m "not slow" tests
 
-quickstart: setup  ## the product working: shipped models vs plain MD, MM aspirin + QM ethanol, one table (~3-5 min, 2 cores)
+quickstart: setup  ## the product working: shipped models vs plain MD, MM aspirin + QM ethanol, one table (~2 min on 2 cores)
 	$(PY) -m mdkstep.cli.quickstart
 
 demo: setup  ## a demo of the stages (00 -> 06 -> 05) with a tiny model trained here (not meant to be faithful)

@@ -32,7 +32,7 @@ from mdkstep.pipeline.config import BenchConfig
 from mdkstep.utils import LOG, MdkstepError, atomic_write_text, setup_logging
 
 EXAMPLE = """Examples:
-  make quickstart                                   # ~3-5 min on 2 CPU cores (MM and QM side by side)
+  make quickstart                                   # ~2 min on 2 CPU cores (MM and QM side by side)
   mdkstep-quickstart --serial                       # one part after the other (one core)
   mdkstep-quickstart --set mm_time_ps=20            # shorter MM runs (ps of simulated time per method)
 """
