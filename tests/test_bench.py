@@ -333,3 +333,23 @@ def test_schedule_keys_fixed_and_drawn_orders():
                 {"permutations": [8]}, {"perms": [8, 9]}):
         with pytest.raises(ValueError, match="mm_schedules"):
             check_schedule("mm_schedules", bad, ks)
+
+
+def test_a_cached_plain_run_of_another_length_or_seed_is_refused(tmp_path):
+    """The bench reuses a cached reference only when seed, step and length match: a longer
+    cached reference would silently shrink the floor (issue 26)."""
+    import json as _json
+
+    import numpy as np
+
+    from mdkstep.pipeline.mode import check_cached_run
+    from mdkstep.utils import MdkstepError
+
+    out = tmp_path / "ref_r0.npz"
+    np.savez(out, metadata=np.array(_json.dumps({"seed": 1, "dt_fs": 0.25, "config": {"production_ps": 20.0}})))
+    check_cached_run(out, 1, 0.25, 20.0)  # the same run: reused
+    with pytest.raises(MdkstepError, match=r"ref_r0.npz: finished with other settings \(config.production_ps: "
+                                           r"20.0 -> 3.0\); remove it"):
+        check_cached_run(out, 1, 0.25, 3.0)
+    with pytest.raises(MdkstepError, match="seed: 1 -> 2"):
+        check_cached_run(out, 2, 0.25, 20.0)

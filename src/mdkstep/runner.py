@@ -91,6 +91,41 @@ def content_hash(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
+#: config keys that say how or where a run computes, not what it computes: a finished output
+#: is not refused when only these differ (nor when the number of NVE windows does)
+RUN_ONLY_KEYS = frozenset({"config.chunk_frames", "config.omp_num_threads", "config.max_memory_mb",
+                           "config.use_gpu", "config.platform", "config.nve_windows"})
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The metadata of a trajectory NPZ, without loading its frames."""
+    try:
+        with np.load(path) as z:
+            meta = json.loads(str(z["metadata"]))
+    except Exception as e:  # noqa: BLE001 (any unreadable file is the same one-line error)
+        raise MdkstepError(f"{path}: exists but its metadata cannot be read ({type(e).__name__}); "
+                           f"pass --overwrite to redo it") from None
+    if not isinstance(meta, dict):
+        raise MdkstepError(f"{path}: exists but its metadata is not a JSON object; pass --overwrite to redo it")
+    return meta
+
+
+def check_finished(path: Path, expected: Mapping[str, Any],
+                   remedy: str = "pass --overwrite to redo it, or write to another --out") -> None:
+    """Refuse a finished trajectory whose recorded settings differ from this run's.
+
+    ``expected``: the metadata this run would write for ``path`` (config, seed, label, molecule,
+    ...; the settings of the fingerprint a partial run is resumed against). Keys the file does
+    not record (older files) and :data:`RUN_ONLY_KEYS` are not compared. A difference is a
+    one-line :class:`MdkstepError` naming the file and the keys (``remedy`` says what to do)."""
+    old = _flatten(read_metadata(path))
+    new = {k: v for k, v in _flatten(json.loads(json.dumps(dict(expected), default=str))).items()
+           if k in old and k not in RUN_ONLY_KEYS}
+    changes = fingerprint_changes({k: old[k] for k in new}, new)
+    if changes:
+        raise MdkstepError(f"{path}: finished with other settings ({'; '.join(changes)}); {remedy}")
+
+
 def normalize(obj: Any) -> Any:
     """``obj`` as plain JSON types (tuples -> lists, NumPy scalars -> Python, Paths -> str)."""
     return as_plain_json(obj)

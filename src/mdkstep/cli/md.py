@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from mdkstep.baselines.openmm_md import MDConfig, RunSpec, raw_steps_per_s, run_trajectory
-from mdkstep.cli.common import add_log_level, check_finished, make_parser, repo_path
+from mdkstep.cli.common import add_log_level, make_parser, repo_path
 from mdkstep.config import load_config, run_cli, to_dict
 from mdkstep.molecule.prep import find_molecules
 from mdkstep.molecule.system import System, from_molecule_dir
-from mdkstep.runner import tidy_finished
+from mdkstep.runner import check_finished, tidy_finished
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import (
     LOG,

@@ -10,11 +10,11 @@ from typing import Any
 
 from mdkstep.baselines.ase_md import TEMPERATURE_TOLERANCE, QMConfig, QMRunSpec
 from mdkstep.baselines.pool import QMJob, run_jobs, summary_line
-from mdkstep.cli.common import add_log_level, check_finished, repo_path
+from mdkstep.cli.common import add_log_level, repo_path
 from mdkstep.config import load_config, to_dict
 from mdkstep.molecule.prep import find_molecules
 from mdkstep.molecule.system import System, from_molecule_dir, from_smi_file
-from mdkstep.runner import tidy_finished
+from mdkstep.runner import check_finished, tidy_finished
 from mdkstep.utils import LOG, MdkstepError, atomic_write_json, check_writable, parse_shard, setup_logging
 
 

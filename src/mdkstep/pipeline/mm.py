@@ -19,7 +19,7 @@ from mdkstep.engines.factory import make_engine
 from mdkstep.molecule.prep import PrepConfig, prepare_from_smiles, read_smi_strict
 from mdkstep.molecule.system import System, from_molecule_dir
 from mdkstep.pipeline.config import BenchConfig
-from mdkstep.pipeline.mode import Method
+from mdkstep.pipeline.mode import Method, check_cached_run
 from mdkstep.trajectory import load_trajectory
 from mdkstep.utils import LOG, atomic_write_json
 
@@ -122,7 +122,9 @@ class MMMode:
         (one force evaluation per step; ``force_calls_source: integrator_steps``)."""
 
         cfg = self.md_config(method.dt_fs, method.hmr, time_ps, save_forces=training)
-        if not out.is_file():
+        if out.is_file():
+            check_cached_run(out, seed, method.dt_fs, time_ps)
+        else:
             spec = RunSpec(out, seed, cfg.friction_per_ps, time_ps, cfg.equilibration_ps, label=out.stem)
             run_trajectory(self.mol(mol), cfg, spec)
         stats = out.with_suffix(".stats.json")

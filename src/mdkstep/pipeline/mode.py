@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from mdkstep.baselines.plain import Segment
+from mdkstep.runner import check_finished
 
 
 @dataclass
@@ -59,3 +60,10 @@ def common_interval_ps(*frame_fs: float) -> float:
     num = math.lcm(*(f.numerator for f in fr))
     den = math.gcd(*(f.denominator for f in fr))
     return float(Fraction(num, den)) / 1000.0
+
+
+def check_cached_run(out: Path, seed: int, dt_fs: float, time_ps: float) -> None:
+    """A cached plain run is reused only when it was made with this seed, step and length (a
+    reference of another length would silently change the floor); else a one-line error."""
+    check_finished(out, {"seed": seed, "dt_fs": dt_fs, "config": {"production_ps": time_ps}},
+                   remedy="remove it (or use another out_dir) to run it again with these settings")

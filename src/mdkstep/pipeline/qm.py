@@ -20,7 +20,7 @@ from mdkstep.config import load_config
 from mdkstep.engines.factory import make_engine
 from mdkstep.molecule.system import from_smi_file
 from mdkstep.pipeline.config import BenchConfig
-from mdkstep.pipeline.mode import Method
+from mdkstep.pipeline.mode import Method, check_cached_run
 from mdkstep.utils import LOG, atomic_write_json
 
 
@@ -78,6 +78,7 @@ class QMMode:
         """Plain QM trajectory (stage-01b runner: minimise, equilibrate, chunked, resumable)."""
 
         if out.is_file():
+            check_cached_run(out, seed, method.dt_fs, time_ps)
             return out
         res = run_qm_trajectory(self._systems[mol], self.qm_config(method.dt_fs, time_ps),
                                 QMRunSpec(out, seed, label=out.stem), progress=True)
