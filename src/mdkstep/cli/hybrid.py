@@ -19,7 +19,7 @@ A finished run is refused unless --overwrite.
 # model device, the hybrid config checked against the checkpoint and the engine's time step,
 # start frames from a baseline trajectory, and the run + stats JSON + summary line
 # (finish_run). They stay here, beside the MM stage that is their base case, because callers
-# outside the CLI (scripts/lever_study.py, tests) import them from mdkstep.cli.hybrid.
+# outside the CLI (studies/levers/lever_study.py, tests) import them from mdkstep.cli.hybrid.
 from __future__ import annotations
 
 import argparse
