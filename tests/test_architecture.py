@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mdkstep.training", "mdkstep.hybrid"),
     ("mdkstep.exact",),
     ("mdkstep.pipeline",),
-    ("mdkstep.shipped",),
+    ("mdkstep.shipped", "mdkstep.adapt"),
     ("mdkstep.bench",),
     ("mdkstep.ase", "mdkstep.cli"),
 ]

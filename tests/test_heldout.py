@@ -45,7 +45,7 @@ def test_no_heldout_molecule_in_a_training_list():
 
 def test_no_heldout_molecule_in_a_model_card():
     held = heldout()
-    for card in sorted((ROOT / "models").glob("*.json")):
+    for card in sorted((ROOT / "models").rglob("*.json")):  # foundation models in models/foundation/ too
         mols = (json.loads(card.read_text()).get("data") or {}).get("molecules") or []
         for m in mols:
             mol = Chem.MolFromSmiles(m.get("smiles") or "")

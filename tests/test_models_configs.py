@@ -22,3 +22,14 @@ def test_shipped_set_is_known():
 def test_models_config_names_the_shipped_models(name):
     cfg = load_config(ModelsConfig, ROOT / "configs" / name)
     assert sorted(model_names(cfg)) == SHIPPED
+
+
+def test_foundation_config_names_its_models():
+    """configs/models_foundation.yaml (issue 24) validates, ships into models/foundation/, and
+    every model there is one of its models."""
+    cfg = load_config(ModelsConfig, ROOT / "configs" / "models_foundation.yaml")
+    cfg.validate()
+    assert Path(cfg.out_dir) == Path("models/foundation")
+    shipped = sorted(p.stem for p in (ROOT / "models" / "foundation").glob("*.pt"))
+    assert set(shipped) <= set(model_names(cfg))
+    assert "data/mm_train.smi" in cfg.mm_molecules and "data/qm_druglike.smi" in cfg.qm_molecules

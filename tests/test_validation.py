@@ -90,7 +90,8 @@ def test_run_summary_warns_loudly_on_fallbacks(tmp_path, capsys):
                      no_progress=True, checkpoint=model)
     stats = run_and_report(args, eng, ZeroJumper(), c, x0, v0, "lattice", {}, {}, "cpu")
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "WARNING: 100% of replica-cycles fell back to plain physics (threshold 5%)" in line
+    assert "WARNING: the model is outside its training domain" in line and "fallbacks on 100.0% of jumps" in line
+    assert f"mdkstep-adapt --checkpoint {model}" in line
     assert "frozen 10" in line
     saved = json.loads((tmp_path / "h.stats.json").read_text())
     assert saved["fallback_fraction"] == 1.0 and saved["warnings"] == stats["warnings"] and stats["warnings"]

@@ -41,6 +41,7 @@ from mdkstep.config import load_config
 from mdkstep.engines.ase_engine import ASEEngine, EngineCalculator
 from mdkstep.engines.units import ANGSTROM_TO_NM, ASE_VELOCITY_TO_NM_PS, EV_PER_ANGSTROM_TO_KJ_MOL_NM, EV_TO_KJ_MOL
 from mdkstep.hybrid import HybridConfig, HybridIntegrator, Jumper
+from mdkstep.hybrid.domain import domain_warning
 from mdkstep.hybrid.integrator import HybridCounters
 from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint, read_card
 from mdkstep.model.jumper import ModelJumper
@@ -90,6 +91,9 @@ class HybridMD(MolecularDynamics):
         v0 = atoms.get_velocities() * ASE_VELOCITY_TO_NM_PS
         self.hybrid.initialize(x0[None], v0[None])
         self._calls_at_reset = self.engine.counters.calls
+        self.checkpoint: str = "<checkpoint>"  #: the model's file, named in the out-of-domain warning
+        self.smiles: str | None = atoms.info.get("smiles")  #: the molecule, named in that warning when known
+        self._warned_domain = False
         self._publish()
 
     @staticmethod
@@ -134,7 +138,9 @@ class HybridMD(MolecularDynamics):
         warn_level_of_theory(atoms.calc, ck, card, str(checkpoint))
         bonds = infer_bonds(atoms.numbers, atoms.get_positions() * ANGSTROM_TO_NM)
         jumper = ModelJumper(model, atoms.numbers, atoms.get_masses(), bonds, device=device)
-        return cls(atoms, jumper, dt_fs * units.fs, cfg, seed=seed, **kwargs)
+        md = cls(atoms, jumper, dt_fs * units.fs, cfg, seed=seed, **kwargs)
+        md.checkpoint = str(checkpoint)
+        return md
 
     @staticmethod
     def resolve_config(ck: dict[str, Any], card: dict[str, Any], config: HybridConfig | str | Path | None,
@@ -200,7 +206,18 @@ class HybridMD(MolecularDynamics):
         n = max(c.jumps_attempted, 1)
         return {"cycles": c.cycles, "force_calls": self.engine.counters.calls - self._calls_at_reset,
                 "jumps_accepted": c.jumps_accepted, "retry_rate": c.retries / n, "fallback_rate": c.fallbacks / n,
-                "fallbacks": c.fallbacks, "rejects": dict(c.rejects), **self.hybrid.temperature_stats()}
+                "fallbacks": c.fallbacks, "rejects": dict(c.rejects),
+                "filter_ke_change_mean": c.filter_ke_change_sum / c.filter_count if c.filter_count else None,
+                "simulated_ps": c.cycles * self.hybrid_config.cycle_ps, **self.hybrid.temperature_stats()}
+
+    def domain_warning(self) -> str | None:
+        """One WARNING line (also logged, once) when :meth:`stats` shows that the model is outside
+        its training domain for this molecule (mdkstep.hybrid.domain), with the fine-tuning command."""
+        w = domain_warning(self.stats(), self.hybrid_config.temperature_K, self.checkpoint, self.smiles)
+        if w and not self._warned_domain:
+            LOG.warning("HybridMD: %s", w)
+            self._warned_domain = True
+        return w
 
 
 def calculator_level(calc) -> str | None:

@@ -86,6 +86,10 @@ class ModelsConfig:
     qm_train_config: str = "configs/train_qm.yaml"
     qm_train_overrides: dict[str, Any] = field(default_factory=dict)
     qm_finetune_by_k: dict[str, Any] = field(default_factory=dict)  #: as mm_finetune_by_k
+    #: start every model of the mode from this checkpoint (fine-tuning a foundation model, mdkstep-adapt);
+    #: same k and dt keep its normalization, so step 0 is the pretrained model
+    mm_pretrained: str | None = None
+    qm_pretrained: str | None = None
     # exact mode (issue 12): shear models <mode>_exact_k<K>.pt on the same training runs (MM: RATTLE-projected)
     mm_exact_ks: list[int] = field(default_factory=list)  #: strides (in mm_dt_fs steps) of the MM exact-mode models
     mm_exact_model_config: str = "configs/model_shear.yaml"
@@ -221,7 +225,13 @@ def train_one(m, cfg: ModelsConfig, k: int, runs: dict[str, Path]) -> tuple[Path
     ft_by_k = getattr(cfg, f"{p}_finetune_by_k")
     ft = dict(ft_by_k.get(str(k)) or ft_by_k.get(k) or {})
     from_k = int(ft.pop("from_k", k))
-    best, final = ensure_model(p, from_k, list(runs.values()), m.root / "models" / f"k{from_k}", *args, train_over, None)
+    pretrained = getattr(cfg, f"{p}_pretrained")
+    first = m.root / "models" / f"k{from_k}"
+    if pretrained:
+        first.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(first / "pretrained.json", {"checkpoint": str(pretrained), "sha256": file_sha256(pretrained)})
+    best, final = ensure_model(p, from_k, list(runs.values()), first, *args, train_over, None,
+                               pretrained=Path(pretrained) if pretrained else None)
     if from_k == k and not ft:
         return best, final
     out = m.root / "models" / f"k{k}_ft"
@@ -288,6 +298,7 @@ def make_card(mode: str, k: int, ck: dict[str, Any], data: dict[str, Any], final
     tc = training_cost(train_dir) or {}
     summ = final.get("train_summary", {})
     warm = json.loads((train_dir / "warm_start.json").read_text()) if (train_dir / "warm_start.json").is_file() else None
+    pre = json.loads((train_dir / "pretrained.json").read_text()) if (train_dir / "pretrained.json").is_file() else None
     train_wall = tc.get("wall_s")
     if warm and train_wall is not None:
         train_wall = train_wall + warm["wall_s"] if warm.get("wall_s") is not None else None
@@ -301,7 +312,7 @@ def make_card(mode: str, k: int, ck: dict[str, Any], data: dict[str, Any], final
         "training": {"steps": summ.get("steps", tc.get("steps", final.get("steps"))), "epochs": summ.get("epochs"),
                      "best_val_loss": summ.get("best_val"), "n_parameters": summ.get("n_parameters") or count_parameters(checkpoint),
                      "device": summ.get("device"), "wall_s": train_wall, "sessions": tc.get("sessions"),
-                     "warm_start": warm},
+                     "warm_start": warm, "pretrained": pre},
         "cost": {"force_calls": data["force_calls"], "data_wall_s": data["wall_s"], "train_wall_s": train_wall,
                  "total_wall_s": total_wall},
         "one_jump": None if final.get("kind") == "shear" else one_jump_table(final),
@@ -325,7 +336,7 @@ def _num(v: Any, digits: int = 4) -> str:
 def card_markdown(card: dict[str, Any]) -> str:
     """The model card for people (the JSON card in words and one table)."""
     d, t, c, oj = card["data"], card["training"], card["cost"], card.get("one_jump")
-    mols = ", ".join(f"{m['name']} ({_num(m['ps'])} ps, seed {m['seed']}, mean T {_num(m.get('mean_temperature_K'))} K, "
+    mols = ", ".join(f"{m['name']} `{m.get('smiles')}` ({_num(m['ps'])} ps, seed {m['seed']}, mean T {_num(m.get('mean_temperature_K'))} K, "
                      f"KS p vs Gamma {_num(m.get('ks_p_gamma'), 2)})" for m in d["molecules"])
     lines = [f"# {card['name']}: {card['mode'].upper()} k = {card['k']} ({card['stride_fs']:g} fs per jump)", "",
              f"- engine: {d['engine']}{' ' + d['method'] if d.get('method') else ''}, dt {card['dt_fs']:g} fs, "
@@ -339,7 +350,9 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"{card['model_config'].get('hidden')}, {card['model_config'].get('n_layers')} layers)"
              + (f", warm-started from a first stage (k = {t['warm_start'].get('k', card['k'])}) of "
                 f"{_num(t['warm_start'].get('steps'))} steps ({_num(t['warm_start'].get('wall_s'))} s; wall above: "
-                f"both stages)" if t.get("warm_start") else ""),
+                f"both stages)" if t.get("warm_start") else "")
+             + (f", fine-tuned from {t['pretrained']['checkpoint']} (sha256 {t['pretrained']['sha256'][:12]}…)"
+                if t.get("pretrained") else ""),
              f"- total wall: {_num(c['total_wall_s'])} s; machine: {card['machine'].get('cpu')} "
              f"({card['machine'].get('cores')} cores, GPU {card['machine'].get('gpu') or 'none'})",
              f"- elements: {card['atom_types']}; checkpoint {card['checkpoint']} (sha256 {card['checkpoint_sha256'][:12]}…)"]

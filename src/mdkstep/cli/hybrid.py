@@ -34,7 +34,8 @@ from mdkstep.config import load_config, run_cli, to_dict
 from mdkstep.engines import factory
 from mdkstep.exact.run import run_exact_chunked
 from mdkstep.exact.sampler import ShearJumper
-from mdkstep.hybrid.config import FALLBACK_WARN_FRACTION, HybridConfig
+from mdkstep.hybrid.config import HybridConfig
+from mdkstep.hybrid.domain import domain_warning
 from mdkstep.hybrid.integrator import StrideSchedule, permutation_orders
 from mdkstep.hybrid.run import checkpoint_path, replica_paths, run_hybrid
 from mdkstep.model.checkpoint import check_compatible, checkpoint_kind, model_from_checkpoint, read_checkpoint
@@ -330,20 +331,6 @@ def is_resuming(args) -> bool:
     return checkpoint_path(args.out).is_file() and not args.overwrite
 
 
-def guard_warning(stats: dict[str, Any]) -> str | None:
-    """One loud line when more than FALLBACK_WARN_FRACTION of the replica-cycles fell back to
-    plain physics (the model is not doing the work), naming the reject reasons seen."""
-
-    attempted = stats.get("jumps_attempted") or 0
-    frac = stats.get("fallbacks", 0) / attempted if attempted else 0.0
-    if frac <= FALLBACK_WARN_FRACTION:
-        return None
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted((stats.get("reject_reasons") or {}).items(),
-                                                       key=lambda kv: -kv[1]) if v)
-    return (f"WARNING: {100 * frac:.0f}% of replica-cycles fell back to plain physics (threshold "
-            f"{100 * FALLBACK_WARN_FRACTION:.0f}%): the model is not doing the work; rejects: {reasons or 'none'}")
-
-
 def run_fingerprint(args) -> dict[str, Any]:
     """What defines a hybrid run beyond its config: the model checkpoint's content hash and
     --seed (compared when a partial run resumes); a --schedule adds its orders and every
@@ -381,7 +368,7 @@ def run_and_report(args, engine, jumper, hcfg, x0: np.ndarray, v0: np.ndarray, n
                   "hybrid_config": to_dict(hcfg), "device": device})
     if getattr(args, "orders", None):
         stats["schedule"] = args.orders
-    warning = guard_warning(stats)
+    warning = domain_warning(stats, hcfg.temperature_K, checkpoint_paths(args)[0], meta.get("smiles"))
     stats["fallback_fraction"] = stats["fallbacks"] / stats["jumps_attempted"] if stats["jumps_attempted"] else None
     stats["warnings"] = [warning] if warning else []
     atomic_write_json(stats_path, stats)

@@ -12,8 +12,6 @@ THERMOSTATS = ("langevin", "csvr", "none")
 CORRECTORS = ("kick", "verlet")
 REJECT_REASONS = ("nonfinite", "engine_error", "max_force", "energy_jump", "total_energy_jump", "energy_filter",
                   "frozen")
-#: the run summary warns when more than this fraction of replica-cycles fell back to plain physics
-FALLBACK_WARN_FRACTION = 0.05
 
 
 # ----------------------------------------------------------------------------- config

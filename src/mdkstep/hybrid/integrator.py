@@ -179,6 +179,8 @@ class HybridCounters:
     fallbacks: int = 0  #: replica-cycles integrated with plain physics
     rejects: dict[str, int] = field(default_factory=lambda: {r: 0 for r in REJECT_REASONS})
     filter_skipped: int = 0  #: NVE fallback cycles whose energy filter was impossible (E_ref reset)
+    filter_ke_change_sum: float = 0.0  #: sum over accepted jumps of |s^2 - 1|, the internal-KE change of the energy filter
+    filter_count: int = 0  #: accepted jumps that went through the energy filter
     nan_frames: int = 0  #: frames with non-finite values seen at saving (never written; must be 0)
     force_calls: int = 0
     force_calls_setup: int = 0
@@ -236,6 +238,7 @@ class HybridIntegrator:
         self.kT = KB_KJ_PER_MOL_K * (cfg.temperature_K or 0.0)
         self.thermostat = cfg.thermostat_active
         self.counters = HybridCounters()
+        self._filter_ke_ratio = 1.0  #: the energy filter's last s^2 (internal KE after / before)
         z = np.asarray(engine.atomic_numbers, dtype=int)
         self.elements = [element_symbol(e) for e in sorted(set(z.tolist()))]
         self.element_index = {s: np.flatnonzero(np.array([element_symbol(e) for e in z]) == s) for s in self.elements}
@@ -297,6 +300,7 @@ class HybridIntegrator:
         target = e_ref - u - k_com
         if not (target > 0 and k_int > 0):
             return None
+        self._filter_ke_ratio = target / k_int  # s^2, counted when the jump is accepted
         return vc + math.sqrt(target / k_int) * (v - vc)
 
     def _check(self, x: np.ndarray, v: np.ndarray, f: np.ndarray, u: float, u_before: float) -> None:
@@ -403,6 +407,9 @@ class HybridIntegrator:
             finally:
                 c.force_calls_jump += self._calls() - n0
             self._store(r, x, v, f, u, fallback=False)
+            if cfg.energy_filter:
+                c.filter_ke_change_sum += abs(self._filter_ke_ratio - 1.0)
+                c.filter_count += 1
             c.jumps_accepted += 1
             c.jumps_accepted_first_try += attempt == 0
             return

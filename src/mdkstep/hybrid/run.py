@@ -213,6 +213,7 @@ def _stats(integ: HybridIntegrator, engine: ForceEngine, jumper: Jumper, cfg: Hy
         "fallbacks": c.fallbacks,
         "reject_reasons": dict(c.rejects),
         "filter_skipped": c.filter_skipped,
+        "filter_ke_change_mean": c.filter_ke_change_sum / c.filter_count if c.filter_count else None,
         "nan_frames": c.nan_frames,
         "engine": engine.describe(),
     }

@@ -326,6 +326,9 @@ def init_model(model_cfg: ModelConfig, cfg: TrainConfig, train_ds: KStepDataset,
         model.load_state_dict(pk["model_state"])
         lr = cfg.lr * cfg.pretrained_lr_scale
         LOG.info("initialized from %s (k=%s, engine=%s); lr %.2e", pretrained, pk["k"], pk.get("engine"), lr)
+        same_jump = int(pk["k"]) == int(cfg.k) and abs(float(pk.get("dt_fs") or 0.0) - float(train_ds.spec.dt_fs)) < 1e-9
+        if same_jump:  # fine-tuning the same jump: keep the scales its weights were trained with (step 0 = pretrained)
+            return model, model.normalization(), state, None, lr
     scales = estimate_scales(train_ds, cfg.norm_max_windows, cfg.seed)
     model.set_normalization(**scales)
     return model, scales, state, None, lr
