@@ -331,6 +331,7 @@ def tiny_bench_config(tmp_path) -> dict:
     return {
         "out_dir": str(tmp_path / "bench"), "threads": 1, "timing_repeats": 2, "ref_replicas": 3,
         "use_shipped_models": False,  # train the tiny models here even where models/ holds shipped ones
+        "heldout_one_jump": True,  # the generalization section's one-jump table (on each molecule's own run)
         "mm_smiles": str(tmp_path / "mm.smi"), "mm_prep_config": f"{c}/prep.yaml", "mm_scan_dts_fs": [2, 3],
         "mm_scan_ps": 0.2, "mm_scan_max_drift_per_atom": 1.0e3, "mm_equil_ps": 0.1, "mm_time_ps": 0.4,
         "mm_nve_ps": 0.1, "mm_timing_ps": 0.05, "mm_ks": [4], "mm_train_ps": 0.4,

@@ -56,6 +56,8 @@ def test_bench_end_to_end_every_key(bench_run):
         if r["kind"] == "hybrid":
             assert r["model_ms_per_jump"] > 0 and r["force_calls_source"] == "engine_counter"
             assert r["fallbacks"] is not None and r["jumps_attempted"] > 0
+        if r["kind"] == "hybrid":
+            assert r["filter_ke_change_mean"] is not None and r["filter_ke_change_mean"] >= 0
         if r["kind"] == "exact":  # exact mode and Metropolized Verlet: acceptance, engine-counted calls
             assert 0.0 <= r["acceptance"] <= 1.0 and r["force_calls_source"] == "engine_counter" and r["k"] in (2, 4)
             assert r["model_ms_per_jump"] > 0 and r["jumps_attempted"] > 0
@@ -262,7 +264,7 @@ def test_kinetic_check_gamma_law():
     assert decorrelation_stride(np.repeat(rng.normal(size=300), 10)) >= 10  # 10-frame plateaus
 
 
-@pytest.mark.parametrize("name", ["bench.yaml", "bench_full.yaml"])
+@pytest.mark.parametrize("name", ["bench.yaml", "bench_full.yaml", "bench_generalization.yaml"])
 def test_shipped_bench_configs_resolve_their_models(name):
     """The committed bench configs load and validate (their schedules and exact-mode rows name
     valid strides); every k they name has a shipped model (direct jump and exact mode) where
@@ -279,6 +281,10 @@ def test_shipped_bench_configs_resolve_their_models(name):
                                    getattr(cfg, f"{mode}_ref_dt_fs"))
         assert all(isinstance(k, int) and k >= 1 for k in names.values()), (mode, names)
     assert all(schedule_name(s).startswith("hybrid_k") for s in cfg.mm_schedules)
+    if name == "bench_generalization.yaml":  # never trains: given foundation checkpoints, held-out molecules
+        assert not cfg.use_shipped_models and cfg.heldout_one_jump
+        assert cfg.mm_smiles == "data/heldout_mm.smi" and cfg.qm_smiles == "data/heldout_qm.smi"
+        assert set(cfg.mm_checkpoints) == set(cfg.mm_ks) and set(cfg.qm_checkpoints) == set(cfg.qm_ks)
     if name == "bench.yaml":
         for mode, ks in (("mm", cfg.mm_ks), ("qm", cfg.qm_ks), ("qm_exact", cfg.qm_exact_ks),
                          ("mm_exact", cfg.mm_exact_ks)):

@@ -32,6 +32,7 @@ from mdkstep.dynamics import kinetic_energy
 from mdkstep.exact.run import exact_config, run_exact_chunked
 from mdkstep.exact.sampler import ShearJumper, exact_step, init_chain, nve_config
 from mdkstep.hybrid import StrideSchedule, permutation_orders
+from mdkstep.hybrid.domain import domain_signs
 from mdkstep.model.checkpoint import check_compatible, model_from_checkpoint
 from mdkstep.model.shear import untrained_shear_kicks
 from mdkstep.pipeline.mode import Method
@@ -98,6 +99,8 @@ class HybridMethod:
                 else None,
                 "jumps_attempted": att, "jumps_accepted": st["jumps_accepted"], "retries": st["retries"],
                 "fallbacks": st["fallbacks"], "fallback_fraction": st["fallbacks"] / att if att else None,
+                "filter_ke_change_mean": st.get("filter_ke_change_mean"),  # None: a run cached before it was kept
+                "out_of_domain": domain_signs(st, self.hcfg.temperature_K),
                 "acceptance": None, "nan_frames": st["nan_frames"] + rec["nan_frames"],
                 "temperature_per_element_K": st.get("temperature_per_element_K") or rec["temperature_per_element_K"]}
 
@@ -198,6 +201,7 @@ class ExactMethod:
                 "model_ms_per_jump": float(np.median(self.ms)) if self.ms else None,
                 "jumps_attempted": st["jumps_attempted"], "jumps_accepted": st["jumps_accepted"], "retries": 0,
                 "fallbacks": 0, "fallback_fraction": 0.0, "acceptance": st["acceptance"],
+                "filter_ke_change_mean": None, "out_of_domain": None,
                 "nan_frames": rec["nan_frames"]}
 
 

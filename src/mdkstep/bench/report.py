@@ -146,6 +146,26 @@ def reference_check_section(checks: dict[str, list[dict[str, Any]]] | None) -> l
     return lines + [""] + ([*warnings, ""] if warnings else [])
 
 
+def heldout_one_jump_section(res: dict[str, dict[str, Any]] | None) -> list[str]:
+    """Per molecule and model: one-jump bond / angle RMSE beside "no move" and their ratio (skill)
+    on the molecule's own run, which the models never trained on; [] when not measured."""
+    if not res:
+        return []
+    out = ["### One jump on molecules the models never saw", "",
+           "Every k-window of each molecule's own run (not trained on); skill = model / no move (goal <= 0.3).", "",
+           "| molecule | model | bond RMSE Å (no move, ballistic) | bond skill | angle RMSE ° (no move) | angle skill |",
+           "|---|---|---|---|---|---|"]
+    for mol, by_k in res.items():
+        for k, r in by_k.items():
+            m, n, b = r.get("model", {}), r.get("no_move", {}), r.get("ballistic", {})
+            bs = m.get("bond_rmse_A") / n["bond_rmse_A"] if m.get("bond_rmse_A") is not None and n.get("bond_rmse_A") else None
+            an = m.get("angle_rmse_deg") / n["angle_rmse_deg"] if m.get("angle_rmse_deg") is not None and n.get("angle_rmse_deg") else None
+            out.append(f"| {mol} | {k} | {fmt(m.get('bond_rmse_A'), 3)} ({fmt(n.get('bond_rmse_A'), 3)}, "
+                       f"{fmt(b.get('bond_rmse_A'), 3)}) | {fmt(bs, 2)} | {fmt(m.get('angle_rmse_deg'), 3)} "
+                       f"({fmt(n.get('angle_rmse_deg'), 3)}) | {fmt(an, 2)} |")
+    return out + [""]
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
@@ -196,7 +216,11 @@ def markdown(result: dict[str, Any]) -> str:
                     "stride -> trained): " + "; ".join(shear) + ". Exact rows sample exp(-H/kT) exactly (Metropolis "
                     "test on the one force call; a rejection flips v); mvv rows are the same sampler with delta = 0 "
                     "(Metropolized velocity Verlet).", ""]
+        out += heldout_one_jump_section(mmeta.get("heldout_one_jump"))
         out += ["### Cost", ""] + cost_table(rows) + ["", "### Fidelity", ""] + fidelity_table(rows) + [""]
+        ood = [f"**WARNING** {r['molecule']} {r['method']}: the model is outside its training domain "
+               f"({'; '.join(r['out_of_domain'])})." for r in rows if r.get("out_of_domain")]
+        out += [*ood, ""] if ood else []
         out += break_even_section(rows)
         out += reference_check_section(mmeta.get("reference_check"))
     return "\n".join(out)

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from mdkstep.analysis.evaluation import element_temperature_deviation, element_temperature_floor
+from mdkstep.analysis.evaluation import element_temperature_deviation, element_temperature_floor, one_jump_metrics
 from mdkstep.analysis.refcheck import reference_check
 from mdkstep.bench.breakeven import BREAK_EVEN_KEYS, add_break_even, model_cost, schedule_cost
 from mdkstep.bench.core import FloorCache, fidelity, interleaved_timing, sampling_efficiency, trajectory_summary
 from mdkstep.bench.learned import exact_method_names, learned_methods, schedule_name, schedule_orders
-from mdkstep.model.checkpoint import read_card
+from mdkstep.data.windows import KStepDataset, build_dataset
+from mdkstep.model.checkpoint import model_from_checkpoint, read_card
 from mdkstep.pipeline.config import BenchConfig
 from mdkstep.pipeline.machine import machine_info, set_threads
 from mdkstep.pipeline.mm import MMMode
@@ -55,7 +56,7 @@ RECORD_KEYS = (
     "max_structure_ratio", "faithful", "temperature_mean_K", "temperature_std_K", "temperature_per_element_K",
     "nve_ps", "nve_stable", "nve_drift_kj_mol_ps", "nve_drift_kj_mol_ps_per_atom", "etot_std_kj_mol",
     "etot_over_ekin_fluct", "nan_frames", "jumps_attempted", "jumps_accepted", "retries", "fallbacks",
-    "fallback_fraction", "element_T_max_dev", "element_T_max_dev_replica", "acceptance", "tau_int_U_fs",
+    "fallback_fraction", "filter_ke_change_mean", "out_of_domain", "element_T_max_dev", "element_T_max_dev_replica", "acceptance", "tau_int_U_fs",
     "tau_int_U_reliable", "ess_per_force_call_U", "tau_int_dihedral_fs", "tau_int_dihedral_reliable",
     "ess_per_force_call_dihedral", "ess_gain_vs_best_plain", "ess_gain_dihedral_vs_best_plain",
 ) + BREAK_EVEN_KEYS  # model_source, model_cost_*, saving_*_per_ps, break_even_ps_* (bench/breakeven.py)
@@ -154,7 +155,8 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
         if m.kind == "plain":
             rec.update(plain_calls(trajs[m.name], m))
             rec.update({"model_ms_per_jump": None, "jumps_attempted": None, "jumps_accepted": None, "retries": None,
-                        "fallbacks": None, "fallback_fraction": None, "acceptance": None})
+                        "fallbacks": None, "fallback_fraction": None, "acceptance": None,
+                        "filter_ke_change_mean": None, "out_of_domain": None})
         else:
             rec.update(by_name[m.name].record(stats[m.name], rec))  # a hybrid's per-element T: every step's
         rec["element_T_max_dev"] = element_temperature_deviation(rec["temperature_per_element_K"], ref_elements)
@@ -227,6 +229,9 @@ def run_mode(mode: Mode, cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[s
         costs[f"hybrid_k{k}"] = cost
         models[f"k{k}"] = {"checkpoint": str(ck), "source": cost["source"], "one_jump_test": one_jump_summary(metrics),
                            "cost": cost}
+    if cfg.heldout_one_jump:
+        heldout = {mol: {f"k{k}": heldout_one_jump(ck, runs[mol]["train"], k, mode.root / "runs" / mol)
+                         for k, ck in checkpoints.items()} for mol in mols}
     for sched in s.get("schedules") or []:
         ks = sorted({k for o in schedule_orders(sched) for k in o})
         costs[schedule_name(sched)] = schedule_cost([costs[f"hybrid_k{k}"] for k in ks])
@@ -244,6 +249,8 @@ def run_mode(mode: Mode, cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[s
         add_break_even(recs, costs)
         records += recs
     meta = {"molecules": mols, "reference": ref.name, "models": models, "settings": s}
+    if cfg.heldout_one_jump:
+        meta["heldout_one_jump"] = heldout
     if mode.name == "qm":
         meta["reference_check"] = reference_checks(mode, cfg, mols, runs)
     scans = {mol: json.loads(p.read_text()) for mol in mols
@@ -251,6 +258,18 @@ def run_mode(mode: Mode, cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[s
     if scans:
         meta["verlet_scan"] = scans
     return records, meta
+
+
+def heldout_one_jump(checkpoint: Path, run: Path, k: int, folder: Path, max_windows: int = 4096) -> dict[str, Any]:
+    """One-jump metrics of ``checkpoint`` on every k-window of ``run`` (a molecule it never saw)
+    beside "no move" and "ballistic" (Å, degrees, nm/ps); the windows are cached in
+    ``folder/heldout_k<K>.npz``."""
+    ds_file = folder / f"heldout_k{k}.npz"
+    if not ds_file.is_file():
+        build_dataset([run], k, ds_file, split="time")
+    model, _ = model_from_checkpoint(checkpoint)
+    res = one_jump_metrics(model, KStepDataset(ds_file), max_windows=max_windows)
+    return {p: res[p] for p in ("model", "no_move", "ballistic") if p in res}
 
 
 def resolve_checkpoint(mode_name: str, k: int, given: dict, use_shipped: bool, models_dir: str) -> tuple[str | None, str]:

@@ -13,6 +13,9 @@ class BenchConfig:
     out_dir: str = "outputs/bench"  #: everything goes here (bench.json, bench.md, pareto.png, runs)
     threads: int = 1  #: torch and OpenMP threads for every method (the same for all)
     seed: int = 0
+    #: generalization (issue 24): one-jump metrics of every model on each molecule's own run (the
+    #: "training run", never trained on when the checkpoints are given) beside "no move" and "ballistic"
+    heldout_one_jump: bool = False
     #: added to every learned row's seed (hybrid / exact / mvv): replicate those rows against the same cached
     #: references and plain runs (scripts/bench_rows.sh ... --set learned_seed_offset=1)
     learned_seed_offset: int = 0
