@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-fast quickstart demo one-jump bench bench-full models models-gpu models-smoke clean-outputs help
+.PHONY: setup test test-fast quickstart demo one-jump bench bench-full bench-generalization models models-gpu models-smoke models-foundation clean-outputs help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -55,6 +55,16 @@ models-gpu: setup  ## the shipped models with longer training, for a GPU machine
 
 models-smoke: setup  ## the whole models pipeline on tiny settings (configs/models_smoke.yaml; minutes)
 	$(PY) scripts/make_models.py --smoke
+
+models-foundation: setup  ## foundation models for any molecule (configs/models_foundation.yaml): MM and QM side by side, one core each (~1.5 h, resumable)
+	OMP_NUM_THREADS=1 $(PY) scripts/make_models.py --config configs/models_foundation.yaml --only mm_k8 & pid=$$!; \
+	OMP_NUM_THREADS=1 $(PY) scripts/make_models.py --config configs/models_foundation.yaml --only qm_k16; \
+	rc=$$?; wait $$pid || rc=1; exit $$rc
+
+bench-generalization: setup  ## foundation models zero-shot on held-out molecules (configs/bench_generalization.yaml; ~2 h on 2 cores)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench.py --config configs/bench_generalization.yaml --set qm_smiles=null & pid=$$!; \
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench.py --config configs/bench_generalization.yaml --set mm_smiles=null \
+	  --out-dir outputs/bench_generalization_qm; rc=$$?; wait $$pid || rc=1; exit $$rc
 
 bench-full: setup  ## the long benchmark (configs/bench_full.yaml), for a GPU machine
 	$(PY) benchmarks/bench.py --full
