@@ -359,3 +359,19 @@ def test_a_cached_plain_run_of_another_length_or_seed_is_refused(tmp_path):
         check_cached_run(out, 1, 0.25, 3.0)
     with pytest.raises(MdkstepError, match="seed: 1 -> 2"):
         check_cached_run(out, 2, 0.25, 20.0)
+
+
+def test_time_ps_by_molecule(tmp_path):
+    """<mode>_time_ps_by_mol gives one molecule its own production length; a bad one is one line."""
+    from mdkstep.bench.run import time_ps
+    from mdkstep.config import load_config
+    from mdkstep.pipeline.config import BenchConfig
+
+    s = {"time_ps": 10.0, "time_ps_by_mol": {"ethanol": 20.0}}
+    assert time_ps(s, "ethanol") == 20.0 and time_ps(s, "aspirin") == 10.0
+    cfg = load_config(BenchConfig, ROOT / "configs" / "bench_full.yaml")
+    assert cfg.qm_time_ps_by_mol == {"ethanol": 20.0}
+    bad = tmp_path / "b.yaml"
+    bad.write_text("qm_time_ps_by_mol: {ethanol: -1}\n")
+    with pytest.raises(Exception, match="qm_time_ps_by_mol"):
+        load_config(BenchConfig, bad).validate()

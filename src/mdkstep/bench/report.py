@@ -198,6 +198,8 @@ def markdown(result: dict[str, Any]) -> str:
         s = mmeta["settings"]
         out += [f"## {MODE_TITLES.get(mode, mode)}", "",
                 f"Molecules: {', '.join(mmeta['molecules'])}; {s['time_ps']:g} ps NVT production per method "
+                + (f"({', '.join(f'{m}: {t:g} ps' for m, t in s['time_ps_by_mol'].items())}) "
+                   if s.get("time_ps_by_mol") else "") +
                 f"(and per reference replica), NVE {s['nve_ps']:g} ps, timing {s['timing_ps']:g} ps x "
                 f"{meta['timing_repeats']}; mode wall time {mmeta['wall_s'] / 60:.1f} min.", ""]
         if "verlet_scan" in mmeta:

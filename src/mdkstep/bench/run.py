@@ -68,6 +68,12 @@ def mode_settings(mode: Mode, cfg: BenchConfig) -> dict[str, Any]:
     return {k[len(p):]: v for k, v in asdict(cfg).items() if k.startswith(p)}
 
 
+def time_ps(s: dict[str, Any], mol: str) -> float:
+    """NVT production per method (and per reference replica) of ``mol``, ps: its
+    ``<mode>_time_ps_by_mol`` entry, else ``<mode>_time_ps``."""
+    return float((s.get("time_ps_by_mol") or {}).get(mol, s["time_ps"]))
+
+
 def best_plain(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The faithful plain method with the fewest force calls per ps (then the least wall time)."""
     ok = [r for r in records if r["kind"] == "plain" and r["faithful"]]
@@ -111,8 +117,8 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
     trajs: dict[str, Path] = {ref.name: runs["r1"]}
     for i, m in enumerate(methods):
         if not m.reference:
-            LOG.info("%s %s: plain %s (%g ps)", mode.name, mol, m.name, s["time_ps"])
-            trajs[m.name] = mode.run_plain(mol, m, cfg.seed + 10 + i, folder / f"{m.name}.npz", s["time_ps"])
+            LOG.info("%s %s: plain %s (%g ps)", mode.name, mol, m.name, time_ps(s, mol))
+            trajs[m.name] = mode.run_plain(mol, m, cfg.seed + 10 + i, folder / f"{m.name}.npz", time_ps(s, mol))
             bar.update(1)
     stats: dict[str, dict[str, Any]] = {}
     for lm in learned:
@@ -120,8 +126,8 @@ def run_molecule(mode: Mode, cfg: BenchConfig, mol: str, checkpoints: dict[int, 
         methods.append(m)
         seed = learned_seed(cfg, m, getattr(lm, "seed_offset", 0))
         out = folder / f"{m.name}.npz"
-        LOG.info("%s %s: %s (%g ps)", mode.name, mol, m.name, s["time_ps"])
-        stats[m.name] = lm.production(x0, v0, s["time_ps"], out, seed, {**mode.run_meta(mol), "seed": seed})
+        LOG.info("%s %s: %s (%g ps)", mode.name, mol, m.name, time_ps(s, mol))
+        stats[m.name] = lm.production(x0, v0, time_ps(s, mol), out, seed, {**mode.run_meta(mol), "seed": seed})
         trajs[m.name] = out
         bar.update(1)
     by_name = {lm.method.name: lm for lm in learned}
@@ -218,8 +224,8 @@ def run_mode(mode: Mode, cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[s
     for mol in mols:
         folder = mode.root / "runs" / mol
         LOG.info("%s %s: reference replicas (%d x %g ps) and a training run (%g ps)", mode.name, mol,
-                 cfg.ref_replicas, s["time_ps"], s["train_ps"])
-        runs[mol] = {f"r{i}": mode.run_plain(mol, ref, cfg.seed + 1 + i, folder / f"ref_r{i}.npz", s["time_ps"])
+                 cfg.ref_replicas, time_ps(s, mol), s["train_ps"])
+        runs[mol] = {f"r{i}": mode.run_plain(mol, ref, cfg.seed + 1 + i, folder / f"ref_r{i}.npz", time_ps(s, mol))
                      for i in range(cfg.ref_replicas)}
         runs[mol]["train"] = training_run(mode, mol, cfg.seed + 100, folder / "train.npz", s["train_ps"])
     checkpoints, models, costs = {}, {}, {}

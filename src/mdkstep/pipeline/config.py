@@ -37,6 +37,7 @@ class BenchConfig:
     mm_scan_max_drift_per_atom: float = 0.01  #: kJ/mol/ps per atom: larger |drift| (or a blow-up) = unstable
     mm_equil_ps: float = 10.0  #: equilibration of every plain run (not counted)
     mm_time_ps: float = 50.0  #: NVT production per method
+    mm_time_ps_by_mol: dict[str, float] = field(default_factory=dict)  #: molecule -> its own production length, ps
     mm_nve_ps: float = 5.0  #: NVE segment per method (drift)
     mm_timing_ps: float = 2.0  #: simulated time per timed segment
     mm_ks: list[int] = field(default_factory=lambda: [4, 8, 12])
@@ -70,6 +71,7 @@ class BenchConfig:
     qm_ref_dt_fs: float = 0.25  #: reference step; its replicas give the noise floor
     qm_plain_dts_fs: list[float] = field(default_factory=lambda: [0.5, 1.0])
     qm_time_ps: float = 2.0
+    qm_time_ps_by_mol: dict[str, float] = field(default_factory=dict)  #: molecule -> its own length (long references)
     qm_nve_ps: float = 0.1
     qm_timing_ps: float = 0.05
     qm_ks: list[int] = field(default_factory=lambda: [8, 16, 32])  #: k = 4 (1 fs) costs the calls of plain 1 fs MD: dropped
@@ -98,6 +100,10 @@ class BenchConfig:
             raise ValueError("keys 'threads' and 'timing_repeats' must be >= 1")
         if self.ref_replicas < 2:
             raise ValueError("key 'ref_replicas' must be >= 2 (the noise floor is a distance between replicas)")
+        for p in ("mm", "qm"):
+            for mol, t in getattr(self, f"{p}_time_ps_by_mol").items():
+                if not (isinstance(t, (int, float)) and t > 0):
+                    raise ValueError(f"key '{p}_time_ps_by_mol': {mol}: {t!r} must be a length in ps > 0")
         for key in ("mm_time_ps", "mm_nve_ps", "mm_timing_ps", "mm_train_ps", "mm_scan_ps",
                     "qm_time_ps", "qm_nve_ps", "qm_timing_ps", "qm_train_ps"):
             if not getattr(self, key) > 0:
