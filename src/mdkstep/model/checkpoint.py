@@ -125,7 +125,9 @@ def check_compatible(ck: dict[str, Any], source: str, k: int | None = None,
         unseen = sorted(set(atom_types) - set(int(z) for z in ck["atom_types"]))
         if unseen:
             raise MdkstepError(f"{source}: molecule has elements {unseen} the model never saw in training "
-                               f"(trained on {sorted(ck['atom_types'])})")
+                               f"(trained on {sorted(ck['atom_types'])}); use a foundation model "
+                               f"(models/foundation/, elements H C N O F S Cl) or fine-tune one on this molecule "
+                               f"(mdkstep-adapt)")
 
 
 #: the shipped models (models/<mode>_k<K>.pt of this repository)
