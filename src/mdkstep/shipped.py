@@ -24,7 +24,7 @@ from mdkstep.analysis.refcheck import kinetic_check, trajectory_dof
 from mdkstep.config import from_dict
 from mdkstep.exact.onpolicy import OnPolicyStage, fine_tune, on_policy_force_calls
 from mdkstep.model.checkpoint import model_from_checkpoint, read_card, read_checkpoint, save_checkpoint
-from mdkstep.molecule.prep import read_smi_strict
+from mdkstep.molecule.prep import canonical_smiles, read_smi_strict
 from mdkstep.pipeline.config import BenchConfig
 from mdkstep.pipeline.machine import machine_info, set_threads
 from mdkstep.pipeline.mm import MMMode
@@ -252,7 +252,8 @@ def data_summary(m, cfg: ModelsConfig, runs: dict[str, Path]) -> dict[str, Any]:
     for mol, run in runs.items():
         cost_path = run.with_suffix(".cost.json")
         cost = json.loads(cost_path.read_text()) if cost_path.is_file() else {}
-        mols.append({"name": mol, "smiles": m.topology(mol).get("smiles"), "ps": cost.get("simulated_ps"),
+        smiles = m.topology(mol).get("smiles")
+        mols.append({"name": mol, "smiles": smiles, "canonical_smiles": canonical_smiles(smiles), "ps": cost.get("simulated_ps"),
                      "seed": cost.get("seed"), "force_calls": cost.get("force_calls"),
                      "force_calls_source": cost.get("force_calls_source"), "wall_s": cost.get("wall_s"),
                      **run_temperature_check(run, temperature)})

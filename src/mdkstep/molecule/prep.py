@@ -136,6 +136,15 @@ def read_smi_strict(path: str | Path) -> list[SmiEntry]:
 
 # ------------------------------------------------------------------------ SMILES -> system
 
+def canonical_smiles(smiles: str | None) -> str | None:
+    """RDKit's canonical SMILES (what a card lists and the held-out test compares); None when unparsable."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles or "")
+    return Chem.MolToSmiles(mol) if mol is not None else None
+
+
 def rdkit_conformer(smiles: str, seed: int):
     """RDKit molecule with explicit hydrogens and one ETKDG conformer (seeded)."""
     from rdkit import Chem, RDLogger
