@@ -25,6 +25,10 @@ from mdkstep.utils import LOG, MdkstepError, atomic_write_text
 
 #: default data per mode, ps: QM 2 ps (8k GFN2-xTB calls), MM 20 ps (10k OpenMM steps)
 DEFAULT_DATA_PS = {"qm": 2.0, "mm": 20.0}
+#: the adaptation's MD seed is seed + this (+ 100, make models' rule): never the seed of a bench run
+#: (references seed + 1.., plain seed + 10.., the molecule's own run seed + 100), so an adapted model
+#: judged by the bench never trained on a trajectory the bench compares with
+SEED_OFFSET = 5000
 
 
 @dataclass
@@ -76,7 +80,7 @@ def adapt_config(spec: AdaptSpec, ck: dict[str, Any]) -> ModelsConfig:
     train.pop("k", None)
     model = known_keys(ModelConfig, ck.get("model_config"))
     c = Path(spec.config_dir)
-    return ModelsConfig(out_dir=str(run_dir), work_dir=str(run_dir), threads=spec.threads, seed=spec.seed,
+    return ModelsConfig(out_dir=str(run_dir), work_dir=str(run_dir), threads=spec.threads, seed=spec.seed + SEED_OFFSET,
                         modes=[p], mm_prep_config=str(c / "prep.yaml"), qm_config=str(c / "qm.yaml"),
                         **{f"{p}_model_config": str(c / ("model.yaml" if p == "mm" else "model_qm.yaml")),
                            f"{p}_train_config": str(c / ("train.yaml" if p == "mm" else "train_qm.yaml"))},

@@ -217,7 +217,8 @@ def learned_methods(mode, mol: str, ref: Method, settings: dict[str, Any], check
     temperature, friction = mode.thermostat()
     out: list = []
     by_k = settings.get("hybrid_overrides_by_k") or {}
-    for k, ck in checkpoints.items() if settings.get("fixed_k_rows", True) else ():
+    fixed = settings.get("fixed_k_rows", True)
+    for k, ck in checkpoints.items() if fixed is True else [(k, checkpoints[k]) for k in (fixed or []) if k in checkpoints]:
         m = Method(f"hybrid_k{k}", "hybrid", ref.dt_fs, k=k, note=f"model {ck}")
         over = {**settings["hybrid_overrides"], **(by_k.get(str(k)) or by_k.get(k) or {})}
         out.append(HybridMethod(mode, mol, m, ck, bonds, settings["hybrid_config"], over, temperature))

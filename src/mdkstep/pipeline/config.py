@@ -56,7 +56,7 @@ class BenchConfig:
     #: {permutations: [4, 8, 10, 12]}: every order of those drawn per cycle (row hybrid_k4+8+10+12,allperms)
     mm_schedules: list[Any] = field(default_factory=list)
     mm_schedule_hybrid_overrides: dict[str, Any] = field(default_factory=dict)  #: extra hybrid overrides of every schedule row, e.g. {friction_per_ps: 40}
-    mm_fixed_k_rows: bool = True  #: a row hybrid_k<K> per model; false: only the schedule rows use the models
+    mm_fixed_k_rows: bool | list[int] = True  #: a row hybrid_k<K> per model; false: none (only schedule rows); [8]: those k
     # exact mode on the HBonds system: the RATTLE-projected shear map (mdkstep.constraints)
     mm_exact_ks: list[int] = field(default_factory=list)  #: exact-mode rows exact_k<K> (models/mm_exact_k<K>.pt, else trained here)
     mm_mvv_dts_fs: list[float] = field(default_factory=list)  #: Metropolized RATTLE velocity Verlet rows mvv_<dt>fs (untrained)
@@ -85,7 +85,7 @@ class BenchConfig:
     qm_hybrid_overrides: dict[str, Any] = field(default_factory=dict)
     qm_hybrid_overrides_by_k: dict[str, Any] = field(default_factory=dict)  #: k -> extra hybrid overrides
     qm_schedules: list[Any] = field(default_factory=list)  #: stride schedules over the qm_ks models
-    qm_fixed_k_rows: bool = True  #: a row hybrid_k<K> per model; false: only the schedule rows use the models
+    qm_fixed_k_rows: bool | list[int] = True  #: as mm_fixed_k_rows
     qm_schedule_hybrid_overrides: dict[str, Any] = field(default_factory=dict)  #: as mm_schedule_hybrid_overrides
     # exact mode (issue 12): generalized HMC with a learned shear stride, Langevin at the plain friction
     qm_exact_ks: list[int] = field(default_factory=list)  #: exact-mode rows exact_k<K> (models/qm_exact_k<K>.pt, else trained here)
