@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT
 from helpers import random_orthogonal
 
-SHIPPED = sorted((ROOT / "models").glob("*.pt"))
+SHIPPED = sorted((ROOT / "models").glob("*.pt")) + sorted((ROOT / "models" / "foundation").glob("*.pt"))
 F64 = torch.float64
 
 
@@ -137,7 +137,7 @@ def check_shipped_shear(path, kicks, ck, card) -> None:
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no models/*.pt yet (run `make models`)")
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+@pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(ROOT / "models")) for p in SHIPPED])
 def test_shipped_checkpoint(path):
     check_shipped(path)
 
