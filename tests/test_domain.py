@@ -92,3 +92,11 @@ def test_stage06_warns_only_outside_the_training_domain(tmp_path, smiles, name, 
     assert bool(stats["warnings"]) == warns
     if warns:
         assert "outside its training domain" in stats["warnings"][0] and "mdkstep-adapt" in stats["warnings"][0]
+
+
+def test_missing_pretrained_checkpoint_is_one_line(tmp_path):
+    from mdkstep.shipped import ModelsConfig
+
+    cfg = ModelsConfig(modes=["qm"], qm_molecules=["data/bench_qm.smi"], qm_pretrained=str(tmp_path / "none.pt"))
+    with pytest.raises(ValueError, match="qm_pretrained"):
+        cfg.validate()

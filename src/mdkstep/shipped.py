@@ -118,6 +118,9 @@ class ModelsConfig:
                 raise ValueError(f"key '{p}_ks' must list jump lengths >= 1")
             if min(getattr(self, f"{p}_exact_ks"), default=1) < 1:
                 raise ValueError(f"key '{p}_exact_ks' must list jump lengths >= 1")
+            pre = getattr(self, f"{p}_pretrained")
+            if p in self.modes and pre and not Path(pre).is_file():
+                raise ValueError(f"key '{p}_pretrained': {pre} not found")
             if p in self.modes and not getattr(self, f"{p}_molecules"):
                 raise ValueError(f"key '{p}_molecules' must list at least one .smi entry")
             for i, st in enumerate(self.qm_exact_on_policy if p == "qm" else []):
